@@ -1,0 +1,2 @@
+//! The hybridsync command.
+fn main() {}

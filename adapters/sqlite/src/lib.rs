@@ -1,0 +1,1 @@
+//! hybridsync sqlite adapter.

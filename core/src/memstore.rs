@@ -1,0 +1,299 @@
+//! `MemStore`: the reference storage backend, in memory, with a model of durability.
+
+use crate::digest::Fnv64;
+use crate::hlc::Hlc;
+use crate::id::DeviceId;
+use crate::owned::{supersedes, OwnedKey, OwnedRecord};
+use crate::shared::{SharedChange, SharedKey, SharedRecord};
+use crate::storage::{empty_record, Restored, StorageCommand, StorageDone};
+use crate::version_vector::VersionVector;
+use crate::MEMBER_MODEL;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// The complete stored state of one replica.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemState {
+    /// Device-owned records by `(owner, model, uuid)`.
+    pub owned: BTreeMap<OwnedKey, OwnedRecord>,
+    /// Index for catch-up: `(owner, seq)` to key.
+    owned_by_seq: BTreeMap<(DeviceId, u64), OwnedKey>,
+    /// Shared records (registers) by `(model, uuid)`.
+    pub shared: BTreeMap<SharedKey, SharedRecord>,
+    /// The shared log by `(origin, seq)`.
+    pub log: BTreeMap<(DeviceId, u64), SharedChange>,
+    /// HLC high-water mark.
+    pub hlc: Hlc,
+    /// Per-owner watermarks.
+    pub watermarks: BTreeMap<DeviceId, u64>,
+    /// Shared version vector.
+    pub vv: VersionVector,
+    /// Pruned horizon per origin.
+    pub horizon: VersionVector,
+    /// Acks per member.
+    pub acks: BTreeMap<DeviceId, VersionVector>,
+}
+
+impl MemState {
+    /// Executes one command; reads return their completion.
+    pub fn execute(&mut self, cmd: &StorageCommand) -> Option<StorageDone> {
+        match cmd {
+            StorageCommand::PutOwned(records) => {
+                for r in records {
+                    self.put_owned(r);
+                }
+                None
+            }
+            StorageCommand::MergeShared(records) => {
+                for r in records {
+                    self.merge_shared(r);
+                }
+                None
+            }
+            StorageCommand::AppendLog(entries) => {
+                for e in entries {
+                    self.merge_shared(&e.to_record());
+                    self.log.insert((e.origin, e.seq), e.clone());
+                    self.vv.raise(e.origin, e.seq);
+                }
+                None
+            }
+            StorageCommand::SetWatermark { owner, seq } => {
+                let w = self.watermarks.entry(*owner).or_insert(0);
+                *w = (*w).max(*seq);
+                None
+            }
+            StorageCommand::SetHlc(h) => {
+                self.hlc = self.hlc.max(*h);
+                None
+            }
+            StorageCommand::SetAck { member, vv } => {
+                self.acks.insert(*member, vv.clone());
+                None
+            }
+            StorageCommand::PruneLog { origin, through } => {
+                let doomed: Vec<_> = self
+                    .log
+                    .range((*origin, 0)..=(*origin, *through))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in doomed {
+                    self.log.remove(&k);
+                }
+                self.horizon.raise(*origin, *through);
+                self.vv.raise(*origin, *through);
+                None
+            }
+            StorageCommand::ReadOwned {
+                id,
+                owner,
+                after,
+                upto,
+                limit,
+                max_bytes,
+            } => {
+                let lo = (*owner, after.saturating_add(1));
+                let hi = (*owner, *upto);
+                let rows = if lo <= hi {
+                    Some(self.owned_by_seq.range(lo..=hi).filter_map(|(_, k)| self.owned.get(k)))
+                } else {
+                    None
+                };
+                let (records, more) =
+                    page(rows.into_iter().flatten(), *limit, *max_bytes, OwnedRecord::budget_size);
+                Some(StorageDone::Owned { id: *id, records, more })
+            }
+            StorageCommand::ReadLog {
+                id,
+                since,
+                limit,
+                max_bytes,
+            } => {
+                let rows = self
+                    .log
+                    .iter()
+                    .filter(|((o, s), _)| *s > since.get(*o))
+                    .map(|(_, e)| e);
+                let (entries, more) = page(rows, *limit, *max_bytes, SharedChange::budget_size);
+                Some(StorageDone::Log { id: *id, entries, more })
+            }
+            StorageCommand::ReadSharedSnapshot {
+                id,
+                after,
+                limit,
+                max_bytes,
+            } => {
+                let lower = match after {
+                    Some(k) => Bound::Excluded(k.clone()),
+                    None => Bound::Unbounded,
+                };
+                let rows = self.shared.range((lower, Bound::Unbounded)).map(|(_, r)| r);
+                let (records, more) = page(rows, *limit, *max_bytes, SharedRecord::budget_size);
+                Some(StorageDone::Snapshot { id: *id, records, more })
+            }
+        }
+    }
+
+    fn put_owned(&mut self, r: &OwnedRecord) {
+        let key = r.key();
+        let existing = self.owned.get(&key);
+        if supersedes(r, existing) {
+            if let Some(old) = existing {
+                self.owned_by_seq.remove(&(old.owner, old.seq));
+            }
+            self.owned_by_seq.insert((r.owner, r.seq), key.clone());
+            self.owned.insert(key, r.clone());
+        }
+    }
+
+    fn merge_shared(&mut self, r: &SharedRecord) {
+        let key = r.key();
+        self.shared
+            .entry(key)
+            .or_insert_with_key(empty_record)
+            .merge(r);
+    }
+
+    /// The durable state the engine restarts from.
+    pub fn restored(&self) -> Restored {
+        Restored {
+            hlc: self.hlc,
+            watermarks: self.watermarks.clone(),
+            vv: self.vv.clone(),
+            horizon: self.horizon.clone(),
+            acks: self.acks.clone(),
+            members: self
+                .shared
+                .range((MEMBER_MODEL.to_owned(), uuid::Uuid::nil())..)
+                .take_while(|((m, _), _)| m == MEMBER_MODEL)
+                .map(|(_, r)| r.clone())
+                .collect(),
+        }
+    }
+
+    /// A digest of the replicated content: every device-owned record (tombstones included)
+    /// and every shared register. Two replicas that converged have equal digests.
+    pub fn content_digest(&self) -> u64 {
+        let mut h = Fnv64::default();
+        for r in self.owned.values() {
+            h.write(&postcard::to_stdvec(r).unwrap_or_default());
+        }
+        h.write(b"|shared|");
+        for r in self.shared.values() {
+            h.write(&postcard::to_stdvec(r).unwrap_or_default());
+        }
+        h.finish()
+    }
+}
+
+/// Takes rows into a page of at most `limit` rows and `max_bytes` (the first row always fits);
+/// reports whether rows remain.
+fn page<'a, T: Clone + 'a>(
+    mut rows: impl Iterator<Item = &'a T>,
+    limit: u32,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> (Vec<T>, bool) {
+    let limit = limit.max(1) as usize;
+    let mut out: Vec<T> = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows.by_ref() {
+        let s = size(row);
+        if out.len() >= limit || (!out.is_empty() && bytes + s > max_bytes) {
+            return (out, true);
+        }
+        bytes += s;
+        out.push(row.clone());
+    }
+    (out, false)
+}
+
+/// The reference storage backend: a [`MemState`] plus a model of durability.
+///
+/// Commands apply to the live state at once and are journaled. [`MemStore::sync`] makes the
+/// journal durable (a commit); [`MemStore::crash`] throws away whatever was not synced, as a
+/// power loss would. The simulator syncs at the end of each engine step (group commit), before
+/// performing that step's sends.
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    live: MemState,
+    durable: MemState,
+    journal: Vec<StorageCommand>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Executes one command against the live state.
+    pub fn execute(&mut self, cmd: StorageCommand) -> Option<StorageDone> {
+        let done = self.live.execute(&cmd);
+        if cmd.read_id().is_none() {
+            self.journal.push(cmd);
+        }
+        done
+    }
+
+    /// Makes every executed write durable.
+    pub fn sync(&mut self) {
+        for cmd in self.journal.drain(..) {
+            self.durable.execute(&cmd);
+        }
+    }
+
+    /// Loses every write since the last sync.
+    pub fn crash(&mut self) {
+        self.journal.clear();
+        self.live = self.durable.clone();
+    }
+
+    /// The live state.
+    pub fn state(&self) -> &MemState {
+        &self.live
+    }
+
+    /// The state to restart from (the live state: call [`MemStore::crash`] first to model a
+    /// power loss).
+    pub fn restored(&self) -> Restored {
+        self.live.restored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loses_only_unsynced_writes() {
+        let d = DeviceId::from_u128(1);
+        let mut s = MemStore::new();
+        s.execute(StorageCommand::SetWatermark { owner: d, seq: 3 });
+        s.sync();
+        s.execute(StorageCommand::SetWatermark { owner: d, seq: 9 });
+        assert_eq!(s.restored().watermarks.get(&d), Some(&9));
+        s.crash();
+        assert_eq!(s.restored().watermarks.get(&d), Some(&3));
+    }
+}
+
+impl crate::storage::StorageBackend for MemStore {
+    type Error = std::convert::Infallible;
+
+    fn execute(
+        &mut self,
+        commands: Vec<StorageCommand>,
+    ) -> Result<Vec<StorageDone>, Self::Error> {
+        let done = commands
+            .into_iter()
+            .filter_map(|c| MemStore::execute(self, c))
+            .collect();
+        self.sync();
+        Ok(done)
+    }
+
+    fn load_restored(&mut self) -> Result<Restored, Self::Error> {
+        Ok(self.restored())
+    }
+}

@@ -1,0 +1,171 @@
+//! The wire protocol: every message two replicas exchange.
+
+use crate::id::DeviceId;
+use crate::owned::OwnedRecord;
+use crate::shared::{SharedChange, SharedKey, SharedRecord};
+use crate::version_vector::VersionVector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A message between two replicas. The sender is never taken from the body: the transport
+/// supplies the authenticated sender with every message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum SyncMessage {
+    /// A real-time push of one device-owned change, only from its owner.
+    StateChange(OwnedRecord),
+    /// Several consecutive device-owned changes of the sender, in seq order.
+    StateBatch(Vec<OwnedRecord>),
+    /// Asks for `owner`'s device-owned records with `seq > since`.
+    StateRequest {
+        /// Echoed by the response.
+        request_id: u64,
+        /// Whose records.
+        owner: DeviceId,
+        /// Exclusive lower bound.
+        since: u64,
+        /// Maximum records in the page (the responder caps it).
+        limit: u32,
+    },
+    /// One page of `owner`'s records with `since < seq <= through`, ordered by seq.
+    StateResponse {
+        /// The request this answers.
+        request_id: u64,
+        /// Whose records.
+        owner: DeviceId,
+        /// The request's exclusive lower bound.
+        since: u64,
+        /// Every change of `owner` with `seq <= through` is reflected by this page and earlier
+        /// ones; the next page starts after it (exclusive cursor).
+        through: u64,
+        /// The records, ordered by seq.
+        records: Vec<OwnedRecord>,
+        /// Whether the responder has more records after `through`.
+        has_more: bool,
+    },
+    /// A real-time push of one shared change.
+    SharedChange(SharedChange),
+    /// Several shared changes.
+    SharedChangeBatch(Vec<SharedChange>),
+    /// Asks for log entries with `seq > since[origin]`, per origin.
+    SharedChangeRequest {
+        /// Echoed by the response.
+        request_id: u64,
+        /// The requester's version vector.
+        since: VersionVector,
+        /// Maximum entries in the page (the responder caps it).
+        limit: u32,
+    },
+    /// One page of log entries, ordered by `(origin, seq)`, contiguous per origin from
+    /// `since[origin] + 1`.
+    SharedChangeResponse {
+        /// The request this answers.
+        request_id: u64,
+        /// The entries.
+        entries: Vec<SharedChange>,
+        /// Whether more entries follow.
+        has_more: bool,
+        /// The request reached below the responder's pruned horizon: no entries are sent, the
+        /// requester must take a snapshot.
+        truncated: bool,
+    },
+    /// The acker's whole version vector: every change it covers is durable at the acker.
+    AckSharedChanges {
+        /// Must equal the authenticated sender.
+        acker: DeviceId,
+        /// Cumulative, per origin.
+        vv: VersionVector,
+    },
+    /// Summary for anti-entropy: sent on connect and periodically.
+    Heartbeat {
+        /// Per owner, the sender's watermark of device-owned changes (its own head for itself).
+        heads: BTreeMap<DeviceId, u64>,
+        /// The sender's shared version vector.
+        vv: VersionVector,
+    },
+    /// Asks for a page of the current registers of every shared record.
+    SharedSnapshotRequest {
+        /// Echoed by the response.
+        request_id: u64,
+        /// Exclusive cursor: start after this record (`None`: from the beginning).
+        after: Option<SharedKey>,
+        /// Maximum records in the page (the responder caps it).
+        limit: u32,
+    },
+    /// One page of a shared snapshot, ordered by `(model, uuid)`.
+    SharedSnapshotResponse {
+        /// The request this answers.
+        request_id: u64,
+        /// The responder's version vector when the page was read; the snapshot as a whole
+        /// covers the vector of its first page.
+        vv: VersionVector,
+        /// The records' registers.
+        records: Vec<SharedRecord>,
+        /// Whether more pages follow (continue after the last record).
+        has_more: bool,
+    },
+    /// A typed refusal of a request or of a message.
+    Error {
+        /// The request it answers, if any.
+        request_id: Option<u64>,
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Machine-readable error codes carried by [`SyncMessage::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    BadFrame,
+    /// The frame is larger than the maximum frame size.
+    FrameTooLarge,
+    /// The sender is not a member of the library.
+    NotMember,
+    /// The message broke a protocol rule (spoofed owner or acker, malformed page...).
+    ProtocolViolation,
+    /// Too many requests are pending from this peer; retry later.
+    Busy,
+    /// The model type is unknown here.
+    UnknownModel,
+    /// A stamp was too far in the future; the change was not applied.
+    ClockDrift,
+}
+
+impl SyncMessage {
+    /// A short name of the variant, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncMessage::StateChange(_) => "StateChange",
+            SyncMessage::StateBatch(_) => "StateBatch",
+            SyncMessage::StateRequest { .. } => "StateRequest",
+            SyncMessage::StateResponse { .. } => "StateResponse",
+            SyncMessage::SharedChange(_) => "SharedChange",
+            SyncMessage::SharedChangeBatch(_) => "SharedChangeBatch",
+            SyncMessage::SharedChangeRequest { .. } => "SharedChangeRequest",
+            SyncMessage::SharedChangeResponse { .. } => "SharedChangeResponse",
+            SyncMessage::AckSharedChanges { .. } => "AckSharedChanges",
+            SyncMessage::Heartbeat { .. } => "Heartbeat",
+            SyncMessage::SharedSnapshotRequest { .. } => "SharedSnapshotRequest",
+            SyncMessage::SharedSnapshotResponse { .. } => "SharedSnapshotResponse",
+            SyncMessage::Error { .. } => "Error",
+        }
+    }
+
+    /// Whether this message carries real-time changes (transports should never queue these
+    /// behind bulk catch-up traffic).
+    pub fn is_realtime(&self) -> bool {
+        matches!(
+            self,
+            SyncMessage::StateChange(_)
+                | SyncMessage::StateBatch(_)
+                | SyncMessage::SharedChange(_)
+                | SyncMessage::SharedChangeBatch(_)
+                | SyncMessage::AckSharedChanges { .. }
+                | SyncMessage::Heartbeat { .. }
+        )
+    }
+}

@@ -1,0 +1,56 @@
+//! Engine configuration.
+
+use crate::id::DeviceId;
+use crate::model::ModelRegistry;
+use std::time::Duration;
+
+/// How a [`crate::Replica`] behaves. Every limit here bounds memory or work per peer.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This device.
+    pub device: DeviceId,
+    /// The model types of the library.
+    pub models: ModelRegistry,
+    /// Remote shared stamps further ahead of local wall time are refused (default 5 min).
+    pub max_clock_drift: Duration,
+    /// Period of the anti-entropy summary (default 5 s).
+    pub heartbeat_interval: Duration,
+    /// Debounce of acknowledgements (default 50 ms).
+    pub ack_delay: Duration,
+    /// A catch-up request without an answer for this long is abandoned (default 30 s).
+    pub request_timeout: Duration,
+    /// Records asked for per catch-up page (default 2048).
+    pub page_records: u32,
+    /// Cap on records served per page, whatever the request asks (default 4096).
+    pub max_page_records: u32,
+    /// Byte budget of a served page (default 1 MiB, well below the 4 MiB frame limit).
+    pub page_bytes: usize,
+    /// Storage reads pending for one peer's requests before it is answered `Busy` (default 4).
+    pub max_pending_reads_per_peer: usize,
+    /// A member not heard from for this long stops pinning the shared log (default: never).
+    /// When it returns below the pruned horizon it takes a snapshot.
+    pub eviction_after: Option<Duration>,
+}
+
+impl Config {
+    /// Defaults for `device` with the given models.
+    pub fn new(device: DeviceId, models: ModelRegistry) -> Self {
+        Config {
+            device,
+            models,
+            max_clock_drift: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(5),
+            ack_delay: Duration::from_millis(50),
+            request_timeout: Duration::from_secs(30),
+            page_records: 2048,
+            max_page_records: 4096,
+            page_bytes: 1024 * 1024,
+            max_pending_reads_per_peer: 4,
+            eviction_after: None,
+        }
+    }
+
+    pub(crate) fn max_drift_ms(&self) -> u64 {
+        u64::try_from(self.max_clock_drift.as_millis()).unwrap_or(u64::MAX)
+    }
+}

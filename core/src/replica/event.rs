@@ -1,0 +1,172 @@
+//! Events for the application and typed reasons.
+
+use crate::id::DeviceId;
+use std::fmt;
+use uuid::Uuid;
+
+/// Which replication stream a catch-up concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// One owner's device-owned records.
+    Owned(DeviceId),
+    /// The shared log.
+    SharedLog,
+    /// A shared snapshot (after a `truncated` answer).
+    SharedSnapshot,
+}
+
+/// Why a message or a peer was refused. Nothing a refused message carries is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The sender is not in the library's member set.
+    #[error("sender is not a member of the library")]
+    NotMember,
+    /// A real-time device-owned push whose owner is not the sender.
+    #[error("device-owned push from a device that does not own the record")]
+    OwnerMismatch,
+    /// Another device's version of a record this device owns.
+    #[error("foreign version of one of this device's own records")]
+    ForeignVersionOfOwnRecord,
+    /// An acknowledgement whose body names another device than the sender.
+    #[error("acknowledgement names another device than its sender")]
+    AckerMismatch,
+    /// A shared change whose origin is not the device of its stamp.
+    #[error("shared change origin differs from its stamp's device")]
+    OriginMismatch,
+    /// A response that breaks the paging rules (gap, wrong owner, out of range, disorder).
+    #[error("malformed response page")]
+    MalformedResponse,
+    /// A stamp too far in the future (not adopted, change not applied).
+    #[error("stamp beyond the clock drift bound")]
+    ClockDrift,
+    /// A model type that is not in the registry, or of the other kind.
+    #[error("unknown model type")]
+    UnknownModel,
+    /// Too many pending requests from the peer.
+    #[error("too many pending requests")]
+    Busy,
+}
+
+/// Why a local command failed. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The model is not registered.
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    /// The model is registered with the other replication kind.
+    #[error("model {0:?} is not of the kind this command writes")]
+    WrongModelKind(String),
+    /// The built-in member model is written with `AddMember` / `RemoveMember` only.
+    #[error("the member model is written with AddMember/RemoveMember")]
+    ReservedModel,
+    /// The peer is not connected.
+    #[error("peer {0} is not connected")]
+    PeerNotConnected(DeviceId),
+    /// A device does not fetch its own records from others.
+    #[error("a device does not fetch its own records")]
+    OwnRecords,
+    /// A catch-up of this stream is already running.
+    #[error("a catch-up of this stream is already running")]
+    AlreadyFetching,
+    /// The peer disconnected or the request timed out before the fetch finished.
+    #[error("the fetch was interrupted: {0}")]
+    Interrupted(&'static str),
+    /// The peer refused the request.
+    #[error("the peer answered an error: {0}")]
+    PeerError(String),
+}
+
+/// Something the application may want to know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A record was written by a peer's change (it may have been a no-op if storage already
+    /// held a newer version). Catch-up pages report [`Event::CatchUpProgress`] instead.
+    RecordChanged {
+        /// The model.
+        model: String,
+        /// The record.
+        uuid: Uuid,
+        /// The device that made the change.
+        by: DeviceId,
+    },
+    /// A peer connected and is a member.
+    PeerConnected(DeviceId),
+    /// A peer disconnected.
+    PeerDisconnected(DeviceId),
+    /// A catch-up page was applied.
+    CatchUpProgress {
+        /// Who serves it.
+        peer: DeviceId,
+        /// Which stream.
+        stream: Stream,
+        /// Records or entries in the page.
+        applied: usize,
+        /// For device-owned streams: the watermark reached; for shared: entries so far.
+        position: u64,
+        /// For device-owned streams: the head the peer announced, if known.
+        target: Option<u64>,
+    },
+    /// A catch-up finished: this device has everything `peer` had for `stream`.
+    CaughtUp {
+        /// Who served it.
+        peer: DeviceId,
+        /// Which stream.
+        stream: Stream,
+    },
+    /// A peer broke a protocol rule and was disconnected (or its message was refused).
+    PeerMisbehaved {
+        /// The peer.
+        peer: DeviceId,
+        /// What it did.
+        reason: Refusal,
+    },
+    /// A change was refused without blaming the sender (unknown model, clock drift); it will
+    /// be retried by anti-entropy.
+    ChangeRefused {
+        /// Who sent it.
+        from: DeviceId,
+        /// The device that made it.
+        origin: DeviceId,
+        /// Why.
+        reason: Refusal,
+    },
+    /// A device's stamps are too far ahead of local time.
+    ClockSkew {
+        /// The device whose clock is ahead.
+        device: DeviceId,
+        /// How far ahead, in milliseconds.
+        ahead_ms: u64,
+    },
+    /// The member set changed.
+    MembershipChanged {
+        /// The device.
+        device: DeviceId,
+        /// Whether it is now a member.
+        member: bool,
+    },
+    /// A peer knows a higher head of this device's own sequence than this device (its
+    /// database was restored from an old backup or lost): counters were raised past it.
+    OwnHeadRaised {
+        /// The new own head.
+        seq: u64,
+    },
+    /// A local command completed.
+    CommandDone(super::CommandId),
+    /// A local command failed; nothing changed.
+    CommandFailed {
+        /// The command.
+        id: super::CommandId,
+        /// Why.
+        reason: CommandError,
+    },
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stream::Owned(o) => write!(f, "owned:{o}"),
+            Stream::SharedLog => write!(f, "shared-log"),
+            Stream::SharedSnapshot => write!(f, "shared-snapshot"),
+        }
+    }
+}

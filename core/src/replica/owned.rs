@@ -1,0 +1,365 @@
+//! The device-owned stream: local writes, owner pushes, catch-up requests and responses.
+
+use super::{CommandError, CommandId, Event, OwnedFetch, ReadKind, Refusal, Replica, Stream};
+use crate::id::DeviceId;
+use crate::message::{ErrorCode, SyncMessage};
+use crate::model::ModelKind;
+use crate::owned::OwnedRecord;
+use crate::storage::StorageCommand;
+use uuid::Uuid;
+
+impl Replica {
+    /// A local write of one of this device's records: next seq, new stamp, stored (the record
+    /// table is the outbox), then pushed to connected peers.
+    pub(super) fn write_owned(
+        &mut self,
+        model: String,
+        uuid: Uuid,
+        data: Option<Vec<u8>>,
+    ) -> Result<(), CommandError> {
+        match self.config.models.kind(&model) {
+            None => return Err(CommandError::UnknownModel(model)),
+            Some(ModelKind::Shared) => return Err(CommandError::WrongModelKind(model)),
+            Some(ModelKind::DeviceOwned) => {}
+        }
+        let me = self.config.device;
+        let seq = self.watermark(me) + 1;
+        let hlc = self.clock.tick(self.now.wall_ms);
+        self.watermarks.insert(me, seq);
+        let record = OwnedRecord {
+            owner: me,
+            seq,
+            hlc,
+            model,
+            uuid,
+            data,
+        };
+        // Counters first: a crash after them and before the record leaves a harmless gap.
+        self.store(StorageCommand::SetHlc(hlc));
+        self.store(StorageCommand::SetWatermark { owner: me, seq });
+        self.store(StorageCommand::PutOwned(vec![record.clone()]));
+        self.broadcast(SyncMessage::StateChange(record));
+        Ok(())
+    }
+
+    /// Checks one incoming device-owned record; `Err` means the sender misbehaved.
+    fn check_owned(&self, r: &OwnedRecord) -> Result<bool, Refusal> {
+        if r.owner == self.config.device {
+            return Err(Refusal::ForeignVersionOfOwnRecord);
+        }
+        Ok(self.config.models.kind(&r.model) == Some(ModelKind::DeviceOwned))
+    }
+
+    /// Real-time pushes: only from the owner, applied by seq, watermark advanced when
+    /// contiguous, a gap triggers catch-up from the owner.
+    pub(super) fn on_owned_push(&mut self, from: DeviceId, records: Vec<OwnedRecord>) {
+        for r in &records {
+            if r.owner != from {
+                return self.misbehaved(from, Refusal::OwnerMismatch);
+            }
+            match self.check_owned(r) {
+                Err(reason) => return self.misbehaved(from, reason),
+                Ok(false) => {
+                    self.event(Event::ChangeRefused {
+                        from,
+                        origin: r.owner,
+                        reason: Refusal::UnknownModel,
+                    });
+                    self.error_reply(from, None, ErrorCode::UnknownModel, &r.model);
+                    return;
+                }
+                Ok(true) => {}
+            }
+        }
+        let mut wm = self.watermark(from);
+        let start = wm;
+        let mut gap = 0u64;
+        for r in &records {
+            if r.seq == wm + 1 {
+                wm = r.seq;
+            } else if r.seq > wm {
+                gap = gap.max(r.seq);
+            }
+            self.observe_owned_stamp(r);
+        }
+        let fresh: Vec<OwnedRecord> = records.into_iter().filter(|r| r.seq > start).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        for r in &fresh {
+            self.event(Event::RecordChanged {
+                model: r.model.clone(),
+                uuid: r.uuid,
+                by: r.owner,
+            });
+        }
+        self.store(StorageCommand::PutOwned(fresh));
+        if wm > start {
+            self.watermarks.insert(from, wm);
+            self.store(StorageCommand::SetWatermark { owner: from, seq: wm });
+        }
+        if gap > wm {
+            if let Some(p) = self.peers.get_mut(&from) {
+                let h = p.heads.entry(from).or_insert(0);
+                *h = (*h).max(gap);
+            }
+            self.plan_owned(from);
+        }
+    }
+
+    /// Device-owned changes are ordered by seq, not HLC: a stamp beyond the drift bound is
+    /// simply not adopted (the change still applies).
+    fn observe_owned_stamp(&mut self, r: &OwnedRecord) {
+        if let Err(crate::ClockError::TooFarAhead { ahead_ms, .. }) =
+            self.clock.observe(r.hlc, self.now.wall_ms)
+        {
+            self.event(Event::ClockSkew {
+                device: r.owner,
+                ahead_ms,
+            });
+        }
+    }
+
+    /// Serves a `StateRequest` for any owner (relay), up to this device's watermark of that
+    /// owner, so a response is never gapped.
+    pub(super) fn serve_owned(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        owner: DeviceId,
+        since: u64,
+        limit: u32,
+    ) {
+        let upto = self.watermark(owner);
+        if since >= upto {
+            self.send(
+                from,
+                SyncMessage::StateResponse {
+                    request_id,
+                    owner,
+                    since,
+                    through: since,
+                    records: Vec::new(),
+                    has_more: false,
+                },
+            );
+            return;
+        }
+        let limit = self.page_limit(limit);
+        let kind = ReadKind::Owned { owner, since, upto };
+        if let Some(id) = self.begin_read(from, request_id, kind) {
+            let max_bytes = self.config.page_bytes;
+            self.store(StorageCommand::ReadOwned {
+                id,
+                owner,
+                after: since,
+                upto,
+                limit,
+                max_bytes,
+            });
+        }
+    }
+
+    /// Sends a page read from storage.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn answer_owned(
+        &mut self,
+        peer: DeviceId,
+        request_id: u64,
+        owner: DeviceId,
+        since: u64,
+        upto: u64,
+        records: Vec<OwnedRecord>,
+        more: bool,
+    ) {
+        let (through, has_more) = match records.last() {
+            Some(last) if more => (last.seq, true),
+            _ => (upto, false),
+        };
+        self.send(
+            peer,
+            SyncMessage::StateResponse {
+                request_id,
+                owner,
+                since,
+                through,
+                records,
+                has_more,
+            },
+        );
+    }
+
+    /// Applies a catch-up page after checking it against the request it answers.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_owned_response(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        owner: DeviceId,
+        since: u64,
+        through: u64,
+        records: Vec<OwnedRecord>,
+        has_more: bool,
+    ) {
+        let Some(fetch) = self.owned_fetches.get(&owner) else {
+            return; // stale or unsolicited: ignore
+        };
+        if fetch.peer != from || fetch.request_id != request_id {
+            return;
+        }
+        let well_formed = since == fetch.since
+            && through >= since
+            && (!has_more || through > since)
+            && records.windows(2).all(|w| w[0].seq < w[1].seq)
+            && records
+                .iter()
+                .all(|r| r.owner == owner && r.seq > since && r.seq <= through);
+        if !well_formed {
+            return self.misbehaved(from, Refusal::MalformedResponse);
+        }
+        for r in &records {
+            match self.check_owned(r) {
+                Err(reason) => return self.misbehaved(from, reason),
+                Ok(false) => {
+                    // Do not advance the watermark over a record we cannot store.
+                    self.event(Event::ChangeRefused {
+                        from,
+                        origin: owner,
+                        reason: Refusal::UnknownModel,
+                    });
+                    if let Some(f) = self.owned_fetches.remove(&owner) {
+                        self.fail_command(f.command, CommandError::PeerError("unknown model".into()));
+                    }
+                    return;
+                }
+                Ok(true) => {}
+            }
+        }
+        for r in &records {
+            self.observe_owned_stamp(r);
+        }
+        let applied = records.len();
+        if !records.is_empty() {
+            self.store(StorageCommand::PutOwned(records));
+        }
+        let wm = self.watermark(owner);
+        if since <= wm && through > wm {
+            self.watermarks.insert(owner, through);
+            self.store(StorageCommand::SetWatermark { owner, seq: through });
+        }
+        let target = self.peers.get(&from).and_then(|p| p.heads.get(&owner).copied());
+        self.event(Event::CatchUpProgress {
+            peer: from,
+            stream: Stream::Owned(owner),
+            applied,
+            position: self.watermark(owner),
+            target,
+        });
+        if has_more {
+            let request_id = self.next_request_id();
+            let deadline = self.deadline();
+            if let Some(f) = self.owned_fetches.get_mut(&owner) {
+                f.request_id = request_id;
+                f.since = through;
+                f.deadline = deadline;
+            }
+            let limit = self.config.page_records;
+            self.send(
+                from,
+                SyncMessage::StateRequest {
+                    request_id,
+                    owner,
+                    since: through,
+                    limit,
+                },
+            );
+        } else {
+            if let Some(f) = self.owned_fetches.remove(&owner) {
+                if let Some(id) = f.command {
+                    self.event(Event::CommandDone(id));
+                }
+            }
+            self.event(Event::CaughtUp {
+                peer: from,
+                stream: Stream::Owned(owner),
+            });
+            self.plan_owned(from);
+        }
+    }
+
+    /// Starts the next device-owned catch-up from `peer`, if it is ahead for some owner and
+    /// no catch-up from it is running (one per peer and stream; one peer per owner).
+    pub(super) fn plan_owned(&mut self, peer: DeviceId) {
+        if self.owned_fetches.values().any(|f| f.peer == peer) {
+            return;
+        }
+        let me = self.config.device;
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let next = p.heads.iter().find(|(owner, head)| {
+            **owner != me && **head > self.watermark(**owner) && !self.owned_fetches.contains_key(owner)
+        });
+        if let Some((&owner, _)) = next {
+            let since = self.watermark(owner);
+            self.start_owned_fetch(peer, owner, since, None);
+        }
+    }
+
+    fn start_owned_fetch(
+        &mut self,
+        peer: DeviceId,
+        owner: DeviceId,
+        since: u64,
+        command: Option<CommandId>,
+    ) {
+        let request_id = self.next_request_id();
+        let deadline = self.deadline();
+        self.owned_fetches.insert(
+            owner,
+            OwnedFetch {
+                peer,
+                request_id,
+                since,
+                deadline,
+                command,
+            },
+        );
+        let limit = self.config.page_records;
+        self.send(
+            peer,
+            SyncMessage::StateRequest {
+                request_id,
+                owner,
+                since,
+                limit,
+            },
+        );
+    }
+
+    /// `Command::RequestState`.
+    pub(super) fn request_state(
+        &mut self,
+        id: CommandId,
+        peer: DeviceId,
+        owner: DeviceId,
+        since: Option<u64>,
+    ) {
+        let reason = if !self.peers.contains_key(&peer) {
+            Some(CommandError::PeerNotConnected(peer))
+        } else if owner == self.config.device {
+            Some(CommandError::OwnRecords)
+        } else if self.owned_fetches.contains_key(&owner)
+            || self.owned_fetches.values().any(|f| f.peer == peer)
+        {
+            Some(CommandError::AlreadyFetching)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return self.event(Event::CommandFailed { id, reason });
+        }
+        let since = since.unwrap_or_else(|| self.watermark(owner));
+        self.start_owned_fetch(peer, owner, since, Some(id));
+    }
+}

@@ -1,0 +1,481 @@
+//! The shared stream: local writes, pushes, log catch-up and the snapshot fallback.
+
+use super::{
+    CommandError, CommandId, Event, ReadKind, Refusal, Replica, SharedFetch, SharedMode, Stream,
+};
+use crate::id::DeviceId;
+use crate::message::SyncMessage;
+use crate::model::{ModelKind, MEMBER_MODEL};
+use crate::shared::{ChangeKind, SharedChange, SharedKey, SharedRecord};
+use crate::storage::StorageCommand;
+use crate::value::Value;
+use crate::version_vector::VersionVector;
+use crate::ClockError;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// What became of one incoming shared change.
+enum Accepted {
+    /// Appended to the log (contiguous).
+    Logged(SharedChange),
+    /// Applied out of order (merged, not logged; catch-up brings it again).
+    Merged(SharedChange),
+    /// Already covered by the version vector.
+    Duplicate,
+    /// Not applied (drift or unknown model): later entries of its origin cannot be logged.
+    Refused,
+}
+
+impl Replica {
+    /// A local shared write: next shared seq, new stamp, appended to the log (which merges it
+    /// into the record), then pushed to connected peers.
+    pub(super) fn write_shared(
+        &mut self,
+        model: String,
+        uuid: Uuid,
+        kind: ChangeKind,
+        fields: BTreeMap<String, Value>,
+        member_command: bool,
+    ) -> Result<(), CommandError> {
+        if model == MEMBER_MODEL && !member_command {
+            return Err(CommandError::ReservedModel);
+        }
+        match self.config.models.kind(&model) {
+            None => return Err(CommandError::UnknownModel(model)),
+            Some(ModelKind::DeviceOwned) => return Err(CommandError::WrongModelKind(model)),
+            Some(ModelKind::Shared) => {}
+        }
+        let me = self.config.device;
+        let seq = self.vv.get(me) + 1;
+        let hlc = self.clock.tick(self.now.wall_ms);
+        let change = SharedChange {
+            origin: me,
+            seq,
+            hlc,
+            model,
+            record: uuid,
+            kind,
+            fields,
+        };
+        self.vv.set(me, seq);
+        self.store(StorageCommand::SetHlc(hlc));
+        self.store(StorageCommand::AppendLog(vec![change.clone()]));
+        if change.model == MEMBER_MODEL {
+            self.merge_member(&change.to_record());
+        }
+        self.schedule_ack();
+        self.broadcast(SyncMessage::SharedChange(change));
+        Ok(())
+    }
+
+    /// Checks, stamps and applies one incoming change (storage commands are batched by the
+    /// caller). `Err` means the sender misbehaved.
+    fn accept_shared(&mut self, from: DeviceId, c: SharedChange) -> Result<Accepted, Refusal> {
+        if c.origin != c.hlc.device {
+            return Err(Refusal::OriginMismatch);
+        }
+        if c.seq == 0 {
+            return Err(Refusal::MalformedResponse);
+        }
+        if self.config.models.kind(&c.model) != Some(ModelKind::Shared) {
+            self.event(Event::ChangeRefused {
+                from,
+                origin: c.origin,
+                reason: Refusal::UnknownModel,
+            });
+            return Ok(Accepted::Refused);
+        }
+        if c.seq <= self.vv.get(c.origin) {
+            return Ok(Accepted::Duplicate);
+        }
+        if let Err(ClockError::TooFarAhead { ahead_ms, .. }) =
+            self.clock.observe(c.hlc, self.now.wall_ms)
+        {
+            self.event(Event::ClockSkew {
+                device: c.origin,
+                ahead_ms,
+            });
+            self.event(Event::ChangeRefused {
+                from,
+                origin: c.origin,
+                reason: Refusal::ClockDrift,
+            });
+            return Ok(Accepted::Refused);
+        }
+        if c.model == MEMBER_MODEL {
+            self.merge_member(&c.to_record());
+        }
+        if c.seq == self.vv.get(c.origin) + 1 {
+            self.vv.set(c.origin, c.seq);
+            Ok(Accepted::Logged(c))
+        } else {
+            Ok(Accepted::Merged(c))
+        }
+    }
+
+    /// Applies a list of changes; returns whether a gap was seen, or `Err` on misbehaviour.
+    fn apply_shared(&mut self, from: DeviceId, changes: Vec<SharedChange>) -> Result<bool, Refusal> {
+        let mut logged = Vec::new();
+        let mut merged = Vec::new();
+        let mut blocked: Vec<DeviceId> = Vec::new();
+        let mut gap = false;
+        for c in changes {
+            if blocked.contains(&c.origin) {
+                gap = true;
+                continue;
+            }
+            let origin = c.origin;
+            match self.accept_shared(from, c)? {
+                Accepted::Logged(c) => logged.push(c),
+                Accepted::Merged(c) => {
+                    gap = true;
+                    merged.push(c.to_record());
+                    self.event(Event::RecordChanged {
+                        model: c.model,
+                        uuid: c.record,
+                        by: c.origin,
+                    });
+                }
+                Accepted::Duplicate => {}
+                Accepted::Refused => blocked.push(origin),
+            }
+        }
+        for c in &logged {
+            self.event(Event::RecordChanged {
+                model: c.model.clone(),
+                uuid: c.record,
+                by: c.origin,
+            });
+        }
+        if !merged.is_empty() {
+            self.store(StorageCommand::MergeShared(merged));
+        }
+        if !logged.is_empty() {
+            self.store(StorageCommand::AppendLog(logged));
+            self.store(StorageCommand::SetHlc(self.clock.last()));
+            self.schedule_ack();
+        }
+        Ok(gap)
+    }
+
+    /// Real-time shared pushes (from any member: relays keep the original origin).
+    pub(super) fn on_shared_push(&mut self, from: DeviceId, changes: Vec<SharedChange>) {
+        let heads: Vec<(DeviceId, u64)> = changes.iter().map(|c| (c.origin, c.seq)).collect();
+        match self.apply_shared(from, changes) {
+            Err(reason) => self.misbehaved(from, reason),
+            Ok(true) => {
+                if let Some(p) = self.peers.get_mut(&from) {
+                    for (o, s) in heads {
+                        p.vv.raise(o, s);
+                    }
+                }
+                self.plan_shared(from);
+            }
+            Ok(false) => {}
+        }
+    }
+
+    /// Serves a log request: `truncated` below the pruned horizon, else a page from storage.
+    pub(super) fn serve_log(&mut self, from: DeviceId, request_id: u64, since: VersionVector, limit: u32) {
+        let truncated = self.horizon.iter().any(|(o, h)| since.get(o) < h);
+        if truncated || !since.is_behind(&self.vv) {
+            self.send(
+                from,
+                SyncMessage::SharedChangeResponse {
+                    request_id,
+                    entries: Vec::new(),
+                    has_more: false,
+                    truncated,
+                },
+            );
+            return;
+        }
+        let limit = self.page_limit(limit);
+        if let Some(id) = self.begin_read(from, request_id, ReadKind::Log) {
+            let max_bytes = self.config.page_bytes;
+            self.store(StorageCommand::ReadLog {
+                id,
+                since,
+                limit,
+                max_bytes,
+            });
+        }
+    }
+
+    /// Serves a snapshot page; the first page's vector is what the whole snapshot covers.
+    pub(super) fn serve_snapshot(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        after: Option<SharedKey>,
+        limit: u32,
+    ) {
+        let limit = self.page_limit(limit);
+        let vv = self.vv.clone();
+        if let Some(id) = self.begin_read(from, request_id, ReadKind::Snapshot { vv }) {
+            let max_bytes = self.config.page_bytes;
+            self.store(StorageCommand::ReadSharedSnapshot {
+                id,
+                after,
+                limit,
+                max_bytes,
+            });
+        }
+    }
+
+    fn current_shared_fetch(&self, from: DeviceId, request_id: u64) -> bool {
+        self.shared_fetch
+            .as_ref()
+            .is_some_and(|f| f.peer == from && f.request_id == request_id)
+    }
+
+    /// Applies a log page after checking it is contiguous per origin from the request's bound.
+    pub(super) fn on_log_response(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        entries: Vec<SharedChange>,
+        has_more: bool,
+        truncated: bool,
+    ) {
+        if !self.current_shared_fetch(from, request_id) {
+            return;
+        }
+        let Some(SharedMode::Log { since }) = self.shared_fetch.as_ref().map(|f| &f.mode) else {
+            return;
+        };
+        if truncated {
+            return self.start_snapshot_page(from, None, None);
+        }
+        let mut expect = since.clone();
+        let contiguous = entries.iter().all(|e| {
+            let ok = e.seq == expect.get(e.origin) + 1;
+            expect.set(e.origin, e.seq);
+            ok
+        });
+        let ordered = entries
+            .windows(2)
+            .all(|w| (w[0].origin, w[0].seq) < (w[1].origin, w[1].seq));
+        if !contiguous || !ordered || (has_more && entries.is_empty()) {
+            return self.misbehaved(from, Refusal::MalformedResponse);
+        }
+        let before = self.vv.clone();
+        let count = entries.len();
+        if let Err(reason) = self.apply_shared(from, entries) {
+            return self.misbehaved(from, reason);
+        }
+        let progressed = self.vv != before;
+        let applied = match self.shared_fetch.as_mut() {
+            Some(f) => {
+                f.applied += count as u64;
+                f.applied
+            }
+            None => 0,
+        };
+        self.event(Event::CatchUpProgress {
+            peer: from,
+            stream: Stream::SharedLog,
+            applied: count,
+            position: applied,
+            target: None,
+        });
+        if has_more && progressed {
+            let since = self.vv.clone();
+            self.send_log_request(from, since);
+        } else {
+            self.finish_shared_fetch(from, Stream::SharedLog);
+        }
+    }
+
+    fn finish_shared_fetch(&mut self, from: DeviceId, stream: Stream) {
+        if let Some(f) = self.shared_fetch.take() {
+            if let Some(id) = f.command {
+                self.event(Event::CommandDone(id));
+            }
+        }
+        self.event(Event::CaughtUp { peer: from, stream });
+    }
+
+    fn send_log_request(&mut self, peer: DeviceId, since: VersionVector) {
+        let request_id = self.next_request_id();
+        let deadline = self.deadline();
+        if let Some(f) = self.shared_fetch.as_mut() {
+            f.request_id = request_id;
+            f.deadline = deadline;
+            f.mode = SharedMode::Log {
+                since: since.clone(),
+            };
+        }
+        let limit = self.config.page_records;
+        self.send(
+            peer,
+            SyncMessage::SharedChangeRequest {
+                request_id,
+                since,
+                limit,
+            },
+        );
+    }
+
+    fn start_snapshot_page(
+        &mut self,
+        peer: DeviceId,
+        after: Option<SharedKey>,
+        vv: Option<VersionVector>,
+    ) {
+        let request_id = self.next_request_id();
+        let deadline = self.deadline();
+        if let Some(f) = self.shared_fetch.as_mut() {
+            f.request_id = request_id;
+            f.deadline = deadline;
+            f.mode = SharedMode::Snapshot {
+                after: after.clone(),
+                vv,
+            };
+        }
+        let limit = self.config.page_records;
+        self.send(
+            peer,
+            SyncMessage::SharedSnapshotRequest {
+                request_id,
+                after,
+                limit,
+            },
+        );
+    }
+
+    /// Applies a snapshot page through the same register merge as every other path. After the
+    /// last page the snapshot's vector becomes this device's version vector and log horizon,
+    /// then the log catch-up resumes from it.
+    pub(super) fn on_snapshot_response(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        page_vv: VersionVector,
+        records: Vec<SharedRecord>,
+        has_more: bool,
+    ) {
+        if !self.current_shared_fetch(from, request_id) {
+            return;
+        }
+        let Some(SharedMode::Snapshot { after, vv }) = self.shared_fetch.as_ref().map(|f| &f.mode)
+        else {
+            return;
+        };
+        let claim = vv.clone().unwrap_or(page_vv);
+        let ordered = records.windows(2).all(|w| w[0].key() < w[1].key())
+            && match (after, records.first()) {
+                (Some(a), Some(first)) => first.key() > *a,
+                _ => true,
+            };
+        if !ordered || (has_more && records.is_empty()) {
+            return self.misbehaved(from, Refusal::MalformedResponse);
+        }
+        let known = records
+            .iter()
+            .all(|r| self.config.models.kind(&r.model) == Some(ModelKind::Shared));
+        let newest = records.iter().map(SharedRecord::max_hlc).max();
+        let drift = newest.map(|h| self.clock.check_drift(h, self.now.wall_ms));
+        if !known || matches!(drift, Some(Err(_))) {
+            let reason = if known {
+                Refusal::ClockDrift
+            } else {
+                Refusal::UnknownModel
+            };
+            if let Some(Err(ClockError::TooFarAhead { ahead_ms, .. })) = drift {
+                let device = newest.map(|h| h.device).unwrap_or(from);
+                self.event(Event::ClockSkew { device, ahead_ms });
+            }
+            self.event(Event::ChangeRefused {
+                from,
+                origin: from,
+                reason,
+            });
+            if let Some(f) = self.shared_fetch.take() {
+                self.fail_command(f.command, CommandError::PeerError(reason.to_string()));
+            }
+            return;
+        }
+        if let Some(h) = newest {
+            let _ = self.clock.observe(h, self.now.wall_ms);
+        }
+        for r in records.iter().filter(|r| r.model == MEMBER_MODEL) {
+            self.merge_member(r);
+        }
+        let last = records.last().map(SharedRecord::key);
+        let count = records.len();
+        if !records.is_empty() {
+            self.store(StorageCommand::SetHlc(self.clock.last()));
+            self.store(StorageCommand::MergeShared(records));
+        }
+        self.event(Event::CatchUpProgress {
+            peer: from,
+            stream: Stream::SharedSnapshot,
+            applied: count,
+            position: count as u64,
+            target: None,
+        });
+        if has_more {
+            return self.start_snapshot_page(from, last, Some(claim));
+        }
+        // The snapshot covers `claim`: adopt it as version vector and horizon.
+        for (origin, seq) in claim.iter() {
+            if seq > self.vv.get(origin) {
+                self.vv.set(origin, seq);
+                self.horizon.raise(origin, seq);
+                self.store(StorageCommand::PruneLog {
+                    origin,
+                    through: seq,
+                });
+            }
+        }
+        self.schedule_ack();
+        self.event(Event::CaughtUp {
+            peer: from,
+            stream: Stream::SharedSnapshot,
+        });
+        let since = self.vv.clone();
+        self.send_log_request(from, since);
+    }
+
+    /// Starts a shared catch-up from `peer` if it is ahead and none is running.
+    pub(super) fn plan_shared(&mut self, peer: DeviceId) {
+        if self.shared_fetch.is_some() {
+            return;
+        }
+        let ahead = self.peers.get(&peer).is_some_and(|p| self.vv.is_behind(&p.vv));
+        if ahead {
+            self.start_shared_fetch(peer, self.vv.clone(), None);
+        }
+    }
+
+    fn start_shared_fetch(&mut self, peer: DeviceId, since: VersionVector, command: Option<CommandId>) {
+        self.shared_fetch = Some(SharedFetch {
+            peer,
+            request_id: 0,
+            mode: SharedMode::Log {
+                since: since.clone(),
+            },
+            deadline: self.deadline(),
+            command,
+            applied: 0,
+        });
+        self.send_log_request(peer, since);
+    }
+
+    /// `Command::RequestSharedChanges`.
+    pub(super) fn request_shared(&mut self, id: CommandId, peer: DeviceId, since: Option<VersionVector>) {
+        let reason = if !self.peers.contains_key(&peer) {
+            Some(CommandError::PeerNotConnected(peer))
+        } else if self.shared_fetch.is_some() {
+            Some(CommandError::AlreadyFetching)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return self.event(Event::CommandFailed { id, reason });
+        }
+        let since = since.unwrap_or_else(|| self.vv.clone());
+        self.start_shared_fetch(peer, since, Some(id));
+    }
+}

@@ -1,0 +1,363 @@
+//! Shared records: HLC-stamped changes merged per field by last-writer-wins.
+//!
+//! A shared record is a set of registers: `exists` and one per field, each holding the value
+//! with the highest HLC it has seen, plus the HLC of the latest `Insert`. Merging two register
+//! sets takes the maximum of each register, so it is commutative, associative and idempotent:
+//! applying changes in any order, any number of times, gives the same record. The version lives
+//! on the record, not in the prunable log, so this stays true after the log is pruned.
+
+use crate::hlc::Hlc;
+use crate::id::DeviceId;
+use crate::value::Value;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// What a shared change does to its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ChangeKind {
+    /// Creates (or re-creates) the record: a full write of the given fields.
+    Insert,
+    /// Sets only the given fields.
+    Update,
+    /// Deletes the record.
+    Delete,
+}
+
+/// One entry of the shared change log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SharedChange {
+    /// The device that made the change; always `hlc.device`.
+    pub origin: DeviceId,
+    /// The origin's sequence number of its shared changes (1, 2, 3...).
+    pub seq: u64,
+    /// The stamp the change wins conflicts with.
+    pub hlc: Hlc,
+    /// The model type (a shared model of the registry).
+    pub model: String,
+    /// The record id.
+    pub record: Uuid,
+    /// Insert, update or delete.
+    pub kind: ChangeKind,
+    /// Fields written (empty for a delete).
+    pub fields: BTreeMap<String, Value>,
+}
+
+impl SharedChange {
+    /// The storage key of the record this change touches.
+    pub fn key(&self) -> SharedKey {
+        (self.model.clone(), self.record)
+    }
+
+    /// The register set this change writes (merge it into the record to apply the change).
+    pub fn to_record(&self) -> SharedRecord {
+        let exists = match self.kind {
+            ChangeKind::Insert => Some(Register::new(self.hlc, true)),
+            ChangeKind::Update => None,
+            ChangeKind::Delete => Some(Register::new(self.hlc, false)),
+        };
+        let fields = match self.kind {
+            ChangeKind::Delete => BTreeMap::new(),
+            _ => self
+                .fields
+                .iter()
+                .map(|(k, v)| (k.clone(), Register::new(self.hlc, v.clone())))
+                .collect(),
+        };
+        SharedRecord {
+            model: self.model.clone(),
+            uuid: self.record,
+            exists,
+            last_insert: (self.kind == ChangeKind::Insert).then_some(self.hlc),
+            fields,
+        }
+    }
+
+    /// The size this entry counts against a page's byte budget (an upper bound of its
+    /// encoding, shared by every backend).
+    pub fn budget_size(&self) -> usize {
+        64 + self.model.len() + fields_size(self.fields.iter())
+    }
+}
+
+/// The storage key of a shared record: `(model, uuid)`.
+pub type SharedKey = (String, Uuid);
+
+/// A last-writer-wins register.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Register<T> {
+    /// The stamp of the write that set the value.
+    pub hlc: Hlc,
+    /// The value.
+    pub value: T,
+}
+
+impl<T> Register<T> {
+    /// A register holding `value` written at `hlc`.
+    pub fn new(hlc: Hlc, value: T) -> Self {
+        Register { hlc, value }
+    }
+}
+
+/// Keeps the register with the higher stamp; returns whether `slot` changed.
+fn merge_register<T: Clone>(slot: &mut Option<Register<T>>, other: &Option<Register<T>>) -> bool {
+    match (slot.as_ref(), other) {
+        (_, None) => false,
+        (Some(mine), Some(theirs)) if mine.hlc >= theirs.hlc => false,
+        (_, Some(theirs)) => {
+            *slot = Some(theirs.clone());
+            true
+        }
+    }
+}
+
+/// The replicated state of one shared record: its registers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SharedRecord {
+    /// The model type.
+    pub model: String,
+    /// The record id.
+    pub uuid: Uuid,
+    /// Whether the record exists (`None`: no insert or delete seen yet).
+    pub exists: Option<Register<bool>>,
+    /// The stamp of the latest `Insert`; older field registers are hidden.
+    pub last_insert: Option<Hlc>,
+    /// One register per field ever written.
+    pub fields: BTreeMap<String, Register<Value>>,
+}
+
+impl SharedRecord {
+    /// A record with no registers set.
+    pub fn empty(model: &str, uuid: Uuid) -> Self {
+        SharedRecord {
+            model: model.to_owned(),
+            uuid,
+            exists: None,
+            last_insert: None,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// The storage key `(model, uuid)`.
+    pub fn key(&self) -> SharedKey {
+        (self.model.clone(), self.uuid)
+    }
+
+    /// Merges `other` (same key) into `self`, register by register; returns whether anything
+    /// changed. This is the single definition of shared conflict resolution: real-time changes,
+    /// catch-up and snapshots all go through it.
+    pub fn merge(&mut self, other: &SharedRecord) -> bool {
+        let mut changed = merge_register(&mut self.exists, &other.exists);
+        if other.last_insert > self.last_insert {
+            self.last_insert = other.last_insert;
+            changed = true;
+        }
+        for (name, theirs) in &other.fields {
+            match self.fields.get_mut(name) {
+                Some(mine) if mine.hlc >= theirs.hlc => {}
+                Some(mine) => {
+                    *mine = theirs.clone();
+                    changed = true;
+                }
+                None => {
+                    self.fields.insert(name.clone(), theirs.clone());
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The highest stamp in any register.
+    pub fn max_hlc(&self) -> Hlc {
+        let fields = self.fields.values().map(|r| r.hlc);
+        let exists = self.exists.iter().map(|r| r.hlc);
+        fields
+            .chain(exists)
+            .chain(self.last_insert)
+            .max()
+            .unwrap_or(Hlc::ZERO)
+    }
+
+    /// The record as the application sees it: `None` if it does not exist, else the fields
+    /// written at or after the latest `Insert`.
+    pub fn visible(&self) -> Option<BTreeMap<String, Value>> {
+        if !self.exists.as_ref().is_some_and(|r| r.value) {
+            return None;
+        }
+        let since = self.last_insert.unwrap_or(Hlc::ZERO);
+        Some(
+            self.fields
+                .iter()
+                .filter(|(_, r)| r.hlc >= since)
+                .map(|(k, r)| (k.clone(), r.value.clone()))
+                .collect(),
+        )
+    }
+
+    /// The size this record counts against a snapshot page's byte budget.
+    pub fn budget_size(&self) -> usize {
+        96 + self.model.len() + fields_size(self.fields.iter().map(|(k, r)| (k, &r.value)))
+    }
+
+    /// The devices whose stamps appear in this record.
+    pub fn devices(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.fields.values().map(|r| r.hlc.device)
+    }
+}
+
+fn fields_size<'a>(fields: impl Iterator<Item = (&'a String, &'a Value)>) -> usize {
+    fields.map(|(k, v)| 24 + k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 1,
+        Value::Int(_) | Value::UInt(_) | Value::Float(_) => 9,
+        Value::String(s) => 5 + s.len(),
+        Value::Bytes(b) => 5 + b.len(),
+        Value::List(l) => 5 + l.iter().map(value_size).sum::<usize>(),
+        Value::Map(m) => 5 + m.iter().map(|(k, v)| 5 + k.len() + value_size(v)).sum::<usize>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: DeviceId = DeviceId::from_u128(1);
+    const B: DeviceId = DeviceId::from_u128(2);
+
+    fn change(t: u64, dev: DeviceId, kind: ChangeKind, fields: &[(&str, i64)]) -> SharedChange {
+        SharedChange {
+            origin: dev,
+            seq: t,
+            hlc: Hlc::new(t, 0, dev),
+            model: "tag".into(),
+            record: Uuid::from_u128(7),
+            kind,
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::Int(*v)))
+                .collect(),
+        }
+    }
+
+    fn apply_all(changes: &[SharedChange]) -> SharedRecord {
+        let mut r = SharedRecord::empty("tag", Uuid::from_u128(7));
+        for c in changes {
+            r.merge(&c.to_record());
+        }
+        r
+    }
+
+    fn fields(pairs: &[(&str, i64)]) -> Option<BTreeMap<String, Value>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::Int(*v)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn concurrent_edits_of_different_fields_both_survive() {
+        let ins = change(1, A, ChangeKind::Insert, &[("name", 0), ("color", 0)]);
+        let a = change(2, A, ChangeKind::Update, &[("name", 1)]);
+        let b = change(2, B, ChangeKind::Update, &[("color", 2)]);
+        let r1 = apply_all(&[ins.clone(), a.clone(), b.clone()]);
+        let r2 = apply_all(&[b, a, ins]);
+        assert_eq!(r1, r2);
+        assert_eq!(r1.visible(), fields(&[("color", 2), ("name", 1)]));
+    }
+
+    #[test]
+    fn same_field_conflict_goes_to_highest_hlc() {
+        let x = change(5, A, ChangeKind::Update, &[("name", 1)]);
+        let y = change(5, B, ChangeKind::Update, &[("name", 2)]);
+        let ins = change(1, A, ChangeKind::Insert, &[]);
+        assert_eq!(
+            apply_all(&[ins.clone(), x.clone(), y.clone()]).visible(),
+            fields(&[("name", 2)])
+        );
+        assert_eq!(apply_all(&[y, ins, x]).visible(), fields(&[("name", 2)]));
+    }
+
+    #[test]
+    fn old_duplicate_after_newer_change_is_a_no_op() {
+        // Trap 5: the version lives on the row, so an old change re-delivered after the log was
+        // pruned cannot overwrite newer state.
+        let old = change(1, A, ChangeKind::Insert, &[("name", 1)]);
+        let new = change(2, B, ChangeKind::Update, &[("name", 2)]);
+        let mut r = apply_all(&[old.clone(), new]);
+        let before = r.clone();
+        assert!(!r.merge(&old.to_record()));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn delete_beats_older_update_in_any_order() {
+        let ins = change(1, A, ChangeKind::Insert, &[("name", 1)]);
+        let del = change(3, B, ChangeKind::Delete, &[]);
+        let upd = change(2, A, ChangeKind::Update, &[("name", 2)]);
+        assert_eq!(apply_all(&[ins.clone(), del.clone(), upd.clone()]).visible(), None);
+        assert_eq!(apply_all(&[upd, del, ins]).visible(), None);
+    }
+
+    #[test]
+    fn reinsert_after_delete_hides_stale_fields() {
+        let ins = change(1, A, ChangeKind::Insert, &[("name", 1), ("color", 1)]);
+        let del = change(2, A, ChangeKind::Delete, &[]);
+        let re = change(3, B, ChangeKind::Insert, &[("name", 3)]);
+        let r = apply_all(&[re.clone(), ins.clone(), del.clone()]);
+        assert_eq!(r.visible(), fields(&[("name", 3)]));
+        assert_eq!(r, apply_all(&[ins, del, re]));
+    }
+
+    #[test]
+    fn update_without_insert_is_invisible_until_inserted() {
+        let upd = change(2, A, ChangeKind::Update, &[("name", 2)]);
+        let ins = change(1, B, ChangeKind::Insert, &[("color", 1)]);
+        assert_eq!(apply_all(std::slice::from_ref(&upd)).visible(), None);
+        assert_eq!(
+            apply_all(&[upd, ins]).visible(),
+            fields(&[("color", 1), ("name", 2)])
+        );
+    }
+
+    #[test]
+    fn merge_is_idempotent_commutative_and_associative() {
+        let cs = [
+            change(1, A, ChangeKind::Insert, &[("a", 1)]),
+            change(2, B, ChangeKind::Update, &[("b", 2)]),
+            change(3, A, ChangeKind::Delete, &[]),
+            change(4, B, ChangeKind::Insert, &[("a", 4)]),
+        ];
+        let x = apply_all(&cs);
+        let mut rev = cs.to_vec();
+        rev.reverse();
+        assert_eq!(x, apply_all(&rev));
+        let mut twice = cs.to_vec();
+        twice.extend(cs.iter().cloned());
+        assert_eq!(x, apply_all(&twice));
+        // (c0 ⊔ c1) ⊔ (c2 ⊔ c3) == c0 ⊔ (c1 ⊔ (c2 ⊔ c3))
+        let left = {
+            let mut l = apply_all(&cs[..2]);
+            l.merge(&apply_all(&cs[2..]));
+            l
+        };
+        let right = {
+            let mut inner = apply_all(&cs[2..]);
+            inner.merge(&cs[1].to_record());
+            let mut r = apply_all(&cs[..1]);
+            r.merge(&inner);
+            r
+        };
+        assert_eq!(left, right);
+        assert_eq!(left, x);
+    }
+}
