@@ -95,13 +95,25 @@ impl MemState {
                 let lo = (*owner, after.saturating_add(1));
                 let hi = (*owner, *upto);
                 let rows = if lo <= hi {
-                    Some(self.owned_by_seq.range(lo..=hi).filter_map(|(_, k)| self.owned.get(k)))
+                    Some(
+                        self.owned_by_seq
+                            .range(lo..=hi)
+                            .filter_map(|(_, k)| self.owned.get(k)),
+                    )
                 } else {
                     None
                 };
-                let (records, more) =
-                    page(rows.into_iter().flatten(), *limit, *max_bytes, OwnedRecord::budget_size);
-                Some(StorageDone::Owned { id: *id, records, more })
+                let (records, more) = page(
+                    rows.into_iter().flatten(),
+                    *limit,
+                    *max_bytes,
+                    OwnedRecord::budget_size,
+                );
+                Some(StorageDone::Owned {
+                    id: *id,
+                    records,
+                    more,
+                })
             }
             StorageCommand::ReadLog {
                 id,
@@ -115,7 +127,11 @@ impl MemState {
                     .filter(|((o, s), _)| *s > since.get(*o))
                     .map(|(_, e)| e);
                 let (entries, more) = page(rows, *limit, *max_bytes, SharedChange::budget_size);
-                Some(StorageDone::Log { id: *id, entries, more })
+                Some(StorageDone::Log {
+                    id: *id,
+                    entries,
+                    more,
+                })
             }
             StorageCommand::ReadSharedSnapshot {
                 id,
@@ -129,7 +145,11 @@ impl MemState {
                 };
                 let rows = self.shared.range((lower, Bound::Unbounded)).map(|(_, r)| r);
                 let (records, more) = page(rows, *limit, *max_bytes, SharedRecord::budget_size);
-                Some(StorageDone::Snapshot { id: *id, records, more })
+                Some(StorageDone::Snapshot {
+                    id: *id,
+                    records,
+                    more,
+                })
             }
         }
     }
@@ -281,10 +301,7 @@ mod tests {
 impl crate::storage::StorageBackend for MemStore {
     type Error = std::convert::Infallible;
 
-    fn execute(
-        &mut self,
-        commands: Vec<StorageCommand>,
-    ) -> Result<Vec<StorageDone>, Self::Error> {
+    fn execute(&mut self, commands: Vec<StorageCommand>) -> Result<Vec<StorageDone>, Self::Error> {
         let done = commands
             .into_iter()
             .filter_map(|c| MemStore::execute(self, c))

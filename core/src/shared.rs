@@ -221,7 +221,12 @@ fn value_size(v: &Value) -> usize {
         Value::String(s) => 5 + s.len(),
         Value::Bytes(b) => 5 + b.len(),
         Value::List(l) => 5 + l.iter().map(value_size).sum::<usize>(),
-        Value::Map(m) => 5 + m.iter().map(|(k, v)| 5 + k.len() + value_size(v)).sum::<usize>(),
+        Value::Map(m) => {
+            5 + m
+                .iter()
+                .map(|(k, v)| 5 + k.len() + value_size(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -304,7 +309,10 @@ mod tests {
         let ins = change(1, A, ChangeKind::Insert, &[("name", 1)]);
         let del = change(3, B, ChangeKind::Delete, &[]);
         let upd = change(2, A, ChangeKind::Update, &[("name", 2)]);
-        assert_eq!(apply_all(&[ins.clone(), del.clone(), upd.clone()]).visible(), None);
+        assert_eq!(
+            apply_all(&[ins.clone(), del.clone(), upd.clone()]).visible(),
+            None
+        );
         assert_eq!(apply_all(&[upd, del, ins]).visible(), None);
     }
 

@@ -19,10 +19,7 @@ impl Replica {
             .merge(r);
         let is = self.is_member(device);
         if was != is {
-            self.event(Event::MembershipChanged {
-                device,
-                member: is,
-            });
+            self.event(Event::MembershipChanged { device, member: is });
             if !is && self.peers.contains_key(&device) {
                 self.outputs.push_back(Output::Disconnect {
                     peer: device,
@@ -78,7 +75,11 @@ impl Replica {
             .filter(|d| match evict {
                 None => true,
                 Some(after) => {
-                    let seen = self.last_seen.get(d).copied().unwrap_or(crate::Instant::ZERO);
+                    let seen = self
+                        .last_seen
+                        .get(d)
+                        .copied()
+                        .unwrap_or(crate::Instant::ZERO);
                     self.peers.contains_key(d) || now.saturating_duration_since(seen) < after
                 }
             })

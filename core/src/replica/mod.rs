@@ -80,9 +80,15 @@ struct PendingRead {
 
 #[derive(Debug)]
 enum ReadKind {
-    Owned { owner: DeviceId, since: u64, upto: u64 },
+    Owned {
+        owner: DeviceId,
+        since: u64,
+        upto: u64,
+    },
     Log,
-    Snapshot { vv: VersionVector },
+    Snapshot {
+        vv: VersionVector,
+    },
 }
 
 /// The sans-IO sync engine of one device.
@@ -116,11 +122,8 @@ impl Replica {
     pub fn new(config: Config, restored: Restored, now: Now) -> Replica {
         let me = config.device;
         let clock = HlcClock::restore(me, config.max_drift_ms(), restored.hlc);
-        let member_records: BTreeMap<Uuid, SharedRecord> = restored
-            .members
-            .into_iter()
-            .map(|r| (r.uuid, r))
-            .collect();
+        let member_records: BTreeMap<Uuid, SharedRecord> =
+            restored.members.into_iter().map(|r| (r.uuid, r)).collect();
         let mut replica = Replica {
             heartbeat_due: now.mono + config.heartbeat_interval,
             config,
@@ -452,7 +455,10 @@ impl Replica {
         if let Some(&head) = heads.get(&me) {
             if head > self.watermark(me) {
                 self.watermarks.insert(me, head);
-                self.store(StorageCommand::SetWatermark { owner: me, seq: head });
+                self.store(StorageCommand::SetWatermark {
+                    owner: me,
+                    seq: head,
+                });
                 self.event(Event::OwnHeadRaised { seq: head });
             }
         }
@@ -464,7 +470,13 @@ impl Replica {
         self.plan_shared(from);
     }
 
-    fn on_error(&mut self, from: DeviceId, request_id: Option<u64>, code: ErrorCode, message: String) {
+    fn on_error(
+        &mut self,
+        from: DeviceId,
+        request_id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    ) {
         let Some(rid) = request_id else { return };
         let owner = self
             .owned_fetches
@@ -473,7 +485,10 @@ impl Replica {
             .map(|(o, _)| *o);
         if let Some(o) = owner {
             if let Some(f) = self.owned_fetches.remove(&o) {
-                self.fail_command(f.command, CommandError::PeerError(format!("{code:?}: {message}")));
+                self.fail_command(
+                    f.command,
+                    CommandError::PeerError(format!("{code:?}: {message}")),
+                );
             }
             return;
         }
@@ -483,7 +498,10 @@ impl Replica {
             .is_some_and(|f| f.peer == from && f.request_id == rid)
         {
             if let Some(f) = self.shared_fetch.take() {
-                self.fail_command(f.command, CommandError::PeerError(format!("{code:?}: {message}")));
+                self.fail_command(
+                    f.command,
+                    CommandError::PeerError(format!("{code:?}: {message}")),
+                );
             }
         }
     }
@@ -507,7 +525,15 @@ impl Replica {
         }
         match (read.kind, done) {
             (ReadKind::Owned { owner, since, upto }, StorageDone::Owned { records, more, .. }) => {
-                self.answer_owned(read.peer, read.request_id, owner, since, upto, records, more)
+                self.answer_owned(
+                    read.peer,
+                    read.request_id,
+                    owner,
+                    since,
+                    upto,
+                    records,
+                    more,
+                )
             }
             (ReadKind::Log, StorageDone::Log { entries, more, .. }) => self.send(
                 read.peer,
@@ -545,7 +571,12 @@ impl Replica {
                 peer,
                 reason: Refusal::Busy,
             });
-            self.error_reply(peer, Some(request_id), ErrorCode::Busy, "too many pending requests");
+            self.error_reply(
+                peer,
+                Some(request_id),
+                ErrorCode::Busy,
+                "too many pending requests",
+            );
             return None;
         }
         p.pending_reads += 1;
@@ -590,7 +621,11 @@ impl Replica {
                 self.fail_command(f.command, CommandError::Interrupted("request timed out"));
             }
         }
-        if self.shared_fetch.as_ref().is_some_and(|f| f.deadline <= now) {
+        if self
+            .shared_fetch
+            .as_ref()
+            .is_some_and(|f| f.deadline <= now)
+        {
             if let Some(f) = self.shared_fetch.take() {
                 self.fail_command(f.command, CommandError::Interrupted("request timed out"));
             }
@@ -613,9 +648,13 @@ impl Replica {
                 uuid,
                 fields,
             } => self.write_shared(model, uuid, crate::ChangeKind::Update, fields, false),
-            Command::DeleteShared { model, uuid } => {
-                self.write_shared(model, uuid, crate::ChangeKind::Delete, BTreeMap::new(), false)
-            }
+            Command::DeleteShared { model, uuid } => self.write_shared(
+                model,
+                uuid,
+                crate::ChangeKind::Delete,
+                BTreeMap::new(),
+                false,
+            ),
             Command::AddMember(d) => self.write_shared(
                 crate::MEMBER_MODEL.to_owned(),
                 d.0,

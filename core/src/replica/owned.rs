@@ -96,7 +96,10 @@ impl Replica {
         self.store(StorageCommand::PutOwned(fresh));
         if wm > start {
             self.watermarks.insert(from, wm);
-            self.store(StorageCommand::SetWatermark { owner: from, seq: wm });
+            self.store(StorageCommand::SetWatermark {
+                owner: from,
+                seq: wm,
+            });
         }
         if gap > wm {
             if let Some(p) = self.peers.get_mut(&from) {
@@ -228,7 +231,10 @@ impl Replica {
                         reason: Refusal::UnknownModel,
                     });
                     if let Some(f) = self.owned_fetches.remove(&owner) {
-                        self.fail_command(f.command, CommandError::PeerError("unknown model".into()));
+                        self.fail_command(
+                            f.command,
+                            CommandError::PeerError("unknown model".into()),
+                        );
                     }
                     return;
                 }
@@ -245,9 +251,15 @@ impl Replica {
         let wm = self.watermark(owner);
         if since <= wm && through > wm {
             self.watermarks.insert(owner, through);
-            self.store(StorageCommand::SetWatermark { owner, seq: through });
+            self.store(StorageCommand::SetWatermark {
+                owner,
+                seq: through,
+            });
         }
-        let target = self.peers.get(&from).and_then(|p| p.heads.get(&owner).copied());
+        let target = self
+            .peers
+            .get(&from)
+            .and_then(|p| p.heads.get(&owner).copied());
         self.event(Event::CatchUpProgress {
             peer: from,
             stream: Stream::Owned(owner),
@@ -298,7 +310,9 @@ impl Replica {
             return;
         };
         let next = p.heads.iter().find(|(owner, head)| {
-            **owner != me && **head > self.watermark(**owner) && !self.owned_fetches.contains_key(owner)
+            **owner != me
+                && **head > self.watermark(**owner)
+                && !self.owned_fetches.contains_key(owner)
         });
         if let Some((&owner, _)) = next {
             let since = self.watermark(owner);

@@ -114,7 +114,11 @@ impl Replica {
     }
 
     /// Applies a list of changes; returns whether a gap was seen, or `Err` on misbehaviour.
-    fn apply_shared(&mut self, from: DeviceId, changes: Vec<SharedChange>) -> Result<bool, Refusal> {
+    fn apply_shared(
+        &mut self,
+        from: DeviceId,
+        changes: Vec<SharedChange>,
+    ) -> Result<bool, Refusal> {
         let mut logged = Vec::new();
         let mut merged = Vec::new();
         let mut blocked: Vec<DeviceId> = Vec::new();
@@ -176,7 +180,13 @@ impl Replica {
     }
 
     /// Serves a log request: `truncated` below the pruned horizon, else a page from storage.
-    pub(super) fn serve_log(&mut self, from: DeviceId, request_id: u64, since: VersionVector, limit: u32) {
+    pub(super) fn serve_log(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        since: VersionVector,
+        limit: u32,
+    ) {
         let truncated = self.horizon.iter().any(|(o, h)| since.get(o) < h);
         if truncated || !since.is_behind(&self.vv) {
             self.send(
@@ -443,13 +453,21 @@ impl Replica {
         if self.shared_fetch.is_some() {
             return;
         }
-        let ahead = self.peers.get(&peer).is_some_and(|p| self.vv.is_behind(&p.vv));
+        let ahead = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| self.vv.is_behind(&p.vv));
         if ahead {
             self.start_shared_fetch(peer, self.vv.clone(), None);
         }
     }
 
-    fn start_shared_fetch(&mut self, peer: DeviceId, since: VersionVector, command: Option<CommandId>) {
+    fn start_shared_fetch(
+        &mut self,
+        peer: DeviceId,
+        since: VersionVector,
+        command: Option<CommandId>,
+    ) {
         self.shared_fetch = Some(SharedFetch {
             peer,
             request_id: 0,
@@ -464,7 +482,12 @@ impl Replica {
     }
 
     /// `Command::RequestSharedChanges`.
-    pub(super) fn request_shared(&mut self, id: CommandId, peer: DeviceId, since: Option<VersionVector>) {
+    pub(super) fn request_shared(
+        &mut self,
+        id: CommandId,
+        peer: DeviceId,
+        since: Option<VersionVector>,
+    ) {
         let reason = if !self.peers.contains_key(&peer) {
             Some(CommandError::PeerNotConnected(peer))
         } else if self.shared_fetch.is_some() {

@@ -1,0 +1,953 @@
+//! Engine tests driven by hand through a tiny in-memory network (a `Pair`-style harness).
+
+use super::*;
+use crate::codec::{decode, encode};
+use crate::memstore::MemStore;
+use crate::model::ModelRegistry;
+use crate::owned::OwnedRecord;
+use crate::shared::{ChangeKind, SharedChange};
+use crate::value::Value;
+use crate::Hlc;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn dev(n: u128) -> DeviceId {
+    DeviceId::from_u128(n)
+}
+
+struct Node {
+    replica: Replica,
+    store: MemStore,
+    events: Vec<Event>,
+    disconnects: Vec<(DeviceId, Refusal)>,
+    sent: Vec<(DeviceId, SyncMessage)>,
+}
+
+/// A deterministic network of replicas with `MemStore`s; messages go through the codec.
+struct Net {
+    nodes: BTreeMap<DeviceId, Node>,
+    queue: VecDeque<(DeviceId, DeviceId, Vec<u8>)>,
+    links: BTreeSet<(DeviceId, DeviceId)>,
+    now: Now,
+    next_cmd: u64,
+    bytes: usize,
+}
+
+fn config(d: DeviceId) -> Config {
+    let mut c = Config::new(d, ModelRegistry::spacedrive());
+    c.page_records = 3; // small pages exercise paging
+    c
+}
+
+impl Net {
+    fn new(n: u128) -> Net {
+        let members: Vec<DeviceId> = (1..=n).map(dev).collect();
+        let mut net = Net {
+            nodes: BTreeMap::new(),
+            queue: VecDeque::new(),
+            links: BTreeSet::new(),
+            now: Now::new(Instant::ZERO, T0),
+            next_cmd: 0,
+            bytes: 0,
+        };
+        for d in &members {
+            net.add_node(*d, Restored::bootstrap(members.clone()), config(*d));
+        }
+        net
+    }
+
+    fn add_node(&mut self, d: DeviceId, restored: Restored, config: Config) {
+        let replica = Replica::new(config, restored, self.now);
+        self.nodes.insert(
+            d,
+            Node {
+                replica,
+                store: MemStore::new(),
+                events: Vec::new(),
+                disconnects: Vec::new(),
+                sent: Vec::new(),
+            },
+        );
+        self.drain(d);
+    }
+
+    fn node(&self, d: DeviceId) -> &Node {
+        &self.nodes[&d]
+    }
+
+    fn input(&mut self, d: DeviceId, input: Input) {
+        let now = self.now;
+        if let Some(n) = self.nodes.get_mut(&d) {
+            n.replica.handle(now, input);
+        }
+        self.drain(d);
+    }
+
+    fn drain(&mut self, d: DeviceId) {
+        loop {
+            let mut completions = Vec::new();
+            let Some(n) = self.nodes.get_mut(&d) else {
+                return;
+            };
+            while let Some(out) = n.replica.poll_output() {
+                match out {
+                    Output::Storage(cmd) => completions.extend(n.store.execute(cmd)),
+                    Output::Send { to, msg } => {
+                        n.store.sync();
+                        n.sent.push((to, msg.clone()));
+                        if self.links.contains(&(d, to)) {
+                            let bytes = encode(&msg);
+                            self.bytes += bytes.len();
+                            self.queue.push_back((d, to, bytes));
+                        }
+                    }
+                    Output::Disconnect { peer, reason } => {
+                        n.disconnects.push((peer, reason));
+                        self.links.remove(&(d, peer));
+                        self.links.remove(&(peer, d));
+                    }
+                    Output::Event(e) => n.events.push(e),
+                }
+            }
+            n.store.sync();
+            if completions.is_empty() {
+                return;
+            }
+            let now = self.now;
+            for c in completions {
+                n.replica.handle(now, Input::Storage(c));
+            }
+        }
+    }
+
+    fn connect(&mut self, a: DeviceId, b: DeviceId) {
+        self.links.insert((a, b));
+        self.links.insert((b, a));
+        self.input(a, Input::PeerUp { peer: b });
+        self.input(b, Input::PeerUp { peer: a });
+    }
+
+    fn disconnect(&mut self, a: DeviceId, b: DeviceId) {
+        self.links.remove(&(a, b));
+        self.links.remove(&(b, a));
+        self.queue
+            .retain(|(f, t, _)| !((*f == a && *t == b) || (*f == b && *t == a)));
+        self.input(a, Input::PeerDown { peer: b });
+        self.input(b, Input::PeerDown { peer: a });
+    }
+
+    /// Delivers every queued message (and what it causes).
+    fn run(&mut self) -> usize {
+        let mut delivered = 0;
+        while let Some((from, to, bytes)) = self.queue.pop_front() {
+            delivered += 1;
+            assert!(delivered < 100_000, "no quiescence");
+            let msg = decode(&bytes).expect("engine output decodes");
+            self.input(to, Input::Message { from, msg });
+        }
+        delivered
+    }
+
+    /// Advances time by `ms`, ticking every node, and delivers.
+    fn advance(&mut self, ms: u64) {
+        self.now.mono = self.now.mono + Duration::from_millis(ms);
+        self.now.wall_ms += ms;
+        let ds: Vec<DeviceId> = self.nodes.keys().copied().collect();
+        for d in ds {
+            self.input(d, Input::Tick);
+        }
+        self.run();
+    }
+
+    /// Lets timers (acks, heartbeats) run until nothing is in flight.
+    fn settle(&mut self) {
+        self.run();
+        for _ in 0..4 {
+            self.advance(6_000);
+        }
+    }
+
+    fn cmd(&mut self, d: DeviceId, cmd: Command) -> CommandId {
+        self.next_cmd += 1;
+        let id = CommandId(self.next_cmd);
+        self.input(d, Input::Command { id, cmd });
+        id
+    }
+
+    fn put(&mut self, d: DeviceId, uuid: u128, data: &[u8]) {
+        let id = self.cmd(
+            d,
+            Command::PutOwned {
+                model: "entry".into(),
+                uuid: Uuid::from_u128(uuid),
+                data: data.to_vec(),
+            },
+        );
+        assert!(self.node(d).events.contains(&Event::CommandDone(id)));
+    }
+
+    fn tag(&mut self, d: DeviceId, uuid: u128, kind: ChangeKind, name: &str) {
+        let fields: BTreeMap<String, Value> = [("name".to_owned(), Value::from(name))].into();
+        let model = "tag".to_owned();
+        let uuid = Uuid::from_u128(uuid);
+        let cmd = match kind {
+            ChangeKind::Insert => Command::InsertShared {
+                model,
+                uuid,
+                fields,
+            },
+            ChangeKind::Update => Command::UpdateShared {
+                model,
+                uuid,
+                fields,
+            },
+            ChangeKind::Delete => Command::DeleteShared { model, uuid },
+        };
+        let id = self.cmd(d, cmd);
+        assert!(self.node(d).events.contains(&Event::CommandDone(id)));
+    }
+
+    fn digest(&self, d: DeviceId) -> u64 {
+        self.node(d).store.state().content_digest()
+    }
+
+    fn assert_converged(&self) {
+        let digests: Vec<(DeviceId, u64)> =
+            self.nodes.keys().map(|d| (*d, self.digest(*d))).collect();
+        assert!(
+            digests.windows(2).all(|w| w[0].1 == w[1].1),
+            "diverged: {digests:?}"
+        );
+    }
+
+    fn owned(&self, d: DeviceId, owner: DeviceId, uuid: u128) -> Option<OwnedRecord> {
+        self.node(d)
+            .store
+            .state()
+            .owned
+            .get(&(owner, "entry".to_owned(), Uuid::from_u128(uuid)))
+            .cloned()
+    }
+
+    fn tag_name(&self, d: DeviceId, uuid: u128) -> Option<Value> {
+        let rec = self
+            .node(d)
+            .store
+            .state()
+            .shared
+            .get(&("tag".to_owned(), Uuid::from_u128(uuid)))?
+            .visible()?;
+        rec.get("name").cloned()
+    }
+
+    /// Injects a message as if `from` had sent it to `to` (the transport authenticated `from`).
+    fn inject(&mut self, from: DeviceId, to: DeviceId, msg: SyncMessage) {
+        self.input(to, Input::Message { from, msg });
+    }
+
+    fn storage_writes_since(&self, d: DeviceId, mark: usize) -> usize {
+        self.node(d).events.len().saturating_sub(mark)
+    }
+}
+
+fn rec(owner: DeviceId, seq: u64, uuid: u128, data: Option<&[u8]>) -> OwnedRecord {
+    OwnedRecord {
+        owner,
+        seq,
+        hlc: Hlc::new(T0, seq as u32, owner),
+        model: "entry".into(),
+        uuid: Uuid::from_u128(uuid),
+        data: data.map(<[u8]>::to_vec),
+    }
+}
+
+fn shared(origin: DeviceId, seq: u64, time_ms: u64, name: &str) -> SharedChange {
+    SharedChange {
+        origin,
+        seq,
+        hlc: Hlc::new(time_ms, 0, origin),
+        model: "tag".into(),
+        record: Uuid::from_u128(500),
+        kind: ChangeKind::Insert,
+        fields: [("name".to_owned(), Value::from(name))].into(),
+    }
+}
+
+// ------------------------------------------------------------------ convergence by hand
+
+#[test]
+fn two_replicas_converge_through_catch_up_after_one_missed_changes() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for i in 0..10 {
+        net.put(a, i, format!("v{i}").as_bytes());
+    }
+    net.tag(a, 100, ChangeKind::Insert, "holiday");
+    net.tag(b, 101, ChangeKind::Insert, "work");
+    net.connect(a, b);
+    net.settle();
+    net.assert_converged();
+    assert_eq!(
+        net.owned(b, a, 9).and_then(|r| r.data),
+        Some(b"v9".to_vec())
+    );
+    assert_eq!(net.tag_name(a, 101), Some(Value::from("work")));
+    assert_eq!(net.node(b).replica.watermark(a), 10);
+}
+
+#[test]
+fn three_replicas_converge_when_third_catches_up_from_relay_while_owner_is_offline() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    for i in 0..7 {
+        net.put(a, i, b"x");
+    }
+    net.tag(a, 100, ChangeKind::Insert, "from-a");
+    net.settle();
+    net.disconnect(a, b);
+    // a is offline; c learns a's records from b alone.
+    net.connect(b, c);
+    net.settle();
+    assert_eq!(net.node(c).replica.watermark(a), 7);
+    assert_eq!(net.tag_name(c, 100), Some(Value::from("from-a")));
+    net.connect(a, c);
+    net.settle();
+    net.assert_converged();
+}
+
+#[test]
+fn lost_push_is_repaired_by_gap_detection() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    net.put(a, 1, b"one");
+    net.queue.clear(); // the push of seq 1 is lost
+    net.put(a, 2, b"two");
+    net.run();
+    // seq 2 arrived out of order: applied, but the watermark waits for the catch-up it caused.
+    assert_eq!(
+        net.owned(b, a, 1).and_then(|r| r.data),
+        Some(b"one".to_vec())
+    );
+    assert_eq!(net.node(b).replica.watermark(a), 2);
+    net.assert_converged();
+}
+
+#[test]
+fn reconnecting_a_synced_pair_costs_one_round_trip() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    for i in 0..50 {
+        net.put(a, i, b"payload");
+        net.tag(b, 1000 + i, ChangeKind::Insert, "t");
+    }
+    net.settle();
+    net.disconnect(a, b);
+    let before = net.bytes;
+    net.connect(a, b);
+    let messages = net.run();
+    // Heartbeat + ack each way, nothing requested.
+    assert_eq!(messages, 4);
+    assert!(net.bytes - before < 1024, "{} bytes", net.bytes - before);
+    assert!(!net.node(a).replica.is_fetching() && !net.node(b).replica.is_fetching());
+}
+
+// ------------------------------------------------------------------ device-owned rules
+
+#[test]
+fn delete_never_resurrects_after_late_older_version() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    net.inject(a, b, SyncMessage::StateChange(rec(a, 1, 5, Some(b"v1"))));
+    net.inject(a, b, SyncMessage::StateChange(rec(a, 2, 5, None)));
+    net.inject(a, b, SyncMessage::StateChange(rec(a, 1, 5, Some(b"v1"))));
+    let stored = net.owned(b, a, 5).expect("tombstone stored");
+    assert!(stored.is_tombstone());
+    assert_eq!(stored.seq, 2);
+}
+
+#[test]
+fn owner_push_from_another_device_is_refused_and_disconnects() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(b, c);
+    net.settle();
+    let before = net.digest(b);
+    net.inject(
+        c,
+        b,
+        SyncMessage::StateChange(rec(a, 1, 5, Some(b"forged"))),
+    );
+    assert_eq!(net.digest(b), before);
+    assert_eq!(
+        net.node(b).disconnects.last(),
+        Some(&(c, Refusal::OwnerMismatch))
+    );
+    assert_eq!(net.node(b).replica.watermark(a), 0);
+}
+
+#[test]
+fn foreign_version_of_own_record_is_refused() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.put(a, 5, b"mine");
+    net.settle();
+    let before = net.digest(a);
+    // b relays a "newer" version of a's own record in a response a never asked for, and as a
+    // page of a request a did make.
+    net.cmd(
+        a,
+        Command::RequestState {
+            peer: b,
+            owner: b,
+            since: Some(0),
+        },
+    );
+    let rid = net
+        .node(a)
+        .sent
+        .iter()
+        .rev()
+        .find_map(|(_, m)| match m {
+            SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("request sent");
+    net.queue.clear();
+    net.inject(
+        b,
+        a,
+        SyncMessage::StateResponse {
+            request_id: rid,
+            owner: b,
+            since: 0,
+            through: 9,
+            records: vec![rec(a, 9, 5, Some(b"forged"))],
+            has_more: false,
+        },
+    );
+    assert_eq!(net.digest(a), before);
+    assert!(net.node(a).disconnects.iter().any(|(p, _)| *p == b));
+}
+
+#[test]
+fn watermark_advances_only_over_contiguous_changes() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.links.clear();
+    net.input(b, Input::PeerUp { peer: a });
+    net.inject(a, b, SyncMessage::StateChange(rec(a, 1, 1, Some(b"1"))));
+    net.inject(a, b, SyncMessage::StateChange(rec(a, 3, 3, Some(b"3"))));
+    assert_eq!(net.node(b).replica.watermark(a), 1);
+    assert!(
+        net.owned(b, a, 3).is_some(),
+        "out-of-order change is applied"
+    );
+    net.inject(a, b, SyncMessage::StateChange(rec(a, 2, 2, Some(b"2"))));
+    assert_eq!(net.node(b).replica.watermark(a), 2);
+}
+
+#[test]
+fn restart_resumes_from_persisted_watermark_without_full_resync() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    for i in 0..20 {
+        net.put(a, i, b"x");
+    }
+    net.settle();
+    net.disconnect(a, b);
+    net.put(a, 100, b"new");
+    // b restarts from its store.
+    let restored = net.node(b).store.restored();
+    let store = net.nodes.get(&b).map(|n| n.store.clone()).expect("b");
+    net.nodes.remove(&b);
+    net.add_node(b, restored, config(b));
+    if let Some(n) = net.nodes.get_mut(&b) {
+        n.store = store;
+    }
+    net.connect(a, b);
+    net.run();
+    let requests: Vec<u64> = net
+        .node(b)
+        .sent
+        .iter()
+        .filter_map(|(_, m)| match m {
+            SyncMessage::StateRequest { since, .. } => Some(*since),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests, vec![20], "only the missing change is requested");
+    net.settle();
+    net.assert_converged();
+}
+
+#[test]
+fn hlc_is_restored_across_restart() {
+    let a = dev(1);
+    let mut net = Net::new(1);
+    net.put(a, 1, b"x");
+    let last = net.node(a).replica.hlc();
+    let restored = net.node(a).store.restored();
+    assert_eq!(restored.hlc, last);
+    // Wall clock stepped back an hour.
+    net.now.wall_ms -= 3_600_000;
+    let replica = Replica::new(config(a), restored, net.now);
+    let mut r = replica;
+    r.handle(
+        net.now,
+        Input::Command {
+            id: CommandId(9),
+            cmd: Command::PutOwned {
+                model: "entry".into(),
+                uuid: Uuid::from_u128(2),
+                data: vec![],
+            },
+        },
+    );
+    assert!(r.hlc() > last);
+}
+
+#[test]
+fn lost_database_raises_own_counters_from_peer_heads() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    for i in 0..5 {
+        net.put(a, i, b"x");
+    }
+    net.settle();
+    net.disconnect(a, b);
+    // a loses its database and comes back under the same id.
+    net.nodes.remove(&a);
+    net.add_node(a, Restored::bootstrap([a, b]), config(a));
+    net.connect(a, b);
+    net.run();
+    assert!(net
+        .node(a)
+        .events
+        .contains(&Event::OwnHeadRaised { seq: 5 }));
+    net.put(a, 0, b"after-loss");
+    net.settle();
+    assert_eq!(
+        net.owned(b, a, 0).and_then(|r| r.data),
+        Some(b"after-loss".to_vec())
+    );
+}
+
+// ------------------------------------------------------------------ shared rules
+
+#[test]
+fn concurrent_shared_edits_converge_to_highest_hlc() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.tag(a, 7, ChangeKind::Insert, "from-a");
+    net.now.wall_ms += 1;
+    net.tag(b, 7, ChangeKind::Insert, "from-b");
+    net.connect(a, b);
+    net.settle();
+    net.assert_converged();
+    assert_eq!(net.tag_name(a, 7), Some(Value::from("from-b")));
+}
+
+#[test]
+fn far_future_shared_change_is_refused_until_time_catches_up() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let future = net.now.wall_ms + 10 * 60_000;
+    let clock_before = net.node(b).replica.hlc();
+    net.inject(
+        a,
+        b,
+        SyncMessage::SharedChange(shared(a, 1, future, "2099")),
+    );
+    assert_eq!(net.node(b).replica.version_vector().get(a), 0);
+    assert_eq!(net.tag_name(b, 500), None);
+    assert_eq!(
+        net.node(b).replica.hlc(),
+        clock_before,
+        "clock not dragged forward"
+    );
+    assert!(net
+        .node(b)
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ClockSkew { device, .. } if *device == a)));
+    // Ten minutes later the same change is within the bound and accepted.
+    net.now.wall_ms += 10 * 60_000;
+    net.inject(
+        a,
+        b,
+        SyncMessage::SharedChange(shared(a, 1, future, "2099")),
+    );
+    assert_eq!(net.node(b).replica.version_vector().get(a), 1);
+}
+
+#[test]
+fn shared_change_whose_origin_is_not_its_stamp_device_is_refused() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let mut c = shared(a, 1, T0, "x");
+    c.hlc.device = b;
+    let before = net.digest(b);
+    net.inject(a, b, SyncMessage::SharedChange(c));
+    assert_eq!(net.digest(b), before);
+    assert!(net
+        .node(b)
+        .disconnects
+        .contains(&(a, Refusal::OriginMismatch)));
+}
+
+#[test]
+fn unknown_model_is_refused_without_state_change() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let mut c = shared(a, 1, T0, "x");
+    c.model = "no-such-model".into();
+    let before = net.digest(b);
+    net.inject(a, b, SyncMessage::SharedChange(c));
+    assert_eq!(net.digest(b), before);
+    assert_eq!(net.node(b).replica.version_vector().get(a), 0);
+    assert!(net.node(b).events.iter().any(|e| matches!(
+        e,
+        Event::ChangeRefused {
+            reason: Refusal::UnknownModel,
+            ..
+        }
+    )));
+    let mut r = rec(a, 1, 1, Some(b"x"));
+    r.model = "tag".into(); // a shared model pushed as device-owned
+    net.inject(a, b, SyncMessage::StateChange(r));
+    assert_eq!(net.digest(b), before);
+}
+
+#[test]
+fn local_command_on_unknown_or_wrong_model_fails_with_typed_reason() {
+    let a = dev(1);
+    let mut net = Net::new(1);
+    let id = net.cmd(
+        a,
+        Command::PutOwned {
+            model: "tag".into(),
+            uuid: Uuid::nil(),
+            data: vec![],
+        },
+    );
+    assert!(net.node(a).events.contains(&Event::CommandFailed {
+        id,
+        reason: CommandError::WrongModelKind("tag".into())
+    }));
+    let id = net.cmd(
+        a,
+        Command::DeleteShared {
+            model: "nope".into(),
+            uuid: Uuid::nil(),
+        },
+    );
+    assert!(net.node(a).events.contains(&Event::CommandFailed {
+        id,
+        reason: CommandError::UnknownModel("nope".into())
+    }));
+    assert_eq!(net.node(a).replica.version_vector().get(a), 0);
+}
+
+// ------------------------------------------------------------------ acks and pruning
+
+#[test]
+fn acks_are_cumulative_debounced_and_from_the_authenticated_sender() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let mark = net.node(b).sent.len();
+    for i in 0..20 {
+        net.tag(a, i, ChangeKind::Insert, "t");
+    }
+    net.run();
+    net.advance(100);
+    let acks = net.node(b).sent[mark..]
+        .iter()
+        .filter(|(_, m)| matches!(m, SyncMessage::AckSharedChanges { .. }))
+        .count();
+    assert_eq!(acks, 1, "one cumulative ack for 20 changes");
+    assert_eq!(
+        net.node(a).replica.horizon().get(a),
+        20,
+        "pruned once b acked"
+    );
+}
+
+#[test]
+fn ack_naming_another_device_is_refused() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    net.tag(a, 1, ChangeKind::Insert, "t");
+    net.settle();
+    let vv: VersionVector = [(a, 1)].into_iter().collect();
+    net.inject(b, a, SyncMessage::AckSharedChanges { acker: c, vv });
+    assert!(net
+        .node(a)
+        .disconnects
+        .contains(&(b, Refusal::AckerMismatch)));
+    assert_eq!(
+        net.node(a).replica.horizon().get(a),
+        0,
+        "c never acked: log pinned"
+    );
+}
+
+#[test]
+fn member_that_never_acked_pins_the_log() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    for i in 0..5 {
+        net.tag(a, i, ChangeKind::Insert, "t");
+    }
+    net.settle();
+    assert_eq!(net.node(a).replica.horizon().get(a), 0);
+    assert_eq!(net.node(a).store.state().log.len(), 5);
+}
+
+#[test]
+fn new_member_gets_pruned_history_by_snapshot() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    for i in 0..10 {
+        net.tag(a, i, ChangeKind::Insert, &format!("t{i}"));
+    }
+    net.run(); // b has seen the inserts, so its rename is causally later
+    net.tag(b, 3, ChangeKind::Update, "renamed");
+    net.settle();
+    assert_eq!(net.node(a).replica.horizon().get(a), 10, "fully pruned");
+    // c joins: a adds it, c boots knowing the members.
+    net.cmd(a, Command::AddMember(c));
+    net.settle();
+    net.add_node(c, Restored::bootstrap([a, b, c]), config(c));
+    net.connect(a, c);
+    net.settle();
+    assert!(net.node(c).events.iter().any(|e| matches!(
+        e,
+        Event::CaughtUp {
+            stream: Stream::SharedSnapshot,
+            ..
+        }
+    )));
+    assert_eq!(net.tag_name(c, 3), Some(Value::from("renamed")));
+    net.connect(b, c);
+    net.settle();
+    net.assert_converged();
+    // c's own horizon answers truncated below the snapshot it took.
+    // (a logged 10 tags and the AddMember: 11 changes)
+    assert_eq!(net.node(c).replica.horizon().get(a), 11);
+}
+
+#[test]
+fn evicted_member_stops_pinning_and_returns_through_snapshot() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    for d in [a, b, c] {
+        let mut cfg = config(d);
+        cfg.eviction_after = Some(Duration::from_secs(60));
+        let restored = Restored::bootstrap([a, b, c]);
+        net.nodes.remove(&d);
+        net.add_node(d, restored, cfg);
+    }
+    net.connect(a, b);
+    for i in 0..5 {
+        net.tag(a, i, ChangeKind::Insert, "t");
+    }
+    net.settle();
+    assert_eq!(net.node(a).replica.horizon().get(a), 0, "c pins the log");
+    for _ in 0..12 {
+        net.advance(6_000);
+    }
+    assert_eq!(net.node(a).replica.horizon().get(a), 5, "c evicted");
+    net.connect(a, c);
+    net.settle();
+    assert_eq!(net.tag_name(c, 4), Some(Value::from("t")));
+    net.connect(b, c);
+    net.settle();
+    net.assert_converged();
+}
+
+#[test]
+fn removed_member_is_refused() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    net.connect(a, c);
+    net.settle();
+    net.cmd(a, Command::RemoveMember(c));
+    net.settle();
+    assert!(!net.node(b).replica.is_member(c));
+    assert!(net.node(a).disconnects.contains(&(c, Refusal::NotMember)));
+    let before = net.digest(b);
+    net.links.insert((c, b));
+    net.input(b, Input::PeerUp { peer: c });
+    net.inject(c, b, SyncMessage::StateChange(rec(c, 1, 1, Some(b"late"))));
+    assert_eq!(net.digest(b), before);
+    assert!(net.node(b).disconnects.contains(&(c, Refusal::NotMember)));
+}
+
+// ------------------------------------------------------------------ hostile input
+
+#[test]
+fn non_member_is_refused_before_any_state_change() {
+    let (a, x) = (dev(1), dev(99));
+    let mut net = Net::new(1);
+    let before = net.digest(a);
+    net.input(a, Input::PeerUp { peer: x });
+    net.inject(x, a, SyncMessage::StateChange(rec(x, 1, 1, Some(b"x"))));
+    assert_eq!(net.digest(a), before);
+    assert_eq!(net.node(a).disconnects.len(), 2);
+    assert!(net
+        .node(a)
+        .disconnects
+        .iter()
+        .all(|(p, r)| *p == x && *r == Refusal::NotMember));
+    assert_eq!(net.node(a).replica.peers().count(), 0);
+}
+
+#[test]
+fn request_flood_keeps_pending_reads_bounded() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.links.clear();
+    for i in 0..10 {
+        net.put(a, i, b"x");
+    }
+    let now = net.now;
+    let n = net.nodes.get_mut(&a).expect("a");
+    n.replica.handle(now, Input::PeerUp { peer: b });
+    for i in 0..1000 {
+        n.replica.handle(
+            now,
+            Input::Message {
+                from: b,
+                msg: SyncMessage::StateRequest {
+                    request_id: i,
+                    owner: a,
+                    since: 0,
+                    limit: u32::MAX,
+                },
+            },
+        );
+    }
+    assert_eq!(n.replica.pending_reads(), 4);
+    let mut busy = 0;
+    let mut reads = Vec::new();
+    while let Some(o) = n.replica.poll_output() {
+        match o {
+            Output::Send {
+                msg:
+                    SyncMessage::Error {
+                        code: ErrorCode::Busy,
+                        ..
+                    },
+                ..
+            } => busy += 1,
+            Output::Storage(cmd @ StorageCommand::ReadOwned { .. }) => reads.push(cmd),
+            _ => {}
+        }
+    }
+    assert_eq!(busy, 996);
+    assert!(reads
+        .iter()
+        .all(|c| matches!(c, StorageCommand::ReadOwned { limit, .. } if *limit == 4096)));
+}
+
+#[test]
+fn absurd_limit_is_capped() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for i in 0..10 {
+        net.put(a, i, b"x");
+    }
+    if let Some(n) = net.nodes.get_mut(&a) {
+        n.replica.config.max_page_records = 4;
+    }
+    net.links.insert((a, b));
+    net.input(a, Input::PeerUp { peer: b });
+    net.queue.clear();
+    net.inject(
+        b,
+        a,
+        SyncMessage::StateRequest {
+            request_id: 1,
+            owner: a,
+            since: 0,
+            limit: u32::MAX,
+        },
+    );
+    let page = net.node(a).sent.iter().rev().find_map(|(_, m)| match m {
+        SyncMessage::StateResponse {
+            records,
+            has_more,
+            through,
+            ..
+        } => Some((records.len(), *has_more, *through)),
+        _ => None,
+    });
+    assert_eq!(page, Some((4, true, 4)));
+}
+
+#[test]
+fn unsolicited_responses_and_unknown_completions_are_ignored() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let before = net.digest(a);
+    let events = net.node(a).events.len();
+    net.inject(
+        b,
+        a,
+        SyncMessage::StateResponse {
+            request_id: 777,
+            owner: b,
+            since: 0,
+            through: 1,
+            records: vec![rec(b, 1, 1, Some(b"x"))],
+            has_more: false,
+        },
+    );
+    net.input(
+        a,
+        Input::Storage(StorageDone::Owned {
+            id: ReadId(12345),
+            records: vec![],
+            more: false,
+        }),
+    );
+    assert_eq!(net.digest(a), before);
+    assert_eq!(net.storage_writes_since(a, events), 0);
+}
+
+#[test]
+fn spurious_ticks_are_no_ops() {
+    let a = dev(1);
+    let mut net = Net::new(1);
+    let before = net.digest(a);
+    for _ in 0..10 {
+        net.input(a, Input::Tick);
+    }
+    assert_eq!(net.digest(a), before);
+    assert!(net.node(a).replica.poll_timeout().is_some());
+}
