@@ -210,7 +210,10 @@ mod tests {
         d.push(&frame[..frame.len() - 1]);
         assert!(d.next_message().expect("incomplete").is_none());
         d.push(&frame[frame.len() - 1..]);
-        assert_eq!(d.next_message().expect("complete"), Some(sample()[0].clone()));
+        assert_eq!(
+            d.next_message().expect("complete"),
+            Some(sample()[0].clone())
+        );
     }
 
     #[test]

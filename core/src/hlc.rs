@@ -198,7 +198,8 @@ mod tests {
         let s = c.tick(1);
         assert_eq!(s, Hlc::new(6, 0, D));
         let mut c = HlcClock::restore(D, DRIFT, Hlc::new(5, u32::MAX - 1, D));
-        c.observe(Hlc::new(5, u32::MAX, E), 1).expect("within drift");
+        c.observe(Hlc::new(5, u32::MAX, E), 1)
+            .expect("within drift");
         assert_eq!(c.last(), Hlc::new(6, 0, D));
     }
 
