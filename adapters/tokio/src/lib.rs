@@ -1,1 +1,44 @@
-//! hybridsync tokio adapter.
+//! The tokio driver for hybridsync.
+//!
+//! [`Node`] runs one [`hybridsync_core::Replica`] with a storage backend and a [`Transport`]:
+//!
+//! - the run loop is one tokio task; it owns the engine, drains its outputs after every input,
+//!   and arms one timer at [`hybridsync_core::Replica::poll_timeout`] (engine instants are
+//!   microseconds since the node started; the wall clock comes from `SystemTime`);
+//! - storage runs on **one dedicated OS thread**, in order. The storage commands of an engine
+//!   step (and of the steps that ran while the previous batch was committing) go to
+//!   [`hybridsync_core::StorageBackend::execute`] as **one batch** (group commit); every send,
+//!   disconnect and event emitted after them waits until that batch is durable (write-ahead),
+//!   and read completions come back as [`hybridsync_core::Input::Storage`];
+//! - the transport reports peers and authenticated messages through an [`EventSink`]; real-time
+//!   messages take a priority queue so they never wait behind catch-up pages.
+//!
+//! The driver holds no protocol logic: every decision is the engine's.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hybridsync_tokio::NodeError> {
+//! use hybridsync_core::{Config, DeviceId, MemStore, ModelRegistry};
+//! use hybridsync_tokio::{ChannelNetwork, Node};
+//!
+//! let (a, b) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
+//! let net = ChannelNetwork::new();
+//! net.link(a, b);
+//! let node_a = Node::builder(Config::new(a, ModelRegistry::spacedrive()))
+//!     .bootstrap_members([a, b])
+//!     .start(MemStore::new(), net.transport(a))
+//!     .await?;
+//! node_a.put("location", uuid::Uuid::from_u128(7), b"/home".to_vec()).await?;
+//! let store: MemStore = node_a.shutdown().await?;
+//! # drop(store); Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod channel;
+mod driver;
+mod node;
+mod storage;
+pub mod transport;
+
+pub use channel::{ChannelNetwork, ChannelTransport};
+pub use node::{Fetch, Node, NodeBuilder, NodeError, Progress, Status};
+pub use transport::{BoxFuture, EventSink, EventSource, SinkClosed, Transport, TransportEvent};

@@ -1,0 +1,215 @@
+//! An in-process transport: nodes in one process exchange messages over tokio channels.
+//!
+//! Useful for fast tests and for embedding several replicas in one program. Links are explicit
+//! ([`ChannelNetwork::link`] / [`ChannelNetwork::unlink`]) so a test can partition and heal the
+//! network. Identity is the `DeviceId` the transport was created for: there is no
+//! authentication, so use it only between replicas the program itself created.
+
+use crate::transport::{BoxFuture, EventSink, Transport};
+use hybridsync_core::{DeviceId, Refusal, SyncMessage};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+enum Delivery {
+    Up(DeviceId),
+    Down(DeviceId),
+    Msg(DeviceId, SyncMessage),
+}
+
+#[derive(Default)]
+struct Hub {
+    /// Started transports: their inbox.
+    inboxes: BTreeMap<DeviceId, mpsc::UnboundedSender<Delivery>>,
+    /// Links as ordered pairs `(min, max)`.
+    links: BTreeSet<(DeviceId, DeviceId)>,
+}
+
+fn pair(a: DeviceId, b: DeviceId) -> (DeviceId, DeviceId) {
+    (a.min(b), a.max(b))
+}
+
+impl Hub {
+    fn deliver(&self, to: DeviceId, d: Delivery) {
+        if let Some(inbox) = self.inboxes.get(&to) {
+            let _ = inbox.send(d);
+        }
+    }
+
+    fn both_started(&self, a: DeviceId, b: DeviceId) -> bool {
+        self.inboxes.contains_key(&a) && self.inboxes.contains_key(&b)
+    }
+}
+
+/// A set of in-process links between devices. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ChannelNetwork {
+    hub: Arc<Mutex<Hub>>,
+}
+
+impl std::fmt::Debug for ChannelNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelNetwork").finish_non_exhaustive()
+    }
+}
+
+impl ChannelNetwork {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        // A poisoned lock only means another thread panicked while holding it; the hub's
+        // state is still consistent (every mutation is a single insert or remove).
+        self.hub
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A transport for `device` on this network (start it by starting a node with it).
+    pub fn transport(&self, device: DeviceId) -> ChannelTransport {
+        ChannelTransport {
+            me: device,
+            network: self.clone(),
+        }
+    }
+
+    /// Connects `a` and `b`: both see `PeerUp` once both are started.
+    pub fn link(&self, a: DeviceId, b: DeviceId) {
+        let mut hub = self.hub();
+        if a == b || !hub.links.insert(pair(a, b)) {
+            return;
+        }
+        if hub.both_started(a, b) {
+            hub.deliver(a, Delivery::Up(b));
+            hub.deliver(b, Delivery::Up(a));
+        }
+    }
+
+    /// Connects every pair of `devices`.
+    pub fn link_all(&self, devices: &[DeviceId]) {
+        for (i, a) in devices.iter().enumerate() {
+            for b in devices.iter().skip(i + 1) {
+                self.link(*a, *b);
+            }
+        }
+    }
+
+    /// Disconnects `a` and `b`: both see `PeerDown`; messages sent afterwards are dropped.
+    pub fn unlink(&self, a: DeviceId, b: DeviceId) {
+        let mut hub = self.hub();
+        if !hub.links.remove(&pair(a, b)) {
+            return;
+        }
+        if hub.both_started(a, b) {
+            hub.deliver(a, Delivery::Down(b));
+            hub.deliver(b, Delivery::Down(a));
+        }
+    }
+
+    /// Disconnects `device` from everyone (it stays linkable).
+    pub fn isolate(&self, device: DeviceId) {
+        let peers: Vec<DeviceId> = self
+            .hub()
+            .links
+            .iter()
+            .filter_map(|(a, b)| {
+                if *a == device {
+                    Some(*b)
+                } else if *b == device {
+                    Some(*a)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for p in peers {
+            self.unlink(device, p);
+        }
+    }
+
+    /// Whether `a` and `b` are linked.
+    pub fn is_linked(&self, a: DeviceId, b: DeviceId) -> bool {
+        self.hub().links.contains(&pair(a, b))
+    }
+}
+
+/// One device's end of a [`ChannelNetwork`].
+pub struct ChannelTransport {
+    me: DeviceId,
+    network: ChannelNetwork,
+}
+
+impl std::fmt::Debug for ChannelTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelTransport")
+            .field("device", &self.me)
+            .finish()
+    }
+}
+
+impl Transport for ChannelTransport {
+    fn start(&mut self, sink: EventSink) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+        // Forwarder: preserves order per receiver and lets the sink apply backpressure.
+        tokio::spawn(async move {
+            while let Some(d) = rx.recv().await {
+                let delivered = match d {
+                    Delivery::Up(p) => sink.peer_up(p).await,
+                    Delivery::Down(p) => sink.peer_down(p).await,
+                    Delivery::Msg(from, msg) => sink.message(from, msg).await,
+                };
+                if delivered.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut hub = self.network.hub();
+        hub.inboxes.insert(self.me, tx);
+        let peers: Vec<DeviceId> = hub
+            .links
+            .iter()
+            .filter_map(|(a, b)| match (*a == self.me, *b == self.me) {
+                (true, _) => Some(*b),
+                (_, true) => Some(*a),
+                _ => None,
+            })
+            .filter(|p| hub.inboxes.contains_key(p))
+            .collect();
+        for p in peers {
+            hub.deliver(self.me, Delivery::Up(p));
+            hub.deliver(p, Delivery::Up(self.me));
+        }
+    }
+
+    fn send(&mut self, to: DeviceId, msg: SyncMessage) {
+        let hub = self.network.hub();
+        if hub.links.contains(&pair(self.me, to)) {
+            hub.deliver(to, Delivery::Msg(self.me, msg));
+        }
+    }
+
+    fn disconnect(&mut self, peer: DeviceId, reason: Refusal) {
+        tracing::debug!(me = %self.me, peer = %peer, %reason, "channel transport: unlink");
+        self.network.unlink(self.me, peer);
+    }
+
+    fn shutdown(&mut self) -> BoxFuture {
+        let mut hub = self.network.hub();
+        hub.inboxes.remove(&self.me);
+        let peers: Vec<DeviceId> = hub
+            .links
+            .iter()
+            .filter_map(|(a, b)| match (*a == self.me, *b == self.me) {
+                (true, _) => Some(*b),
+                (_, true) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        for p in peers {
+            hub.deliver(p, Delivery::Down(self.me));
+        }
+        Box::pin(async {})
+    }
+}

@@ -1,0 +1,352 @@
+//! The run loop: one tokio task that owns the [`Replica`], feeds it inputs and performs its
+//! outputs. No protocol logic lives here.
+//!
+//! # Write-ahead and group commit
+//!
+//! Outputs are drained after every `handle`. Storage commands accumulate into the next batch;
+//! every other output (sends, disconnects, events) is *deferred* behind the storage commands
+//! emitted before it. At most one batch is in flight on the storage thread: while it commits,
+//! the engine keeps running and the commands of later steps accumulate into the next batch
+//! (group commit across steps). When a batch is durable, the actions deferred behind it are
+//! performed in emission order, then its read completions are fed back as
+//! [`Input::Storage`]. An action with no un-committed write before it is performed at once.
+//! So a `Send` is never performed before every write emitted before it is durable, and a
+//! command's completion (`CommandDone`) is reported only once its writes are durable.
+
+use crate::node::{NodeError, Progress, Status};
+use crate::storage::{BatchResult, Job};
+use crate::transport::{EventSource, Transport, TransportEvent};
+use hybridsync_core::{
+    Command, CommandError, CommandId, DeviceId, Event, Input, Instant, Now, Output, Refusal,
+    Replica, StorageCommand, Stream, SyncMessage,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Above this many queued storage commands the loop stops taking transport input until the
+/// storage thread catches up (backpressure reaches peers through the transport).
+const MAX_QUEUED_COMMANDS: usize = 16 * 1024;
+
+/// A request from a [`crate::Node`] handle.
+pub(crate) enum Request {
+    /// Run a command; reply when it is done (durably) or failed.
+    Command {
+        cmd: Command,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+        progress: Option<mpsc::UnboundedSender<Progress>>,
+    },
+    /// A snapshot of the engine's state.
+    Status(oneshot::Sender<Status>),
+    /// Flush, stop the transport, hand the storage backend back.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// An output other than a storage command, performed once the writes before it are durable.
+pub(crate) enum Action {
+    Send { to: DeviceId, msg: SyncMessage },
+    Disconnect { peer: DeviceId, reason: Refusal },
+    Event(Event),
+}
+
+/// Which catch-up a pending fetch command follows, to route its progress.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FetchKey {
+    Owned { peer: DeviceId, owner: DeviceId },
+    Shared { peer: DeviceId },
+}
+
+pub(crate) struct Pending {
+    reply: oneshot::Sender<Result<(), CommandError>>,
+    progress: Option<(FetchKey, mpsc::UnboundedSender<Progress>)>,
+}
+
+/// Maps the engine's monotonic microseconds to tokio time and reads the wall clock.
+#[derive(Clone, Copy)]
+pub(crate) struct Clock {
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock {
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Now {
+        let mono = self.start.elapsed().as_micros();
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Now::new(Instant(u64::try_from(mono).unwrap_or(u64::MAX)), wall_ms)
+    }
+
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+        self.start + Duration::from_micros(at.as_micros())
+    }
+}
+
+pub(crate) struct Driver<S> {
+    pub(crate) replica: Replica,
+    pub(crate) clock: Clock,
+    pub(crate) transport: Box<dyn Transport>,
+    pub(crate) source: EventSource,
+    pub(crate) requests: mpsc::UnboundedReceiver<Request>,
+    pub(crate) jobs: std_mpsc::Sender<Job<S>>,
+    pub(crate) batch_done: mpsc::UnboundedReceiver<BatchResult>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) in_flight: Option<Vec<Action>>,
+    pub(crate) queued_commands: Vec<StorageCommand>,
+    pub(crate) queued_actions: Vec<Action>,
+    pub(crate) up: BTreeSet<DeviceId>,
+    pub(crate) pending: BTreeMap<CommandId, Pending>,
+    pub(crate) next_command: u64,
+}
+
+impl<S: Send + 'static> Driver<S> {
+    /// Runs until shutdown (or until every handle is dropped, or storage fails).
+    pub(crate) async fn run(mut self) -> Result<(), NodeError> {
+        // `Replica::new` may have emitted storage commands (bootstrap members).
+        self.drain();
+        let mut transport_open = true;
+        let mut shutdown_reply = None;
+        loop {
+            let deadline = self
+                .replica
+                .poll_timeout()
+                .map(|t| self.clock.deadline(t))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let accept_input = transport_open && self.queued_commands.len() < MAX_QUEUED_COMMANDS;
+            tokio::select! {
+                biased;
+                Some(result) = self.batch_done.recv() => self.on_batch_done(result)?,
+                req = self.requests.recv() => match req {
+                    None => break,
+                    Some(Request::Shutdown(reply)) => {
+                        shutdown_reply = Some(reply);
+                        break;
+                    }
+                    Some(req) => self.on_request(req),
+                },
+                ev = self.source.recv(), if accept_input => match ev {
+                    Some(ev) => self.on_transport(ev),
+                    None => transport_open = false,
+                },
+                () = tokio::time::sleep_until(deadline) => self.handle(Input::Tick),
+            }
+        }
+        let result = self.finish().await;
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+        result
+    }
+
+    /// Commits everything queued, then stops the transport.
+    async fn finish(&mut self) -> Result<(), NodeError> {
+        let mut result = Ok(());
+        while self.in_flight.is_some() {
+            match self.batch_done.recv().await {
+                Some(r) => {
+                    if let Err(e) = self.on_batch_done(r) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                None => {
+                    result = Err(NodeError::Storage("the storage thread stopped".into()));
+                    break;
+                }
+            }
+        }
+        self.transport.shutdown().await;
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p
+                .reply
+                .send(Err(CommandError::Interrupted("node shut down")));
+        }
+        result
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now = self.clock.now();
+        self.replica.handle(now, input);
+        self.drain();
+    }
+
+    /// Takes every output of the engine into the queues, then flushes what can go.
+    fn drain(&mut self) {
+        self.collect();
+        self.flush();
+    }
+
+    fn collect(&mut self) {
+        while let Some(out) = self.replica.poll_output() {
+            match out {
+                Output::Storage(cmd) => self.queued_commands.push(cmd),
+                Output::Send { to, msg } => self.queued_actions.push(Action::Send { to, msg }),
+                Output::Disconnect { peer, reason } => self
+                    .queued_actions
+                    .push(Action::Disconnect { peer, reason }),
+                Output::Event(e) => self.queued_actions.push(Action::Event(e)),
+            }
+        }
+    }
+
+    /// Starts the next batch, or performs the queued actions if nothing is pending before them.
+    fn flush(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let actions = std::mem::take(&mut self.queued_actions);
+        if self.queued_commands.is_empty() {
+            self.perform(actions);
+            return;
+        }
+        let batch = std::mem::take(&mut self.queued_commands);
+        if self.jobs.send(Job::Batch(batch)).is_err() {
+            tracing::error!("the storage thread is gone; actions dropped");
+            return;
+        }
+        self.in_flight = Some(actions);
+    }
+
+    fn on_batch_done(&mut self, result: BatchResult) -> Result<(), NodeError> {
+        let actions = self.in_flight.take().unwrap_or_default();
+        let reads = match result {
+            Ok(reads) => reads,
+            Err(e) => {
+                tracing::error!(error = %e, "storage batch failed; stopping the node");
+                return Err(NodeError::Storage(e));
+            }
+        };
+        self.perform(actions);
+        let now = self.clock.now();
+        for done in reads {
+            self.replica.handle(now, Input::Storage(done));
+        }
+        self.drain();
+        Ok(())
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, msg } => {
+                    tracing::trace!(to = %to, kind = msg.kind(), "send");
+                    self.transport.send(to, msg);
+                }
+                Action::Disconnect { peer, reason } => {
+                    tracing::warn!(peer = %peer, %reason, "disconnecting peer");
+                    self.transport.disconnect(peer, reason);
+                }
+                Action::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match &e {
+            Event::CommandDone(id) => {
+                if let Some(p) = self.pending.remove(id) {
+                    let _ = p.reply.send(Ok(()));
+                }
+            }
+            Event::CommandFailed { id, reason } => {
+                if let Some(p) = self.pending.remove(id) {
+                    let _ = p.reply.send(Err(reason.clone()));
+                }
+            }
+            Event::CatchUpProgress {
+                peer,
+                stream,
+                applied,
+                position,
+                target,
+            } => {
+                let key = match stream {
+                    Stream::Owned(owner) => FetchKey::Owned {
+                        peer: *peer,
+                        owner: *owner,
+                    },
+                    Stream::SharedLog | Stream::SharedSnapshot => FetchKey::Shared { peer: *peer },
+                };
+                for p in self.pending.values() {
+                    if let Some((k, tx)) = &p.progress {
+                        if *k == key {
+                            let _ = tx.send(Progress {
+                                peer: *peer,
+                                stream: *stream,
+                                applied: *applied,
+                                position: *position,
+                                target: *target,
+                            });
+                        }
+                    }
+                }
+            }
+            Event::PeerMisbehaved { peer, reason } => {
+                tracing::warn!(peer = %peer, %reason, "peer misbehaved");
+            }
+            _ => tracing::debug!(event = ?e, "event"),
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(e);
+    }
+
+    fn on_transport(&mut self, ev: TransportEvent) {
+        match ev {
+            TransportEvent::PeerUp(peer) => {
+                tracing::debug!(peer = %peer, "peer up");
+                self.up.insert(peer);
+                self.handle(Input::PeerUp { peer });
+            }
+            TransportEvent::PeerDown(peer) => {
+                tracing::debug!(peer = %peer, "peer down");
+                if self.up.remove(&peer) {
+                    self.handle(Input::PeerDown { peer });
+                }
+            }
+            TransportEvent::Message { from, msg } => {
+                if self.up.contains(&from) {
+                    tracing::trace!(from = %from, kind = msg.kind(), "recv");
+                    self.handle(Input::Message { from, msg });
+                } else {
+                    tracing::debug!(from = %from, kind = msg.kind(), "message from a peer that is not up: dropped");
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Command {
+                cmd,
+                reply,
+                progress,
+            } => {
+                self.next_command += 1;
+                let id = CommandId(self.next_command);
+                let key = match &cmd {
+                    Command::RequestState { peer, owner, .. } => Some(FetchKey::Owned {
+                        peer: *peer,
+                        owner: *owner,
+                    }),
+                    Command::RequestSharedChanges { peer, .. } => {
+                        Some(FetchKey::Shared { peer: *peer })
+                    }
+                    _ => None,
+                };
+                let progress = key.zip(progress);
+                self.pending.insert(id, Pending { reply, progress });
+                self.handle(Input::Command { id, cmd });
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(Status::of(&self.replica, self.up.iter().copied()));
+            }
+            Request::Shutdown(_) => {}
+        }
+    }
+}
