@@ -1,0 +1,684 @@
+//! The iroh transport: connections, streams, framing, reconnects.
+
+use crate::registry::DeviceRegistry;
+use hybridsync_core::codec::DEFAULT_MAX_FRAME;
+use hybridsync_core::{
+    encode_frame, DeviceId, ErrorCode, FrameDecoder, FrameError, Refusal, SyncMessage,
+};
+use hybridsync_tokio::{BoxFuture, EventSink, Transport};
+use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
+use iroh::{Endpoint, EndpointId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+/// The default ALPN of the sync protocol.
+pub const DEFAULT_ALPN: &[u8] = b"/spacedrive/sync/2.0.0";
+
+/// QUIC application close codes used by this transport.
+pub mod close_code {
+    /// The transport shut down.
+    pub const SHUTDOWN: u32 = 0;
+    /// The remote endpoint is not in the device registry.
+    pub const UNKNOWN_ENDPOINT: u32 = 1;
+    /// A connection to the same device already exists and wins the de-duplication rule.
+    pub const DUPLICATE: u32 = 2;
+    /// A frame could not be decoded or was too large.
+    pub const BAD_FRAME: u32 = 3;
+    /// The engine refused the peer (protocol violation, not a member...).
+    pub const REFUSED: u32 = 4;
+    /// The peer is cooling down after a refusal.
+    pub const COOLDOWN: u32 = 5;
+    /// The peer cannot keep up with what we send.
+    pub const SLOW_PEER: u32 = 6;
+}
+
+/// Tuning of the iroh transport.
+#[derive(Clone, Debug)]
+pub struct IrohConfig {
+    /// ALPN the protocol is registered under (default [`DEFAULT_ALPN`]).
+    pub alpn: Vec<u8>,
+    /// Largest frame accepted or sent (default 4 MiB), checked before allocating.
+    pub max_frame: usize,
+    /// Give up a dial attempt after this long (default 5 s).
+    pub connect_timeout: Duration,
+    /// First reconnect delay (default 100 ms); doubles up to `backoff_max`, plus jitter.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay (default 10 s).
+    pub backoff_max: Duration,
+    /// How long a refused peer (bad frames, engine refusal) is neither dialed nor accepted
+    /// (default 10 s).
+    pub refusal_cooldown: Duration,
+    /// Outbound real-time messages queued per peer before the peer is declared too slow and
+    /// disconnected (default 65 536).
+    pub realtime_queue: usize,
+    /// Outbound bulk messages (catch-up pages) queued per peer (default 256).
+    pub bulk_queue: usize,
+    /// Seed of the reconnect jitter (default: derived from the endpoint id).
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for IrohConfig {
+    fn default() -> Self {
+        IrohConfig {
+            alpn: DEFAULT_ALPN.to_vec(),
+            max_frame: DEFAULT_MAX_FRAME,
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            refusal_cooldown: Duration::from_secs(10),
+            realtime_queue: 65_536,
+            bulk_queue: 256,
+            jitter_seed: None,
+        }
+    }
+}
+
+/// What a writer task is asked to do.
+enum Outbound {
+    /// Write one encoded frame.
+    Frame(Vec<u8>),
+    /// Write a final `Error` frame, then close the connection.
+    Close {
+        error: Vec<u8>,
+        code: u32,
+        reason: &'static str,
+    },
+}
+
+/// The live connection to one device.
+struct Active {
+    id: u64,
+    conn: Connection,
+    /// Who dialed it (for de-duplication).
+    dialer: EndpointId,
+    realtime: mpsc::Sender<Outbound>,
+    bulk: mpsc::Sender<Outbound>,
+}
+
+#[derive(Default)]
+struct State {
+    conns: BTreeMap<DeviceId, Active>,
+    cooldown: BTreeMap<DeviceId, tokio::time::Instant>,
+    dialers: BTreeMap<DeviceId, AbortHandle>,
+    tasks: Vec<AbortHandle>,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    me: EndpointId,
+    registry: DeviceRegistry,
+    config: IrohConfig,
+    state: Mutex<State>,
+    sink: OnceLock<EventSink>,
+    shutdown: watch::Sender<bool>,
+    next_conn: AtomicU64,
+    rng: Mutex<u64>,
+}
+
+/// hybridsync over iroh QUIC. Implements [`Transport`]; register [`IrohTransport::protocol`]
+/// on your [`Router`] (or let [`IrohTransport::spawn_router`] do it).
+///
+/// - **Identity**: the peer's authenticated [`EndpointId`] (TLS) is mapped to a `DeviceId`
+///   through the [`DeviceRegistry`]; an unknown endpoint is closed before any stream is read.
+/// - **One connection per device**: both sides dial every registered device that has an
+///   address; when two connections meet, both sides keep the one dialed by the smaller
+///   endpoint id (a newer connection from the same dialer replaces a stale one). The larger
+///   id waits a little before its first dial so the usual case has no duplicate at all.
+/// - **Reconnect** with exponential backoff and jitter (a seeded xorshift, no OS randomness).
+/// - **Streams**: each side sends on two unidirectional streams: real-time messages
+///   ([`SyncMessage::is_realtime`]) on a high-priority one, catch-up traffic on a low-priority
+///   one, each fed by its own queue and writer task, so a large backfill never delays a
+///   real-time change. Every inbound stream has its own reader task.
+/// - **Frames**: `u32` big-endian length + postcard, via core's `encode_frame` and
+///   `FrameDecoder`; the length is checked against `max_frame` before reading the body. A bad
+///   or oversized frame gets an `Error` message, the connection is closed and the peer cools
+///   down; nothing reaches the engine.
+#[derive(Clone)]
+pub struct IrohTransport {
+    shared: Arc<Shared>,
+    router: Arc<Mutex<Option<Router>>>,
+}
+
+impl std::fmt::Debug for IrohTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IrohTransport")
+            .field("endpoint", &self.shared.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ALPN protocol handler of an [`IrohTransport`] (register it on a [`Router`]).
+#[derive(Clone)]
+pub struct SyncProtocol {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SyncProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncProtocol")
+            .field("endpoint", &self.shared.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections only insert and remove map entries: a poisoned lock is consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl IrohTransport {
+    /// A transport on `endpoint` for the devices of `registry`.
+    pub fn new(endpoint: Endpoint, registry: DeviceRegistry, config: IrohConfig) -> Self {
+        let me = endpoint.id();
+        let seed = config.jitter_seed.unwrap_or_else(|| {
+            me.as_bytes().iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        });
+        IrohTransport {
+            shared: Arc::new(Shared {
+                endpoint,
+                me,
+                registry,
+                config,
+                state: Mutex::new(State::default()),
+                sink: OnceLock::new(),
+                shutdown: watch::channel(false).0,
+                next_conn: AtomicU64::new(1),
+                rng: Mutex::new(seed | 1),
+            }),
+            router: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The protocol handler to register on a [`Router`] under [`IrohConfig::alpn`].
+    pub fn protocol(&self) -> SyncProtocol {
+        SyncProtocol {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Spawns a [`Router`] on the endpoint with only this protocol; the transport shuts it
+    /// down (and with it the endpoint) in [`Transport::shutdown`].
+    pub fn spawn_router(&self) -> Router {
+        let router = Router::builder(self.shared.endpoint.clone())
+            .accept(self.shared.config.alpn.clone(), self.protocol())
+            .spawn();
+        *lock(&self.router) = Some(router.clone());
+        router
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
+    }
+
+    /// Devices with a live connection.
+    pub fn connected(&self) -> BTreeSet<DeviceId> {
+        lock(&self.shared.state).conns.keys().copied().collect()
+    }
+}
+
+impl Shared {
+    fn jitter(&self, max: Duration) -> Duration {
+        let mut s = lock(&self.rng);
+        // xorshift64: cheap, seeded, good enough to spread reconnects.
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(*s % ms)
+    }
+
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn cooling_down(&self, device: DeviceId) -> Option<tokio::time::Instant> {
+        let st = lock(&self.state);
+        st.cooldown
+            .get(&device)
+            .copied()
+            .filter(|t| *t > tokio::time::Instant::now())
+    }
+
+    fn cool_down(&self, device: DeviceId) {
+        let until = tokio::time::Instant::now() + self.config.refusal_cooldown;
+        lock(&self.state).cooldown.insert(device, until);
+    }
+
+    fn active_conn(&self, device: DeviceId) -> Option<Connection> {
+        lock(&self.state).conns.get(&device).map(|a| a.conn.clone())
+    }
+
+    /// Installs an authenticated connection and runs it until it closes.
+    async fn run_connection(
+        self: Arc<Self>,
+        conn: Connection,
+        device: DeviceId,
+        dialer: EndpointId,
+    ) {
+        let Some(sink) = self.sink.get().cloned() else {
+            conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"not started");
+            return;
+        };
+        let remote = conn.remote_id();
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (rt_tx, rt_rx) = mpsc::channel(self.config.realtime_queue.max(1));
+        let (bulk_tx, bulk_rx) = mpsc::channel(self.config.bulk_queue.max(1));
+        let replaced = {
+            let mut st = lock(&self.state);
+            if self.is_shut_down() {
+                conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutting down");
+                return;
+            }
+            let replaced = match st.conns.get(&device) {
+                None => false,
+                Some(existing) => {
+                    // Same dialer: the new one replaces a stale connection. Different
+                    // dialers (simultaneous dial): keep the one dialed by the smaller id.
+                    let keep_new = existing.dialer == dialer || dialer == self.me.min(remote);
+                    if !keep_new {
+                        tracing::debug!(peer = %device, "duplicate connection closed");
+                        conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                        return;
+                    }
+                    existing
+                        .conn
+                        .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                    true
+                }
+            };
+            st.conns.insert(
+                device,
+                Active {
+                    id,
+                    conn: conn.clone(),
+                    dialer,
+                    realtime: rt_tx,
+                    bulk: bulk_tx,
+                },
+            );
+            replaced
+        };
+        tracing::info!(peer = %device, endpoint = %remote.fmt_short(), conn = id, dialed_by_me = (dialer == self.me), "connected");
+        if replaced && sink.peer_down(device).await.is_err() {
+            return;
+        }
+        if sink.peer_up(device).await.is_err() {
+            return;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(writer(conn.clone(), rt_rx, 1));
+        tasks.spawn(writer(conn.clone(), bulk_rx, 0));
+        tasks.spawn(accept_streams(
+            self.clone(),
+            conn.clone(),
+            device,
+            sink.clone(),
+        ));
+        let reason = conn.closed().await;
+        tasks.abort_all();
+        let was_active = {
+            let mut st = lock(&self.state);
+            if st.conns.get(&device).is_some_and(|a| a.id == id) {
+                st.conns.remove(&device);
+                true
+            } else {
+                false
+            }
+        };
+        tracing::info!(peer = %device, conn = id, %reason, "connection closed");
+        if was_active {
+            let _ = sink.peer_down(device).await;
+        }
+    }
+
+    /// Closes `device`'s connection after sending it an `Error` message, and cools it down.
+    fn refuse(
+        &self,
+        device: DeviceId,
+        code: ErrorCode,
+        message: String,
+        close: u32,
+        reason: &'static str,
+    ) {
+        self.cool_down(device);
+        let st = lock(&self.state);
+        let Some(active) = st.conns.get(&device) else {
+            return;
+        };
+        let error = encode_frame(&SyncMessage::Error {
+            request_id: None,
+            code,
+            message,
+        });
+        if active
+            .realtime
+            .try_send(Outbound::Close {
+                error,
+                code: close,
+                reason,
+            })
+            .is_err()
+        {
+            active
+                .conn
+                .close(VarInt::from_u32(close), reason.as_bytes());
+        }
+    }
+
+    /// Keeps `device` connected: dial, then wait for the connection to end, with backoff.
+    async fn dial_loop(self: Arc<Self>, device: DeviceId) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut backoff = self.config.backoff_min;
+        let mut first = true;
+        loop {
+            if self.is_shut_down() {
+                return;
+            }
+            let Some(addr) = self.shared_addr(device) else {
+                return; // removed from the registry, or no address to dial
+            };
+            if let Some(conn) = self.active_conn(device) {
+                tokio::select! {
+                    _ = conn.closed() => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = self.config.backoff_min;
+                // Spread redials so both sides rarely redial at the same instant.
+                let pause = self.jitter(self.config.backoff_min * 3);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            if let Some(until) = self.cooling_down(device) {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            if first && self.me > addr.id {
+                // The larger id lets the smaller one dial first.
+                first = false;
+                let grace = self.config.backoff_min * 2 + self.jitter(self.config.backoff_min);
+                tokio::time::sleep(grace).await;
+                continue;
+            }
+            first = false;
+            let attempt = tokio::time::timeout(
+                self.config.connect_timeout,
+                self.endpoint.connect(addr.clone(), &self.config.alpn),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(conn)) => {
+                    backoff = self.config.backoff_min;
+                    if conn.remote_id() != addr.id {
+                        conn.close(VarInt::from_u32(close_code::UNKNOWN_ENDPOINT), b"wrong id");
+                        continue;
+                    }
+                    self.clone().run_connection(conn, device, self.me).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %device, error = %e, "dial failed");
+                    let pause = backoff + self.jitter(backoff);
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %device, "dial timed out");
+                    let pause = backoff + self.jitter(backoff);
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+
+    fn shared_addr(&self, device: DeviceId) -> Option<iroh::EndpointAddr> {
+        self.registry
+            .addr_of(device)
+            .filter(|a| a.ip_addrs().next().is_some())
+    }
+
+    /// Starts a dial loop for every registered device that has none (and an address).
+    fn reconcile_dialers(self: &Arc<Self>) {
+        let devices = self.registry.devices();
+        let mut st = lock(&self.state);
+        st.dialers.retain(|_, h| !h.is_finished());
+        for (device, addr) in devices {
+            if addr.id == self.me || st.dialers.contains_key(&device) {
+                continue;
+            }
+            if addr.ip_addrs().next().is_none() {
+                continue;
+            }
+            let task = tokio::spawn(self.clone().dial_loop(device));
+            st.dialers.insert(device, task.abort_handle());
+        }
+    }
+}
+
+/// Writes queued frames to one unidirectional stream, opened on first use.
+async fn writer(conn: Connection, mut rx: mpsc::Receiver<Outbound>, priority: i32) {
+    let mut stream: Option<SendStream> = None;
+    while let Some(out) = rx.recv().await {
+        let (bytes, close) = match out {
+            Outbound::Frame(b) => (b, None),
+            Outbound::Close {
+                error,
+                code,
+                reason,
+            } => (error, Some((code, reason))),
+        };
+        if stream.is_none() {
+            match conn.open_uni().await {
+                Ok(s) => {
+                    let _ = s.set_priority(priority);
+                    stream = Some(s);
+                }
+                Err(_) => return,
+            }
+        }
+        let Some(s) = stream.as_mut() else { return };
+        if s.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if let Some((code, reason)) = close {
+            let _ = s.finish();
+            // Give the error frame a moment to reach the peer, then close.
+            let _ = tokio::time::timeout(Duration::from_millis(250), s.stopped()).await;
+            conn.close(VarInt::from_u32(code), reason.as_bytes());
+            return;
+        }
+    }
+}
+
+/// Accepts the peer's unidirectional streams; one reader task each.
+async fn accept_streams(shared: Arc<Shared>, conn: Connection, device: DeviceId, sink: EventSink) {
+    let mut readers = tokio::task::JoinSet::new();
+    while let Ok(recv) = conn.accept_uni().await {
+        readers.spawn(reader(shared.clone(), recv, device, sink.clone()));
+    }
+    readers.abort_all();
+}
+
+/// Reads frames from one stream: exactly as many bytes as the current frame needs, so a
+/// hostile length prefix is refused before anything is allocated for its body.
+async fn reader(shared: Arc<Shared>, mut recv: RecvStream, device: DeviceId, sink: EventSink) {
+    let mut decoder = FrameDecoder::new(shared.config.max_frame);
+    loop {
+        let wanted = match decoder.wanted() {
+            Ok(n) => n,
+            Err(e) => return bad_frame(&shared, device, &e),
+        };
+        match recv.read_chunk(wanted.min(64 * 1024)).await {
+            Ok(Some(chunk)) => decoder.push(&chunk),
+            Ok(None) | Err(_) => return,
+        }
+        loop {
+            match decoder.next_message() {
+                Ok(Some(msg)) => {
+                    if sink.message(device, msg).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return bad_frame(&shared, device, &e),
+            }
+        }
+    }
+}
+
+fn bad_frame(shared: &Shared, device: DeviceId, e: &FrameError) {
+    tracing::warn!(peer = %device, error = %e, "bad frame: closing the connection");
+    let code = match e {
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        FrameError::Codec(_) => ErrorCode::BadFrame,
+    };
+    shared.refuse(
+        device,
+        code,
+        e.to_string(),
+        close_code::BAD_FRAME,
+        "bad frame",
+    );
+}
+
+impl ProtocolHandler for SyncProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let remote = conn.remote_id();
+        let Some(device) = self.shared.registry.device_of(&remote) else {
+            tracing::warn!(endpoint = %remote.fmt_short(), "unknown endpoint refused");
+            conn.close(
+                VarInt::from_u32(close_code::UNKNOWN_ENDPOINT),
+                b"unknown endpoint",
+            );
+            return Ok(());
+        };
+        if self.shared.cooling_down(device).is_some() {
+            conn.close(VarInt::from_u32(close_code::COOLDOWN), b"refused");
+            return Ok(());
+        }
+        self.shared
+            .clone()
+            .run_connection(conn, device, remote)
+            .await;
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+    }
+}
+
+impl Transport for IrohTransport {
+    fn start(&mut self, sink: EventSink) {
+        if self.shared.sink.set(sink).is_err() {
+            tracing::warn!("iroh transport started twice");
+            return;
+        }
+        self.shared.reconcile_dialers();
+        let shared = self.shared.clone();
+        let mut changes = shared.registry.watch();
+        let mut shutdown = shared.shutdown.subscribe();
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+                shared.reconcile_dialers();
+                // Close connections of devices that left the registry.
+                let gone: Vec<Connection> = {
+                    let st = lock(&shared.state);
+                    st.conns
+                        .iter()
+                        .filter(|(d, _)| shared.registry.addr_of(**d).is_none())
+                        .map(|(_, a)| a.conn.clone())
+                        .collect()
+                };
+                for c in gone {
+                    c.close(
+                        VarInt::from_u32(close_code::UNKNOWN_ENDPOINT),
+                        b"unregistered",
+                    );
+                }
+            }
+        });
+        lock(&self.shared.state).tasks.push(watcher.abort_handle());
+    }
+
+    fn send(&mut self, to: DeviceId, msg: SyncMessage) {
+        let frame = encode_frame(&msg);
+        if frame.len().saturating_sub(4) > self.shared.config.max_frame {
+            tracing::error!(peer = %to, kind = msg.kind(), bytes = frame.len(), "message exceeds the maximum frame size: not sent");
+            return;
+        }
+        let st = lock(&self.shared.state);
+        let Some(active) = st.conns.get(&to) else {
+            tracing::trace!(peer = %to, kind = msg.kind(), "not connected: dropped");
+            return;
+        };
+        let queue = if msg.is_realtime() {
+            &active.realtime
+        } else {
+            &active.bulk
+        };
+        if let Err(e) = queue.try_send(Outbound::Frame(frame)) {
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                tracing::warn!(peer = %to, "peer too slow: closing the connection");
+                active
+                    .conn
+                    .close(VarInt::from_u32(close_code::SLOW_PEER), b"too slow");
+            }
+        }
+    }
+
+    fn disconnect(&mut self, peer: DeviceId, reason: Refusal) {
+        let code = match reason {
+            Refusal::NotMember => ErrorCode::NotMember,
+            Refusal::Busy => ErrorCode::Busy,
+            _ => ErrorCode::ProtocolViolation,
+        };
+        self.shared.refuse(
+            peer,
+            code,
+            reason.to_string(),
+            close_code::REFUSED,
+            "refused",
+        );
+    }
+
+    fn shutdown(&mut self) -> BoxFuture {
+        let shared = self.shared.clone();
+        let router = lock(&self.router).take();
+        Box::pin(async move {
+            let _ = shared.shutdown.send(true);
+            let conns: Vec<Connection> = {
+                let mut st = lock(&shared.state);
+                for (_, h) in std::mem::take(&mut st.dialers) {
+                    h.abort();
+                }
+                for h in std::mem::take(&mut st.tasks) {
+                    h.abort();
+                }
+                std::mem::take(&mut st.conns)
+                    .into_values()
+                    .map(|a| a.conn)
+                    .collect()
+            };
+            for c in conns {
+                c.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+            }
+            if let Some(r) = router {
+                if let Err(e) = r.shutdown().await {
+                    tracing::warn!(error = %e, "router shutdown failed");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! Harness: devices with real iroh endpoints on 127.0.0.1 and real storage files.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use hybridsync_core::{Config, DeviceId, Event, ModelRegistry};
+use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport};
+use hybridsync_tokio::Node;
+use iroh::{EndpointAddr, SecretKey};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use store::Store;
+
+/// The storage backend under test.
+pub mod store {
+    use std::path::Path;
+
+    /// Real SQLite files.
+    pub type Store = hybridsync_core::MemStore;
+
+    /// Opens (or creates) the store at `path`.
+    pub fn open(_path: &Path) -> Store {
+        hybridsync_core::MemStore::new()
+    }
+
+    /// Re-opens the store after a shutdown handed back `previous`.
+    pub fn reopen(_path: &Path, previous: Store) -> Store {
+        previous
+    }
+
+    /// Digest of the replicated content.
+    pub fn digest(s: &mut Store) -> u64 {
+        s.state().content_digest()
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A device: identity, fixed loopback address, database path.
+pub struct Dev {
+    pub id: DeviceId,
+    pub key: SecretKey,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    endpoint: Option<iroh::Endpoint>,
+}
+
+impl Dev {
+    /// Binds an endpoint on a free loopback port (kept for restarts).
+    pub async fn new(n: u128, dir: &std::path::Path) -> Dev {
+        let key = SecretKey::from_bytes(&[n as u8; 32]);
+        let endpoint = offline_endpoint(key.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = *endpoint.addr().ip_addrs().next().expect("bound address");
+        Dev {
+            id: DeviceId::from_u128(n),
+            key,
+            addr,
+            db: dir.join(format!("device-{n}.db")),
+            endpoint: Some(endpoint),
+        }
+    }
+
+    pub fn endpoint_addr(&self) -> EndpointAddr {
+        EndpointAddr::new(self.key.public()).with_ip_addr(self.addr)
+    }
+
+    async fn endpoint(&mut self) -> iroh::Endpoint {
+        match self.endpoint.take() {
+            Some(e) => e,
+            None => {
+                // Rebind the same port so peers find the device where they left it.
+                let mut tries = 0;
+                loop {
+                    match offline_endpoint(self.key.clone(), self.addr).await {
+                        Ok(e) => break e,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            tracing::debug!(error = %e, "rebind failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("cannot rebind {}: {e}", self.addr),
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn config(device: DeviceId) -> Config {
+    let mut c = Config::new(device, ModelRegistry::spacedrive());
+    c.heartbeat_interval = Duration::from_millis(300);
+    c.ack_delay = Duration::from_millis(20);
+    c
+}
+
+pub fn iroh_config() -> IrohConfig {
+    IrohConfig {
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        refusal_cooldown: Duration::from_millis(500),
+        ..IrohConfig::default()
+    }
+}
+
+/// A registry knowing `peers` (identity and address).
+pub fn registry(peers: &[&Dev]) -> DeviceRegistry {
+    let r = DeviceRegistry::new();
+    for p in peers {
+        r.insert(p.id, p.endpoint_addr());
+    }
+    r
+}
+
+/// Starts `dev` knowing `peers`, with `members` as bootstrap member set, on its database
+/// (`previous`: what the last shutdown handed back, for a restart).
+pub async fn start_with(
+    dev: &mut Dev,
+    peers: &[&Dev],
+    members: &[DeviceId],
+    previous: Option<Store>,
+    config: Config,
+) -> Node<Store> {
+    let store = match previous {
+        None => store::open(&dev.db),
+        Some(p) => store::reopen(&dev.db, p),
+    };
+    let endpoint = dev.endpoint().await;
+    let transport = IrohTransport::new(endpoint, registry(peers), iroh_config());
+    transport.spawn_router();
+    Node::builder(config)
+        .bootstrap_members(members.iter().copied())
+        .start(store, transport)
+        .await
+        .unwrap()
+}
+
+pub async fn start(
+    dev: &mut Dev,
+    peers: &[&Dev],
+    members: &[DeviceId],
+    previous: Option<Store>,
+) -> Node<Store> {
+    let c = config(dev.id);
+    start_with(dev, peers, members, previous, c).await
+}
+
+pub async fn digest(node: &Node<Store>) -> u64 {
+    node.inspect(store::digest).await.unwrap()
+}
+
+/// Waits until every node holds the same content (compared by digest); returns it.
+pub async fn converged(nodes: &[&Node<Store>], within: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut digests = Vec::new();
+        for n in nodes {
+            digests.push(digest(n).await);
+        }
+        if digests.windows(2).all(|w| w[0] == w[1]) {
+            return digests[0];
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence within {within:?}: {digests:x?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `node` has a session with every device of `peers`.
+pub async fn connected(node: &Node<Store>, peers: &[DeviceId], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let s = node.status().await.unwrap();
+        if peers.iter().all(|p| s.peers.contains(p)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} not connected to {peers:?}: {:?}",
+            node.device(),
+            s.peers
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for an event matching `f`.
+pub async fn wait_event(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    within: Duration,
+    mut f: impl FnMut(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if f(&e) => return e,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event channel closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
