@@ -1,0 +1,954 @@
+//! The simulated world: replicas, virtual time, a faulty network, crashes and clocks.
+
+use crate::reference::Reference;
+use crate::rng::Rng;
+use crate::{SeedReport, SimConfig};
+use hybridsync_core::digest::Fnv64;
+use hybridsync_core::memstore::MemState;
+use hybridsync_core::{
+    decode, encode, Command, CommandId, Config, DeviceId, Event, Hlc, Input, Instant, MemStore,
+    ModelRegistry, Now, Output, Replica, Restored, StorageCommand, StorageDone, SyncMessage, Value,
+    MEMBER_MODEL,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Wall-clock origin of the simulation (Unix ms).
+const T0: u64 = 1_750_000_000_000;
+const MAX_DRIFT_MS: u64 = 5 * 60_000;
+const FUTURE_SKEW_MS: i64 = 8 * 60_000;
+const SECOND: u64 = 1_000_000;
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    Storage {
+        dev: usize,
+        epoch: u64,
+        done: StorageDone,
+    },
+    Wake {
+        dev: usize,
+        epoch: u64,
+    },
+    Input {
+        dev: usize,
+        epoch: u64,
+        input: Input,
+    },
+    Op,
+    Crash {
+        dev: usize,
+        mid_step: bool,
+    },
+    Restart {
+        dev: usize,
+    },
+    PartitionStart,
+    PartitionEnd,
+    ClockStep {
+        dev: usize,
+    },
+    Links,
+    Join,
+}
+
+struct Dev {
+    id: DeviceId,
+    replica: Option<Replica>,
+    store: MemStore,
+    epoch: u64,
+    skew_ms: i64,
+    future: bool,
+    started: bool,
+    removed: bool,
+    wake: Option<u64>,
+    /// Crash after this many storage commands of the next step.
+    crash_after: Option<usize>,
+    /// Stamps this device issued, in issue order, with the highest wall time the device had
+    /// seen when it issued them (clocks step backwards; the bound is against the maximum).
+    issued: Vec<(Hlc, u64)>,
+    max_wall: u64,
+    owned_seqs: Vec<u64>,
+    shared_seqs: Vec<u64>,
+}
+
+/// One simulation run.
+pub(crate) struct World {
+    cfg: SimConfig,
+    rng: Rng,
+    now_us: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    devs: Vec<Dev>,
+    links: BTreeMap<(usize, usize), u64>,
+    next_conn: u64,
+    cut: BTreeSet<usize>,
+    faults: bool,
+    reference: Reference,
+    next_cmd: u64,
+    in_command: bool,
+    messages: u64,
+    bytes: u64,
+    trace_hash: Fnv64,
+    trace: Vec<String>,
+    failures: Vec<String>,
+    ops_done: usize,
+    removal: Option<usize>,
+    stop_links_to: BTreeSet<usize>,
+    stats: BTreeMap<&'static str, u64>,
+}
+
+fn engine_config(id: DeviceId) -> Config {
+    let mut c = Config::new(id, ModelRegistry::spacedrive());
+    c.max_clock_drift = Duration::from_millis(MAX_DRIFT_MS);
+    c.page_records = 16;
+    c.page_bytes = 4096;
+    c
+}
+
+impl World {
+    pub(crate) fn new(cfg: SimConfig, seed: u64) -> World {
+        let mut rng = Rng::new(seed);
+        let total = cfg.peers + usize::from(cfg.late_join);
+        let initial: Vec<DeviceId> = (0..cfg.peers).map(device).collect();
+        let mut devs = Vec::new();
+        for i in 0..total {
+            let future = cfg.future_clock && i == 0 && total > 2;
+            let skew_ms = if future {
+                FUTURE_SKEW_MS
+            } else if cfg.skew {
+                rng.range(0, 240_000) as i64 - 120_000
+            } else {
+                0
+            };
+            devs.push(Dev {
+                id: device(i),
+                replica: None,
+                store: MemStore::new(),
+                epoch: 0,
+                skew_ms,
+                future,
+                started: false,
+                removed: false,
+                wake: None,
+                crash_after: None,
+                issued: Vec::new(),
+                max_wall: 0,
+                owned_seqs: Vec::new(),
+                shared_seqs: Vec::new(),
+            });
+        }
+        let mut w = World {
+            cfg,
+            rng,
+            now_us: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            devs,
+            links: BTreeMap::new(),
+            next_conn: 0,
+            cut: BTreeSet::new(),
+            faults: true,
+            reference: Reference::default(),
+            next_cmd: 0,
+            in_command: false,
+            messages: 0,
+            bytes: 0,
+            trace_hash: Fnv64::default(),
+            trace: Vec::new(),
+            failures: Vec::new(),
+            ops_done: 0,
+            removal: None,
+            stop_links_to: BTreeSet::new(),
+            stats: BTreeMap::new(),
+        };
+        for i in 0..w.cfg.peers {
+            w.start(i, Restored::bootstrap(initial.clone()));
+        }
+        w
+    }
+
+    fn fault_phase_us(&self) -> u64 {
+        // Ops arrive every ~100 ms of virtual time on average.
+        (self.cfg.ops as u64 * 100_000).max(30 * SECOND)
+    }
+
+    fn at(&mut self, delay_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((self.now_us + delay_us, self.seq), ev);
+    }
+
+    fn now_for(&self, d: usize) -> Now {
+        let wall = (T0 as i64 + (self.now_us / 1000) as i64 + self.devs[d].skew_ms).max(0) as u64;
+        Now::new(Instant::from_micros(self.now_us), wall)
+    }
+
+    fn start(&mut self, d: usize, restored: Restored) {
+        let now = self.now_for(d);
+        let id = self.devs[d].id;
+        self.devs[d].replica = Some(Replica::new(engine_config(id), restored, now));
+        self.devs[d].started = true;
+        self.devs[d].wake = None;
+        self.drain(d);
+    }
+
+    fn schedule(&mut self) {
+        let phase = self.fault_phase_us();
+        for _ in 0..self.cfg.ops {
+            let t = self.rng.below(phase);
+            self.seq += 1;
+            self.queue.insert((t, self.seq), Ev::Op);
+        }
+        self.at(0, Ev::Links);
+        let n = self.devs.len();
+        if self.cfg.partitions {
+            for _ in 0..3 {
+                let t = self.rng.below(phase);
+                self.seq += 1;
+                self.queue.insert((t, self.seq), Ev::PartitionStart);
+                let end = t + self.rng.range(SECOND, 20 * SECOND);
+                self.seq += 1;
+                self.queue.insert((end, self.seq), Ev::PartitionEnd);
+            }
+        }
+        if self.cfg.crashes {
+            for _ in 0..3 {
+                let t = self.rng.below(phase);
+                let dev = self.rng.below(n as u64) as usize;
+                let mid_step = self.rng.chance(0.5);
+                self.seq += 1;
+                self.queue
+                    .insert((t, self.seq), Ev::Crash { dev, mid_step });
+            }
+        }
+        if self.cfg.skew {
+            for _ in 0..2 {
+                let t = self.rng.below(phase);
+                let dev = self.rng.below(n as u64) as usize;
+                self.seq += 1;
+                self.queue.insert((t, self.seq), Ev::ClockStep { dev });
+            }
+        }
+        if self.cfg.late_join {
+            let t = self.rng.range(phase / 5, phase / 2);
+            self.seq += 1;
+            self.queue.insert((t, self.seq), Ev::Join);
+        }
+    }
+
+    // ------------------------------------------------------------------ engine steps
+
+    fn step(&mut self, d: usize, input: Input) {
+        let now = self.now_for(d);
+        self.devs[d].max_wall = self.devs[d].max_wall.max(now.wall_ms);
+        let Some(r) = self.devs[d].replica.as_mut() else {
+            return;
+        };
+        r.handle(now, input);
+        self.drain(d);
+    }
+
+    fn drain(&mut self, d: usize) {
+        let mut executed = 0usize;
+        while let Some(out) = self.devs[d].replica.as_mut().and_then(Replica::poll_output) {
+            match out {
+                Output::Storage(cmd) => {
+                    if let Some(limit) = self.devs[d].crash_after {
+                        if executed >= limit {
+                            return self.crash(d);
+                        }
+                    }
+                    executed += 1;
+                    self.record_own_writes(d, &cmd);
+                    if let Some(done) = self.devs[d].store.execute(cmd) {
+                        let delay = if self.cfg.storage_delay {
+                            self.rng.range(0, 20_000)
+                        } else {
+                            0
+                        };
+                        let epoch = self.devs[d].epoch;
+                        self.at(
+                            delay,
+                            Ev::Storage {
+                                dev: d,
+                                epoch,
+                                done,
+                            },
+                        );
+                    }
+                }
+                Output::Send { to, msg } => {
+                    if self.devs[d].crash_after.is_some() {
+                        return self.crash(d);
+                    }
+                    self.devs[d].store.sync();
+                    self.transmit(d, to, msg);
+                }
+                Output::Disconnect { peer, reason } => {
+                    if self.cfg.trace {
+                        self.trace.push(format!(
+                            "{:>9} {} disconnects {peer}: {reason}",
+                            self.now_us, self.devs[d].id
+                        ));
+                    }
+                    if let Some(p) = self.index_of(peer) {
+                        self.close_link(d, p);
+                    }
+                }
+                Output::Event(e) => self.on_event(d, e),
+            }
+        }
+        if self.devs[d].crash_after.is_some() {
+            return self.crash(d);
+        }
+        self.devs[d].store.sync();
+        let timeout = self.devs[d]
+            .replica
+            .as_ref()
+            .and_then(Replica::poll_timeout);
+        if let Some(t) = timeout {
+            let t = t.as_micros().max(self.now_us);
+            if self.devs[d].wake.is_none_or(|w| t < w) {
+                self.devs[d].wake = Some(t);
+                let epoch = self.devs[d].epoch;
+                self.seq += 1;
+                self.queue.insert((t, self.seq), Ev::Wake { dev: d, epoch });
+            }
+        }
+    }
+
+    fn record_own_writes(&mut self, d: usize, cmd: &StorageCommand) {
+        if !self.in_command {
+            return;
+        }
+        let me = self.devs[d].id;
+        let wall = self.devs[d].max_wall;
+        match cmd {
+            StorageCommand::PutOwned(rs) => {
+                for r in rs.iter().filter(|r| r.owner == me) {
+                    self.devs[d].issued.push((r.hlc, wall));
+                    self.devs[d].owned_seqs.push(r.seq);
+                    self.reference.owned_write(r.clone());
+                }
+            }
+            StorageCommand::AppendLog(cs) => {
+                for c in cs.iter().filter(|c| c.origin == me) {
+                    self.devs[d].issued.push((c.hlc, wall));
+                    self.devs[d].shared_seqs.push(c.seq);
+                    self.reference.shared_write(c.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.stats.entry(what).or_insert(0) += 1;
+    }
+
+    fn on_event(&mut self, d: usize, e: Event) {
+        match &e {
+            Event::CaughtUp {
+                stream: hybridsync_core::Stream::SharedSnapshot,
+                ..
+            } => self.count("snapshots"),
+            Event::ClockSkew { .. } => self.count("clock_skew_refusals"),
+            Event::PeerMisbehaved { .. } => self.count("peer_refusals"),
+            Event::OwnHeadRaised { .. } => self.count("own_head_raised"),
+            _ => {}
+        }
+        if self.cfg.trace {
+            self.trace.push(format!(
+                "{:>9} {} event {e:?}",
+                self.now_us, self.devs[d].id
+            ));
+        }
+        if let Event::CommandFailed { id, reason } = &e {
+            self.failures.push(format!(
+                "{}: command {id:?} failed: {reason}",
+                self.devs[d].id
+            ));
+        }
+    }
+
+    fn index_of(&self, d: DeviceId) -> Option<usize> {
+        self.devs.iter().position(|x| x.id == d)
+    }
+
+    // ------------------------------------------------------------------ network
+
+    fn transmit(&mut self, from: usize, to: DeviceId, msg: SyncMessage) {
+        let Some(to) = self.index_of(to) else { return };
+        let Some(&conn) = self.links.get(&pair(from, to)) else {
+            return;
+        };
+        let bytes = encode(&msg);
+        self.messages += 1;
+        self.bytes += bytes.len() as u64;
+        self.trace_hash.write(&self.now_us.to_le_bytes());
+        self.trace_hash.write(&[from as u8, to as u8]);
+        self.trace_hash.write(&bytes);
+        if self.cfg.trace {
+            self.trace.push(format!(
+                "{:>9} {} -> {} {} ({} B)",
+                self.now_us,
+                self.devs[from].id,
+                self.devs[to].id,
+                msg.kind(),
+                bytes.len()
+            ));
+        }
+        let faults = self.faults;
+        if faults && self.rng.chance(self.cfg.loss) {
+            self.count("lost");
+            return;
+        }
+        let copies = if faults && self.rng.chance(self.cfg.dup) {
+            self.count("duplicated");
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = self.rng.range(200, 3_000);
+            if faults && self.rng.chance(self.cfg.reorder) {
+                delay += self.rng.range(1_000, 300_000);
+            }
+            self.at(
+                delay,
+                Ev::Deliver {
+                    from,
+                    to,
+                    conn,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+
+    fn alive(&self, d: usize) -> bool {
+        self.devs[d].replica.is_some()
+    }
+
+    fn may_link(&self, a: usize, b: usize) -> bool {
+        self.alive(a)
+            && self.alive(b)
+            && !self.stop_links_to.contains(&a)
+            && !self.stop_links_to.contains(&b)
+            && (self.cut.contains(&a) == self.cut.contains(&b))
+    }
+
+    fn open_link(&mut self, a: usize, b: usize) {
+        self.next_conn += 1;
+        self.links.insert(pair(a, b), self.next_conn);
+        let (ia, ib) = (self.devs[a].id, self.devs[b].id);
+        self.step(a, Input::PeerUp { peer: ib });
+        if self.links.contains_key(&pair(a, b)) {
+            self.step(b, Input::PeerUp { peer: ia });
+        }
+    }
+
+    fn close_link(&mut self, a: usize, b: usize) {
+        if self.links.remove(&pair(a, b)).is_none() {
+            return;
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            if self.alive(x) {
+                let epoch = self.devs[x].epoch;
+                let peer = self.devs[y].id;
+                self.at(
+                    0,
+                    Ev::Input {
+                        dev: x,
+                        epoch,
+                        input: Input::PeerDown { peer },
+                    },
+                );
+            }
+        }
+    }
+
+    fn maintain_links(&mut self) {
+        let n = self.devs.len();
+        for a in 0..n {
+            for b in a + 1..n {
+                let up = self.links.contains_key(&pair(a, b));
+                let allowed = self.may_link(a, b);
+                if up && !allowed {
+                    self.close_link(a, b);
+                } else if !up && allowed {
+                    self.open_link(a, b);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    fn crash(&mut self, d: usize) {
+        if self.devs[d].crash_after.is_some() {
+            self.count("crashes_mid_step");
+        }
+        self.count("crashes");
+        if self.cfg.trace {
+            self.trace
+                .push(format!("{:>9} {} crashes", self.now_us, self.devs[d].id));
+        }
+        let dev = &mut self.devs[d];
+        // What was executed of the interrupted step is durable (a per-command commit); the
+        // rest of the step, its sends included, never happened.
+        dev.store.sync();
+        dev.store.crash();
+        dev.crash_after = None;
+        dev.replica = None;
+        dev.epoch += 1;
+        dev.wake = None;
+        let peers: Vec<usize> = (0..self.devs.len())
+            .filter(|p| self.links.contains_key(&pair(d, *p)))
+            .collect();
+        for p in peers {
+            self.close_link(d, p);
+        }
+        let down = self.rng.range(SECOND, 30 * SECOND);
+        self.at(down, Ev::Restart { dev: d });
+    }
+
+    fn restart(&mut self, d: usize) {
+        if self.alive(d) || !self.devs[d].started {
+            return;
+        }
+        let restored = self.devs[d].store.restored();
+        self.start(d, restored);
+    }
+
+    // ------------------------------------------------------------------ workload
+
+    fn command(&mut self, d: usize, cmd: Command) {
+        self.next_cmd += 1;
+        let id = CommandId(self.next_cmd);
+        self.in_command = true;
+        self.step(d, Input::Command { id, cmd });
+        self.in_command = false;
+    }
+
+    fn op(&mut self) {
+        let candidates: Vec<usize> = (0..self.devs.len())
+            .filter(|d| self.alive(*d) && !self.devs[*d].removed && Some(*d) != self.removal)
+            .collect();
+        let Some(&d) = self.rng.pick(&candidates) else {
+            return;
+        };
+        self.ops_done += 1;
+        let roll = self.rng.below(100);
+        let owned_uuid = Uuid::from_u128(((d as u128) << 64) | u128::from(self.rng.below(20)));
+        let shared_uuid = Uuid::from_u128(0xAB00 + u128::from(self.rng.below(15)));
+        let cmd = match roll {
+            0..=29 => Command::PutOwned {
+                model: "entry".into(),
+                uuid: owned_uuid,
+                data: self.rng.next_u64().to_le_bytes().to_vec(),
+            },
+            30..=39 => Command::DeleteOwned {
+                model: "entry".into(),
+                uuid: owned_uuid,
+            },
+            40..=64 => Command::InsertShared {
+                model: "tag".into(),
+                uuid: shared_uuid,
+                fields: self.fields(),
+            },
+            65..=89 => Command::UpdateShared {
+                model: "tag".into(),
+                uuid: shared_uuid,
+                fields: self.fields(),
+            },
+            _ => Command::DeleteShared {
+                model: "tag".into(),
+                uuid: shared_uuid,
+            },
+        };
+        self.command(d, cmd);
+    }
+
+    fn fields(&mut self) -> BTreeMap<String, Value> {
+        let mut f = BTreeMap::new();
+        for name in ["name", "color", "rank"] {
+            if self.rng.chance(0.6) {
+                f.insert(name.to_owned(), Value::Int(self.rng.below(1000) as i64));
+            }
+        }
+        f
+    }
+
+    fn join(&mut self) {
+        let joiner = self.devs.len() - 1;
+        let members: Vec<usize> = (0..self.cfg.peers).filter(|d| self.alive(*d)).collect();
+        let Some(&sponsor) = self.rng.pick(&members) else {
+            return;
+        };
+        let id = self.devs[joiner].id;
+        self.count("joins");
+        self.command(sponsor, Command::AddMember(id));
+        let all: Vec<DeviceId> = self.devs.iter().map(|d| d.id).collect();
+        self.start(joiner, Restored::bootstrap(all));
+    }
+
+    // ------------------------------------------------------------------ main loop
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver {
+                from,
+                to,
+                conn,
+                bytes,
+            } => {
+                if self.links.get(&pair(from, to)) != Some(&conn) {
+                    return;
+                }
+                match decode(&bytes) {
+                    Ok(msg) => {
+                        let from = self.devs[from].id;
+                        self.step(to, Input::Message { from, msg });
+                    }
+                    Err(e) => self
+                        .failures
+                        .push(format!("engine sent undecodable bytes: {e}")),
+                }
+            }
+            Ev::Storage { dev, epoch, done } => {
+                if self.devs[dev].epoch == epoch {
+                    self.step(dev, Input::Storage(done));
+                }
+            }
+            Ev::Wake { dev, epoch } => {
+                if self.devs[dev].epoch == epoch
+                    && self.devs[dev].wake.is_some_and(|w| w <= self.now_us)
+                {
+                    self.devs[dev].wake = None;
+                    self.step(dev, Input::Tick);
+                }
+            }
+            Ev::Input { dev, epoch, input } => {
+                if self.devs[dev].epoch == epoch {
+                    self.step(dev, input);
+                }
+            }
+            Ev::Op => self.op(),
+            Ev::Crash { dev, mid_step } => {
+                if self.faults && self.alive(dev) {
+                    if mid_step {
+                        let k = self.rng.below(4) as usize;
+                        self.devs[dev].crash_after = Some(k);
+                    } else {
+                        self.crash(dev);
+                    }
+                }
+            }
+            Ev::Restart { dev } => self.restart(dev),
+            Ev::PartitionStart => {
+                if self.faults {
+                    self.count("partitions");
+                    self.cut.clear();
+                    for d in 0..self.devs.len() {
+                        if self.rng.chance(0.4) {
+                            self.cut.insert(d);
+                        }
+                    }
+                    self.maintain_links();
+                }
+            }
+            Ev::PartitionEnd => self.cut.clear(),
+            Ev::ClockStep { dev } => {
+                if !self.devs[dev].future {
+                    self.devs[dev].skew_ms -= self.rng.range(1_000, 60_000) as i64;
+                }
+            }
+            Ev::Links => {
+                self.maintain_links();
+                self.at(SECOND, Ev::Links);
+            }
+            Ev::Join => self.join(),
+        }
+    }
+
+    /// Runs events until virtual time `until` (exclusive).
+    fn run_until(&mut self, until: u64) {
+        while let Some(entry) = self.queue.first_entry() {
+            let (t, _) = *entry.key();
+            if t >= until {
+                break;
+            }
+            let ev = entry.remove();
+            self.now_us = self.now_us.max(t);
+            self.dispatch(ev);
+        }
+        self.now_us = self.now_us.max(until);
+    }
+
+    fn heal(&mut self) {
+        self.faults = false;
+        self.cut.clear();
+        for d in 0..self.devs.len() {
+            self.devs[d].crash_after = None;
+            if self.devs[d].started && !self.alive(d) {
+                self.restart(d);
+            }
+        }
+    }
+
+    fn active(&self) -> Vec<usize> {
+        (0..self.devs.len())
+            .filter(|d| self.devs[*d].started && !self.devs[*d].removed)
+            .collect()
+    }
+
+    fn state(&self, d: usize) -> &MemState {
+        self.devs[d].store.state()
+    }
+
+    fn quiescent(&self) -> bool {
+        let active = self.active();
+        let digests: BTreeSet<u64> = active
+            .iter()
+            .map(|d| self.state(*d).content_digest())
+            .collect();
+        let idle = active.iter().all(|d| {
+            self.devs[*d]
+                .replica
+                .as_ref()
+                .is_some_and(|r| !r.is_fetching() && r.pending_reads() == 0)
+        });
+        let pruned = active.iter().all(|d| self.state(*d).log.is_empty());
+        digests.len() == 1 && idle && pruned
+    }
+
+    /// The removal phase: once every other member has everything the leaving device wrote, a
+    /// member removes it.
+    fn maybe_remove(&mut self) -> bool {
+        let Some(r) = self.removal else { return false };
+        if self.devs[r].removed {
+            return false;
+        }
+        let rid = self.devs[r].id;
+        let Some(own) = self.devs[r]
+            .replica
+            .as_ref()
+            .map(|x| (x.watermark(rid), x.version_vector().get(rid)))
+        else {
+            return false;
+        };
+        let others: Vec<usize> = self.active().into_iter().filter(|d| *d != r).collect();
+        let covered = others.iter().all(|d| {
+            self.devs[*d]
+                .replica
+                .as_ref()
+                .is_some_and(|x| x.watermark(rid) >= own.0 && x.version_vector().get(rid) >= own.1)
+        });
+        if !covered {
+            return false;
+        }
+        let Some(&sponsor) = others.first() else {
+            return false;
+        };
+        self.count("removals");
+        self.command(sponsor, Command::RemoveMember(rid));
+        self.devs[r].removed = true;
+        self.stop_links_to.insert(r);
+        true
+    }
+
+    pub(crate) fn run(mut self, wall: std::time::Instant) -> SeedReport {
+        self.schedule();
+        let phase = self.fault_phase_us();
+        self.run_until(phase);
+        self.heal();
+        if self.cfg.removal && self.cfg.peers >= 3 {
+            self.removal = Some(1);
+        }
+        // Heal: no new faults; run until quiescent (bounded).
+        let limit = phase + 40 * 60 * SECOND;
+        let mut stable = 0;
+        while self.now_us < limit {
+            let next = self.now_us + 5 * SECOND;
+            self.run_until(next);
+            if self.maybe_remove() {
+                stable = 0;
+                continue;
+            }
+            if self.removal.is_some_and(|r| !self.devs[r].removed) {
+                continue;
+            }
+            if self.quiescent() {
+                stable += 1;
+                if stable >= 2 {
+                    break;
+                }
+            } else {
+                stable = 0;
+            }
+        }
+        if stable < 2 {
+            self.failures.push(format!(
+                "no quiescence within {} s of healing",
+                (limit - phase) / SECOND
+            ));
+        }
+        self.check();
+        SeedReport {
+            seed: 0,
+            failures: self.failures,
+            messages: self.messages,
+            bytes: self.bytes,
+            sim_time_ms: self.now_us / 1000,
+            wall_ms: wall.elapsed().as_millis() as u64,
+            ops: self.reference.len(),
+            trace_hash: self.trace_hash.finish(),
+            trace: self.trace,
+            stats: self.stats,
+        }
+    }
+
+    // ------------------------------------------------------------------ checks
+
+    fn check(&mut self) {
+        let mut failures = Vec::new();
+        let active = self.active();
+        // 1. Identical content on every replica (digests of records and registers).
+        let digests: Vec<(DeviceId, u64)> = active
+            .iter()
+            .map(|d| (self.devs[*d].id, self.state(*d).content_digest()))
+            .collect();
+        if digests.windows(2).any(|w| w[0].1 != w[1].1) {
+            failures.push(format!("replicas diverged: {digests:x?}"));
+        }
+        // 2. The content equals the expected state computed from every operation issued.
+        let want_owned = self.reference.expected_owned();
+        let want_shared = self.reference.expected_shared(|m| m != MEMBER_MODEL);
+        for &d in &active {
+            let st = self.state(d);
+            let got_owned: crate::reference::OwnedView = st
+                .owned
+                .iter()
+                .map(|(k, r)| (k.clone(), (r.seq, r.data.clone())))
+                .collect();
+            if got_owned != want_owned {
+                let missing = want_owned
+                    .iter()
+                    .filter(|(k, v)| got_owned.get(*k) != Some(*v))
+                    .count();
+                let extra = got_owned
+                    .keys()
+                    .filter(|k| !want_owned.contains_key(*k))
+                    .count();
+                failures.push(format!(
+                    "{}: device-owned records differ from the expected state ({missing} wrong or missing, {extra} unexpected)",
+                    self.devs[d].id
+                ));
+            }
+            let got_shared: crate::reference::SharedView = st
+                .shared
+                .iter()
+                .filter(|((m, _), _)| m != MEMBER_MODEL)
+                .filter_map(|(k, r)| r.visible().map(|v| (k.clone(), v)))
+                .collect();
+            if got_shared != want_shared {
+                let wrong: Vec<_> = want_shared
+                    .iter()
+                    .filter(|(k, v)| got_shared.get(*k) != Some(*v))
+                    .map(|(k, _)| k.1)
+                    .chain(
+                        got_shared
+                            .keys()
+                            .filter(|k| !want_shared.contains_key(*k))
+                            .map(|k| k.1),
+                    )
+                    .collect();
+                failures.push(format!(
+                    "{}: shared records differ from the expected state (records {wrong:?})",
+                    self.devs[d].id
+                ));
+            }
+            // Membership.
+            let want_members: BTreeSet<DeviceId> = self
+                .devs
+                .iter()
+                .filter(|x| x.started && !x.removed)
+                .map(|x| x.id)
+                .collect();
+            let got_members: BTreeSet<DeviceId> = self.devs[d]
+                .replica
+                .as_ref()
+                .map(|r| r.members().collect())
+                .unwrap_or_default();
+            if got_members != want_members {
+                failures.push(format!(
+                    "{}: members {got_members:?}, expected {want_members:?}",
+                    self.devs[d].id
+                ));
+            }
+            // 3. The shared log is pruned once every member has acknowledged everything.
+            let log = st.log.len();
+            if log > 0 {
+                failures.push(format!(
+                    "{}: {log} log entries left after healing",
+                    self.devs[d].id
+                ));
+            }
+        }
+        // 4. Stamps strictly increase per device; sequences never repeat.
+        for dev in &self.devs {
+            if dev.issued.windows(2).any(|w| w[0].0 >= w[1].0) {
+                failures.push(format!("{}: HLC not strictly increasing", dev.id));
+            }
+            if dev.owned_seqs.windows(2).any(|w| w[0] >= w[1]) {
+                failures.push(format!("{}: device-owned seq not increasing", dev.id));
+            }
+            let contiguous = dev
+                .shared_seqs
+                .iter()
+                .enumerate()
+                .all(|(i, s)| *s == i as u64 + 1);
+            if !contiguous {
+                failures.push(format!("{}: shared seqs not 1, 2, 3...", dev.id));
+            }
+            // 5. No device was dragged beyond its own clock plus the drift bound.
+            if !dev.future {
+                if let Some((h, wall)) = dev
+                    .issued
+                    .iter()
+                    .find(|(h, wall)| h.time_ms > wall + MAX_DRIFT_MS)
+                {
+                    failures.push(format!(
+                        "{}: issued {h:?} more than the drift bound ahead of its clock {wall}",
+                        dev.id
+                    ));
+                }
+            }
+        }
+        self.failures.extend(failures);
+    }
+
+    /// The reference model (for tests).
+    #[allow(dead_code)]
+    pub(crate) fn reference(&self) -> &Reference {
+        &self.reference
+    }
+}
+
+/// The device id of simulated device `i`.
+pub fn device(i: usize) -> DeviceId {
+    // The index goes in the top byte so the short (8 hex digit) display tells devices apart.
+    DeviceId::from_u128(((i as u128 + 1) << 120) | 0x5157)
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
