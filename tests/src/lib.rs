@@ -17,6 +17,7 @@
 //! - the same seed gives the same trace (see [`SeedReport::trace_hash`]).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod reference;
 pub mod rng;
 mod world;
