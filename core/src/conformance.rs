@@ -1317,6 +1317,13 @@ pub fn randomized_command_sequences_match_reference<B: StorageBackend>(backend: 
     h.check_state();
 }
 
+/// The random batches [`randomized_command_sequences_match_reference`] feeds for `seed`
+/// (first `count`), for backend tests that want the same workload (e.g. comparing digests).
+pub fn random_batches(seed: u64, count: usize) -> Vec<Vec<StorageCommand>> {
+    let mut gen = Generator::new(seed);
+    (0..count).map(|_| gen.batch()).collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deterministic generator
 // ---------------------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ proptest! {
             hlc: Hlc::new(seq, 0, owner),
             model: "entry".into(),
             uuid: Uuid::nil(),
-            data: (seq % 3 != 0).then(|| seq.to_le_bytes().to_vec()),
+            data: (!seq.is_multiple_of(3)).then(|| seq.to_le_bytes().to_vec()),
         };
         let mut stored: Option<OwnedRecord> = None;
         for s in &seqs {

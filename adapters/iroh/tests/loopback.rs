@@ -74,6 +74,216 @@ async fn realtime_changes_propagate_both_ways() {
         assert_eq!(n.status().await.unwrap().connected.len(), 2);
     }
     for n in [na, nb, nc] {
+        let t = Instant::now();
+        n.shutdown().await.unwrap();
+        println!("shutdown took {:?}", t.elapsed());
+    }
+}
+
+/// Sums the records applied by catch-up pages of `stream` seen on `rx` so far.
+fn drain_applied(rx: &mut tokio::sync::broadcast::Receiver<Event>, owner_stream: Stream) -> usize {
+    let mut n = 0;
+    while let Ok(e) = rx.try_recv() {
+        if let Event::CatchUpProgress {
+            stream, applied, ..
+        } = e
+        {
+            if stream == owner_stream {
+                n += applied;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_device_catches_up_after_others_write() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Dev::new(11, dir.path()).await;
+    let mut b = Dev::new(12, dir.path()).await;
+    let mut c = Dev::new(13, dir.path()).await;
+    let members = [a.id, b.id, c.id];
+    let na = start(&mut a, &[&b, &c], &members, None).await;
+    let nb = start(&mut b, &[&a, &c], &members, None).await;
+    let nc = start(&mut c, &[&a, &b], &members, None).await;
+    na.put("location", Uuid::from_u128(1), b"/a".to_vec())
+        .await
+        .unwrap();
+    converged(&[&na, &nb, &nc], T).await;
+
+    // C goes offline; A and B keep writing, including a conflict and deletes.
+    let c_store = nc.shutdown().await.unwrap();
+    let tag = Uuid::from_u128(50);
+    na.insert_shared("tag", tag, fields(&[("name", "x"), ("color", "red")]))
+        .await
+        .unwrap();
+    for i in 0..200u128 {
+        na.put("entry", Uuid::from_u128(1000 + i), vec![7; 64])
+            .await
+            .unwrap();
+        nb.put("entry", Uuid::from_u128(2000 + i), vec![8; 64])
+            .await
+            .unwrap();
+    }
+    nb.update_shared("tag", tag, fields(&[("name", "from-b")]))
+        .await
+        .unwrap();
+    na.update_shared("tag", tag, fields(&[("name", "from-a")]))
+        .await
+        .unwrap();
+    na.delete("entry", Uuid::from_u128(1000)).await.unwrap();
+    nb.delete("entry", Uuid::from_u128(2000)).await.unwrap();
+    let ab = converged(&[&na, &nb], T).await;
+
+    // C comes back from its database and catches up from whoever is online.
+    let nc = start(&mut c, &[&a, &b], &members, Some(c_store)).await;
+    assert_ne!(digest(&nc).await, ab);
+    assert_eq!(converged(&[&na, &nb, &nc], T).await, ab);
+    for n in [na, nb, nc] {
         n.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_device_resumes_without_full_resync() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Dev::new(21, dir.path()).await;
+    let mut b = Dev::new(22, dir.path()).await;
+    let mut c = Dev::new(23, dir.path()).await;
+    let members = [a.id, b.id, c.id];
+    let na = start(&mut a, &[&b, &c], &members, None).await;
+    let nb = start(&mut b, &[&a, &c], &members, None).await;
+    let nc = start(&mut c, &[&a, &b], &members, None).await;
+    for i in 0..300u128 {
+        na.put("entry", Uuid::from_u128(i), vec![1; 32])
+            .await
+            .unwrap();
+    }
+    converged(&[&na, &nb, &nc], T).await;
+    let before = nb.status().await.unwrap();
+
+    let b_store = nb.shutdown().await.unwrap();
+    for i in 0..5u128 {
+        na.put("entry", Uuid::from_u128(10_000 + i), vec![2; 32])
+            .await
+            .unwrap();
+    }
+    let nb = start(&mut b, &[&a, &c], &members, Some(b_store)).await;
+    let mut events = nb.subscribe();
+    let after_restart = nb.status().await.unwrap();
+    // Watermarks and version vector came back from disk.
+    assert_eq!(after_restart.watermarks, before.watermarks);
+    assert_eq!(after_restart.version_vector, before.version_vector);
+    converged(&[&na, &nb, &nc], T).await;
+    // Only the 5 missed changes were fetched, not the 300 it already had.
+    let fetched = drain_applied(&mut events, Stream::Owned(a.id));
+    assert!(fetched <= 5, "re-fetched {fetched} records");
+    for n in [na, nb, nc] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_device_joins_after_log_pruned_via_snapshot() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Dev::new(31, dir.path()).await;
+    let mut b = Dev::new(32, dir.path()).await;
+    let mut c = Dev::new(33, dir.path()).await;
+    let founders = [a.id, b.id];
+    let na = start(&mut a, &[&b, &c], &founders, None).await;
+    let nb = start(&mut b, &[&a, &c], &founders, None).await;
+    for i in 0..40u128 {
+        na.insert_shared("tag", Uuid::from_u128(i), fields(&[("name", "t")]))
+            .await
+            .unwrap();
+        nb.update_shared("tag", Uuid::from_u128(i), fields(&[("color", "c")]))
+            .await
+            .unwrap();
+    }
+    converged(&[&na, &nb], T).await;
+    // Every member acked: the log is pruned on both.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (sa, sb) = (na.status().await.unwrap(), nb.status().await.unwrap());
+        if sa.horizon.get(a.id) == 40 && sb.horizon.get(b.id) == 40 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "log never pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    na.add_member(c.id).await.unwrap();
+    let all = [a.id, b.id, c.id];
+    let nc = start(&mut c, &[&a, &b], &all, None).await;
+    let mut events = nc.subscribe();
+    converged(&[&na, &nb, &nc], T).await;
+    let mut snapshot = false;
+    while let Ok(e) = events.try_recv() {
+        snapshot |= matches!(
+            e,
+            Event::CaughtUp {
+                stream: Stream::SharedSnapshot,
+                ..
+            } | Event::CatchUpProgress {
+                stream: Stream::SharedSnapshot,
+                ..
+            }
+        );
+    }
+    let sc = nc.status().await.unwrap();
+    assert!(
+        snapshot || sc.horizon.get(a.id) >= 40,
+        "the new device did not take a snapshot"
+    );
+    for n in [na, nb, nc] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_serves_owner_records_while_owner_offline() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Dev::new(41, dir.path()).await;
+    let mut b = Dev::new(42, dir.path()).await;
+    let mut c = Dev::new(43, dir.path()).await;
+    let members = [a.id, b.id, c.id];
+    let na = start(&mut a, &[&b, &c], &members, None).await;
+    let nb = start(&mut b, &[&a, &c], &members, None).await;
+    for i in 0..100u128 {
+        na.put("entry", Uuid::from_u128(i), vec![3; 48])
+            .await
+            .unwrap();
+    }
+    na.delete("entry", Uuid::from_u128(5)).await.unwrap();
+    na.insert_shared("album", Uuid::from_u128(9), fields(&[("title", "a")]))
+        .await
+        .unwrap();
+    let ab = converged(&[&na, &nb], T).await;
+    na.shutdown().await.unwrap();
+
+    // C has never met A: it gets A's records from B.
+    let nc = start(&mut c, &[&a, &b], &members, None).await;
+    let mut events = nc.subscribe();
+    assert_eq!(converged(&[&nb, &nc], T).await, ab);
+    let relayed = loop {
+        match events.try_recv() {
+            Ok(Event::CatchUpProgress {
+                peer,
+                stream: Stream::Owned(owner),
+                ..
+            }) if owner == a.id => break Some(peer),
+            Ok(_) => {}
+            Err(_) => break None,
+        }
+    };
+    if let Some(peer) = relayed {
+        assert_eq!(peer, b.id);
+    }
+    assert_eq!(nc.status().await.unwrap().watermarks.get(&a.id), Some(&101));
+    nb.shutdown().await.unwrap();
+    nc.shutdown().await.unwrap();
 }

@@ -52,6 +52,8 @@ pub struct Dev {
     pub addr: SocketAddr,
     pub db: PathBuf,
     endpoint: Option<iroh::Endpoint>,
+    /// Registered without an address: accepted, never dialed.
+    accept_only: bool,
 }
 
 impl Dev {
@@ -68,11 +70,29 @@ impl Dev {
             addr,
             db: dir.join(format!("device-{n}.db")),
             endpoint: Some(endpoint),
+            accept_only: false,
+        }
+    }
+
+    /// A peer known only by identity (a raw endpoint in a test).
+    pub fn accept_only(id: DeviceId, key: SecretKey) -> Dev {
+        Dev {
+            id,
+            key,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            db: PathBuf::new(),
+            endpoint: None,
+            accept_only: true,
         }
     }
 
     pub fn endpoint_addr(&self) -> EndpointAddr {
-        EndpointAddr::new(self.key.public()).with_ip_addr(self.addr)
+        let addr = EndpointAddr::new(self.key.public());
+        if self.accept_only {
+            addr
+        } else {
+            addr.with_ip_addr(self.addr)
+        }
     }
 
     async fn endpoint(&mut self) -> iroh::Endpoint {
