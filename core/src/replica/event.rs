@@ -59,6 +59,9 @@ pub enum CommandError {
     /// The built-in member model is written with `AddMember` / `RemoveMember` only.
     #[error("the member model is written with AddMember/RemoveMember")]
     ReservedModel,
+    /// Only writes can be batched (no requests, no nested batches).
+    #[error("only write commands can be batched")]
+    NotBatchable,
     /// The peer is not connected.
     #[error("peer {0} is not connected")]
     PeerNotConnected(DeviceId),

@@ -97,6 +97,9 @@ pub enum Command {
     AddMember(DeviceId),
     /// Removes a device from the member set: its messages are refused from then on.
     RemoveMember(DeviceId),
+    /// Several writes applied together: validated first (all or nothing), stored in one group
+    /// and pushed as `StateBatch` / `SharedChangeBatch`. Only write commands may be batched.
+    Batch(Vec<Command>),
     /// Fetches `owner`'s device-owned records from `peer`; done when the last page is applied.
     RequestState {
         /// The connected peer to ask.

@@ -86,9 +86,16 @@ impl Replica {
             .collect()
     }
 
+    /// Asks for pruning to be recomputed at the end of the current step, after every write of
+    /// the step was emitted (so a prune never precedes the append it covers).
+    pub(super) fn recompute_pruning(&mut self) {
+        self.prune_due = true;
+    }
+
     /// Prunes each origin's log up to the minimum that every pinning member has acked. A
     /// member that never acked pins the log at zero.
-    pub(super) fn recompute_pruning(&mut self) {
+    pub(super) fn prune(&mut self) {
+        self.prune_due = false;
         let pinning = self.pinning_members();
         let origins: Vec<(DeviceId, u64)> = self.vv.iter().collect();
         for (origin, have) in origins {

@@ -12,6 +12,7 @@ mod io;
 mod members;
 mod owned;
 mod shared;
+mod writes;
 
 pub use config::Config;
 pub use event::{CommandError, Event, Refusal, Stream};
@@ -114,6 +115,7 @@ pub struct Replica {
     next_request: u64,
     heartbeat_due: Instant,
     ack_due: Option<Instant>,
+    prune_due: bool,
     outputs: VecDeque<Output>,
 }
 
@@ -142,6 +144,7 @@ impl Replica {
             next_read: 0,
             next_request: 0,
             ack_due: None,
+            prune_due: false,
             outputs: VecDeque::new(),
         };
         // Bootstrap members must be durable too (merging is idempotent on restart).
@@ -172,6 +175,9 @@ impl Replica {
             Input::Storage(done) => self.on_storage(done),
             Input::Command { id, cmd } => self.on_command(id, cmd),
             Input::Tick => self.on_tick(),
+        }
+        if self.prune_due {
+            self.prune();
         }
     }
 
@@ -635,50 +641,13 @@ impl Replica {
     // ---------------------------------------------------------------- commands
 
     fn on_command(&mut self, id: CommandId, cmd: Command) {
-        let result = match cmd {
-            Command::PutOwned { model, uuid, data } => self.write_owned(model, uuid, Some(data)),
-            Command::DeleteOwned { model, uuid } => self.write_owned(model, uuid, None),
-            Command::InsertShared {
-                model,
-                uuid,
-                fields,
-            } => self.write_shared(model, uuid, crate::ChangeKind::Insert, fields, false),
-            Command::UpdateShared {
-                model,
-                uuid,
-                fields,
-            } => self.write_shared(model, uuid, crate::ChangeKind::Update, fields, false),
-            Command::DeleteShared { model, uuid } => self.write_shared(
-                model,
-                uuid,
-                crate::ChangeKind::Delete,
-                BTreeMap::new(),
-                false,
-            ),
-            Command::AddMember(d) => self.write_shared(
-                crate::MEMBER_MODEL.to_owned(),
-                d.0,
-                crate::ChangeKind::Insert,
-                BTreeMap::new(),
-                true,
-            ),
-            Command::RemoveMember(d) => self.write_shared(
-                crate::MEMBER_MODEL.to_owned(),
-                d.0,
-                crate::ChangeKind::Delete,
-                BTreeMap::new(),
-                true,
-            ),
+        match cmd {
             Command::RequestState { peer, owner, since } => {
-                return self.request_state(id, peer, owner, since)
+                self.request_state(id, peer, owner, since)
             }
-            Command::RequestSharedChanges { peer, since } => {
-                return self.request_shared(id, peer, since)
-            }
-        };
-        match result {
-            Ok(()) => self.event(Event::CommandDone(id)),
-            Err(reason) => self.event(Event::CommandFailed { id, reason }),
+            Command::RequestSharedChanges { peer, since } => self.request_shared(id, peer, since),
+            Command::Batch(cmds) => self.write_batch(id, cmds),
+            write => self.write_batch(id, vec![write]),
         }
     }
 }

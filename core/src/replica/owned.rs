@@ -6,42 +6,8 @@ use crate::message::{ErrorCode, SyncMessage};
 use crate::model::ModelKind;
 use crate::owned::OwnedRecord;
 use crate::storage::StorageCommand;
-use uuid::Uuid;
 
 impl Replica {
-    /// A local write of one of this device's records: next seq, new stamp, stored (the record
-    /// table is the outbox), then pushed to connected peers.
-    pub(super) fn write_owned(
-        &mut self,
-        model: String,
-        uuid: Uuid,
-        data: Option<Vec<u8>>,
-    ) -> Result<(), CommandError> {
-        match self.config.models.kind(&model) {
-            None => return Err(CommandError::UnknownModel(model)),
-            Some(ModelKind::Shared) => return Err(CommandError::WrongModelKind(model)),
-            Some(ModelKind::DeviceOwned) => {}
-        }
-        let me = self.config.device;
-        let seq = self.watermark(me) + 1;
-        let hlc = self.clock.tick(self.now.wall_ms);
-        self.watermarks.insert(me, seq);
-        let record = OwnedRecord {
-            owner: me,
-            seq,
-            hlc,
-            model,
-            uuid,
-            data,
-        };
-        // Counters first: a crash after them and before the record leaves a harmless gap.
-        self.store(StorageCommand::SetHlc(hlc));
-        self.store(StorageCommand::SetWatermark { owner: me, seq });
-        self.store(StorageCommand::PutOwned(vec![record.clone()]));
-        self.broadcast(SyncMessage::StateChange(record));
-        Ok(())
-    }
-
     /// Checks one incoming device-owned record; `Err` means the sender misbehaved.
     fn check_owned(&self, r: &OwnedRecord) -> Result<bool, Refusal> {
         if r.owner == self.config.device {

@@ -6,13 +6,10 @@ use super::{
 use crate::id::DeviceId;
 use crate::message::SyncMessage;
 use crate::model::{ModelKind, MEMBER_MODEL};
-use crate::shared::{ChangeKind, SharedChange, SharedKey, SharedRecord};
+use crate::shared::{SharedChange, SharedKey, SharedRecord};
 use crate::storage::StorageCommand;
-use crate::value::Value;
 use crate::version_vector::VersionVector;
 use crate::ClockError;
-use std::collections::BTreeMap;
-use uuid::Uuid;
 
 /// What became of one incoming shared change.
 enum Accepted {
@@ -27,47 +24,6 @@ enum Accepted {
 }
 
 impl Replica {
-    /// A local shared write: next shared seq, new stamp, appended to the log (which merges it
-    /// into the record), then pushed to connected peers.
-    pub(super) fn write_shared(
-        &mut self,
-        model: String,
-        uuid: Uuid,
-        kind: ChangeKind,
-        fields: BTreeMap<String, Value>,
-        member_command: bool,
-    ) -> Result<(), CommandError> {
-        if model == MEMBER_MODEL && !member_command {
-            return Err(CommandError::ReservedModel);
-        }
-        match self.config.models.kind(&model) {
-            None => return Err(CommandError::UnknownModel(model)),
-            Some(ModelKind::DeviceOwned) => return Err(CommandError::WrongModelKind(model)),
-            Some(ModelKind::Shared) => {}
-        }
-        let me = self.config.device;
-        let seq = self.vv.get(me) + 1;
-        let hlc = self.clock.tick(self.now.wall_ms);
-        let change = SharedChange {
-            origin: me,
-            seq,
-            hlc,
-            model,
-            record: uuid,
-            kind,
-            fields,
-        };
-        self.vv.set(me, seq);
-        self.store(StorageCommand::SetHlc(hlc));
-        self.store(StorageCommand::AppendLog(vec![change.clone()]));
-        if change.model == MEMBER_MODEL {
-            self.merge_member(&change.to_record());
-        }
-        self.schedule_ack();
-        self.broadcast(SyncMessage::SharedChange(change));
-        Ok(())
-    }
-
     /// Checks, stamps and applies one incoming change (storage commands are batched by the
     /// caller). `Err` means the sender misbehaved.
     fn accept_shared(&mut self, from: DeviceId, c: SharedChange) -> Result<Accepted, Refusal> {

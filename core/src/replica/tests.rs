@@ -951,3 +951,81 @@ fn spurious_ticks_are_no_ops() {
     assert_eq!(net.digest(a), before);
     assert!(net.node(a).replica.poll_timeout().is_some());
 }
+
+#[test]
+fn batch_of_writes_is_pushed_as_batches() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let mut cmds: Vec<Command> = (0..5)
+        .map(|i| Command::PutOwned {
+            model: "entry".into(),
+            uuid: Uuid::from_u128(i),
+            data: vec![1],
+        })
+        .collect();
+    cmds.push(Command::InsertShared {
+        model: "tag".into(),
+        uuid: Uuid::from_u128(9),
+        fields: BTreeMap::new(),
+    });
+    cmds.push(Command::DeleteShared {
+        model: "tag".into(),
+        uuid: Uuid::from_u128(8),
+    });
+    let id = net.cmd(a, Command::Batch(cmds));
+    assert!(net.node(a).events.contains(&Event::CommandDone(id)));
+    let kinds: Vec<&str> = net
+        .queue
+        .iter()
+        .map(|(_, _, b)| decode(b).map_or("?", |m| m.kind()))
+        .collect();
+    assert_eq!(kinds, ["StateBatch", "SharedChangeBatch"]);
+    net.settle();
+    net.assert_converged();
+    assert_eq!(net.node(b).replica.watermark(a), 5);
+    assert_eq!(net.node(b).replica.version_vector().get(a), 2);
+}
+
+#[test]
+fn batch_with_one_invalid_write_changes_nothing() {
+    let a = dev(1);
+    let mut net = Net::new(1);
+    let before = net.digest(a);
+    let cmds = vec![
+        Command::PutOwned {
+            model: "entry".into(),
+            uuid: Uuid::from_u128(1),
+            data: vec![1],
+        },
+        Command::PutOwned {
+            model: "nope".into(),
+            uuid: Uuid::from_u128(2),
+            data: vec![1],
+        },
+    ];
+    let id = net.cmd(a, Command::Batch(cmds));
+    assert!(net.node(a).events.contains(&Event::CommandFailed {
+        id,
+        reason: CommandError::UnknownModel("nope".into())
+    }));
+    assert_eq!(net.digest(a), before);
+    assert_eq!(net.node(a).replica.watermark(a), 0);
+    let nested = net.cmd(a, Command::Batch(vec![Command::Batch(vec![])]));
+    assert!(net.node(a).events.contains(&Event::CommandFailed {
+        id: nested,
+        reason: CommandError::NotBatchable
+    }));
+}
+
+#[test]
+fn single_member_library_prunes_its_own_log_after_the_append() {
+    let a = dev(1);
+    let mut net = Net::new(1);
+    net.tag(a, 1, ChangeKind::Insert, "x");
+    net.tag(a, 2, ChangeKind::Insert, "y");
+    net.advance(100); // the debounced ack step recomputes pruning
+    assert!(net.node(a).store.state().log.is_empty());
+    assert_eq!(net.node(a).replica.horizon().get(a), 2);
+}

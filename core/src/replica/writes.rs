@@ -1,0 +1,233 @@
+//! Local writes: validated, stamped, stored (the record tables are the outbox), then pushed.
+
+use super::{Command, CommandError, CommandId, Event, Replica};
+use crate::id::DeviceId;
+use crate::message::SyncMessage;
+use crate::model::{ModelKind, MEMBER_MODEL};
+use crate::owned::OwnedRecord;
+use crate::shared::{ChangeKind, SharedChange};
+use crate::storage::StorageCommand;
+use crate::value::Value;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A validated local write.
+enum Write {
+    Owned {
+        model: String,
+        uuid: Uuid,
+        data: Option<Vec<u8>>,
+    },
+    Shared {
+        model: String,
+        uuid: Uuid,
+        kind: ChangeKind,
+        fields: BTreeMap<String, Value>,
+    },
+}
+
+impl Replica {
+    /// Checks one command and turns it into a write; nothing changes on error.
+    fn validate(&self, cmd: Command) -> Result<Write, CommandError> {
+        let (model, write) = match cmd {
+            Command::PutOwned { model, uuid, data } => (
+                model.clone(),
+                Write::Owned {
+                    model,
+                    uuid,
+                    data: Some(data),
+                },
+            ),
+            Command::DeleteOwned { model, uuid } => (
+                model.clone(),
+                Write::Owned {
+                    model,
+                    uuid,
+                    data: None,
+                },
+            ),
+            Command::InsertShared {
+                model,
+                uuid,
+                fields,
+            } => shared(model, uuid, ChangeKind::Insert, fields)?,
+            Command::UpdateShared {
+                model,
+                uuid,
+                fields,
+            } => shared(model, uuid, ChangeKind::Update, fields)?,
+            Command::DeleteShared { model, uuid } => {
+                shared(model, uuid, ChangeKind::Delete, BTreeMap::new())?
+            }
+            Command::AddMember(d) => member(d, ChangeKind::Insert),
+            Command::RemoveMember(d) => member(d, ChangeKind::Delete),
+            Command::Batch(_)
+            | Command::RequestState { .. }
+            | Command::RequestSharedChanges { .. } => return Err(CommandError::NotBatchable),
+        };
+        let want = match write {
+            Write::Owned { .. } => ModelKind::DeviceOwned,
+            Write::Shared { .. } => ModelKind::Shared,
+        };
+        match self.config.models.kind(&model) {
+            None => Err(CommandError::UnknownModel(model)),
+            Some(kind) if kind != want => Err(CommandError::WrongModelKind(model)),
+            Some(_) => Ok(write),
+        }
+    }
+
+    /// Applies a group of writes: all are validated before any is applied.
+    pub(super) fn write_batch(&mut self, id: CommandId, cmds: Vec<Command>) {
+        let mut writes = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match self.validate(cmd) {
+                Ok(w) => writes.push(w),
+                Err(reason) => return self.event(Event::CommandFailed { id, reason }),
+            }
+        }
+        let me = self.config.device;
+        let mut owned = Vec::new();
+        let mut changes = Vec::new();
+        for w in writes {
+            let hlc = self.clock.tick(self.now.wall_ms);
+            match w {
+                Write::Owned { model, uuid, data } => {
+                    let seq = self.watermark(me) + 1;
+                    self.watermarks.insert(me, seq);
+                    owned.push(OwnedRecord {
+                        owner: me,
+                        seq,
+                        hlc,
+                        model,
+                        uuid,
+                        data,
+                    });
+                }
+                Write::Shared {
+                    model,
+                    uuid,
+                    kind,
+                    fields,
+                } => {
+                    let seq = self.vv.get(me) + 1;
+                    self.vv.set(me, seq);
+                    let change = SharedChange {
+                        origin: me,
+                        seq,
+                        hlc,
+                        model,
+                        record: uuid,
+                        kind,
+                        fields,
+                    };
+                    changes.push(change);
+                }
+            }
+        }
+        // Counters first: a crash between them and the rows leaves a harmless gap, never a
+        // reused sequence number. The log append merges each change into its record.
+        self.store(StorageCommand::SetHlc(self.clock.last()));
+        if !owned.is_empty() {
+            self.store(StorageCommand::SetWatermark {
+                owner: me,
+                seq: self.watermark(me),
+            });
+            self.store(StorageCommand::PutOwned(owned.clone()));
+        }
+        if !changes.is_empty() {
+            self.store(StorageCommand::AppendLog(changes.clone()));
+            self.schedule_ack();
+        }
+        // Membership follows the stored change (a removal may disconnect and prune).
+        for c in changes.iter().filter(|c| c.model == MEMBER_MODEL) {
+            self.merge_member(&c.to_record());
+        }
+        self.event(Event::CommandDone(id));
+        self.push_owned(owned);
+        self.push_shared(changes);
+    }
+
+    /// Pushes own device-owned changes to every connected peer, in byte-bounded batches.
+    fn push_owned(&mut self, records: Vec<OwnedRecord>) {
+        let budget = self.config.page_bytes;
+        for mut chunk in chunks(records, budget, OwnedRecord::budget_size) {
+            let msg = if chunk.len() == 1 {
+                match chunk.pop() {
+                    Some(r) => SyncMessage::StateChange(r),
+                    None => continue,
+                }
+            } else {
+                SyncMessage::StateBatch(chunk)
+            };
+            self.broadcast(msg);
+        }
+    }
+
+    /// Pushes own shared changes to every connected peer, in byte-bounded batches.
+    fn push_shared(&mut self, changes: Vec<SharedChange>) {
+        let budget = self.config.page_bytes;
+        for mut chunk in chunks(changes, budget, SharedChange::budget_size) {
+            let msg = if chunk.len() == 1 {
+                match chunk.pop() {
+                    Some(c) => SyncMessage::SharedChange(c),
+                    None => continue,
+                }
+            } else {
+                SyncMessage::SharedChangeBatch(chunk)
+            };
+            self.broadcast(msg);
+        }
+    }
+}
+
+fn shared(
+    model: String,
+    uuid: Uuid,
+    kind: ChangeKind,
+    fields: BTreeMap<String, Value>,
+) -> Result<(String, Write), CommandError> {
+    if model == MEMBER_MODEL {
+        return Err(CommandError::ReservedModel);
+    }
+    Ok((
+        model.clone(),
+        Write::Shared {
+            model,
+            uuid,
+            kind,
+            fields,
+        },
+    ))
+}
+
+fn member(d: DeviceId, kind: ChangeKind) -> (String, Write) {
+    (
+        MEMBER_MODEL.to_owned(),
+        Write::Shared {
+            model: MEMBER_MODEL.to_owned(),
+            uuid: d.0,
+            kind,
+            fields: BTreeMap::new(),
+        },
+    )
+}
+
+/// Splits `items` into runs whose sizes sum to at most `budget` (at least one item each).
+fn chunks<T>(items: Vec<T>, budget: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let s = size(&item);
+        match out.last_mut() {
+            Some(cur) if used + s <= budget => {
+                used += s;
+                cur.push(item);
+            }
+            _ => {
+                used = s;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
