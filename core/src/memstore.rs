@@ -281,23 +281,6 @@ impl MemStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crash_loses_only_unsynced_writes() {
-        let d = DeviceId::from_u128(1);
-        let mut s = MemStore::new();
-        s.execute(StorageCommand::SetWatermark { owner: d, seq: 3 });
-        s.sync();
-        s.execute(StorageCommand::SetWatermark { owner: d, seq: 9 });
-        assert_eq!(s.restored().watermarks.get(&d), Some(&9));
-        s.crash();
-        assert_eq!(s.restored().watermarks.get(&d), Some(&3));
-    }
-}
-
 impl crate::storage::StorageBackend for MemStore {
     type Error = std::convert::Infallible;
 
@@ -312,5 +295,22 @@ impl crate::storage::StorageBackend for MemStore {
 
     fn load_restored(&mut self) -> Result<Restored, Self::Error> {
         Ok(self.restored())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loses_only_unsynced_writes() {
+        let d = DeviceId::from_u128(1);
+        let mut s = MemStore::new();
+        s.execute(StorageCommand::SetWatermark { owner: d, seq: 3 });
+        s.sync();
+        s.execute(StorageCommand::SetWatermark { owner: d, seq: 9 });
+        assert_eq!(s.restored().watermarks.get(&d), Some(&9));
+        s.crash();
+        assert_eq!(s.restored().watermarks.get(&d), Some(&3));
     }
 }
