@@ -60,6 +60,11 @@ pub struct IrohConfig {
     pub bulk_queue: usize,
     /// Seed of the reconnect jitter (default: derived from the endpoint id).
     pub jitter_seed: Option<u64>,
+    /// On shutdown, an upper bound on waiting for peers to acknowledge the closing of
+    /// connections (default `None`: iroh's graceful close, at most ~3 s, reached when a dial
+    /// to a vanished peer is pending). With a bound, an endpoint not closed in time is dropped
+    /// ungracefully and its port may stay busy for a while.
+    pub close_timeout: Option<Duration>,
 }
 
 impl Default for IrohConfig {
@@ -74,6 +79,7 @@ impl Default for IrohConfig {
             realtime_queue: 65_536,
             bulk_queue: 256,
             jitter_seed: None,
+            close_timeout: None,
         }
     }
 }
@@ -116,6 +122,7 @@ struct Shared {
     state: Mutex<State>,
     sink: OnceLock<EventSink>,
     shutdown: watch::Sender<bool>,
+    started: watch::Sender<bool>,
     next_conn: AtomicU64,
     rng: Mutex<u64>,
 }
@@ -189,6 +196,7 @@ impl IrohTransport {
                 state: Mutex::new(State::default()),
                 sink: OnceLock::new(),
                 shutdown: watch::channel(false).0,
+                started: watch::channel(false).0,
                 next_conn: AtomicU64::new(1),
                 rng: Mutex::new(seed | 1),
             }),
@@ -235,6 +243,15 @@ impl Shared {
         Duration::from_millis(*s % ms)
     }
 
+    /// The sink, waiting (up to the connect timeout) for [`Transport::start`]: a router may
+    /// accept connections before the node is started.
+    async fn wait_started(&self) -> Option<EventSink> {
+        let mut started = self.started.subscribe();
+        let wait = started.wait_for(|s| *s);
+        let _ = tokio::time::timeout(self.config.connect_timeout, wait).await;
+        self.sink.get().cloned()
+    }
+
     fn is_shut_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -263,7 +280,7 @@ impl Shared {
         device: DeviceId,
         dialer: EndpointId,
     ) {
-        let Some(sink) = self.sink.get().cloned() else {
+        let Some(sink) = self.wait_started().await else {
             conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"not started");
             return;
         };
@@ -581,6 +598,7 @@ impl Transport for IrohTransport {
             tracing::warn!("iroh transport started twice");
             return;
         }
+        self.shared.started.send_replace(true);
         self.shared.reconcile_dialers();
         let shared = self.shared.clone();
         let mut changes = shared.registry.watch();
@@ -675,8 +693,14 @@ impl Transport for IrohTransport {
                 c.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
             }
             if let Some(r) = router {
-                if let Err(e) = r.shutdown().await {
-                    tracing::warn!(error = %e, "router shutdown failed");
+                let result = match shared.config.close_timeout {
+                    Some(t) => tokio::time::timeout(t, r.shutdown()).await.ok(),
+                    None => Some(r.shutdown().await),
+                };
+                match result {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "router shutdown failed"),
+                    None => tracing::debug!("router shutdown timed out"),
                 }
             }
         })

@@ -117,7 +117,7 @@ impl Fetch {
 pub struct NodeBuilder {
     config: Config,
     bootstrap: Vec<DeviceId>,
-    event_capacity: usize,
+    events: broadcast::Sender<Event>,
 }
 
 impl NodeBuilder {
@@ -130,10 +130,16 @@ impl NodeBuilder {
     }
 
     /// Capacity of the event broadcast channel (default 4096). A subscriber that falls further
-    /// behind misses events (`RecvError::Lagged`).
+    /// behind misses events (`RecvError::Lagged`). Call it before [`NodeBuilder::subscribe`].
     pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity.max(1);
+        self.events = broadcast::channel(capacity.max(1)).0;
         self
+    }
+
+    /// Subscribes to events before the node starts, so none is missed (the first connections
+    /// and catch-ups can complete before `start` returns).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// Loads the durable state from `storage` (on the storage thread), starts the transport
@@ -154,7 +160,7 @@ impl NodeBuilder {
         let replica = Replica::new(self.config, restored, clock.now());
         let (sink, source) = EventSink::channel();
         transport.start(sink);
-        let (events, _) = broadcast::channel(self.event_capacity);
+        let events = self.events;
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let driver = Driver {
             replica,
@@ -230,7 +236,7 @@ impl Node<()> {
         NodeBuilder {
             config,
             bootstrap: Vec::new(),
-            event_capacity: 4096,
+            events: broadcast::channel(4096).0,
         }
     }
 }

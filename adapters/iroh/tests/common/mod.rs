@@ -65,7 +65,7 @@ impl Dev {
             .unwrap();
         let addr = *endpoint.addr().ip_addrs().next().expect("bound address");
         Dev {
-            id: DeviceId::from_u128(n),
+            id: device_id(n),
             key,
             addr,
             db: dir.join(format!("device-{n}.db")),
@@ -117,6 +117,11 @@ impl Dev {
     }
 }
 
+/// A device id that reads well in logs (`DeviceId` displays its first 8 hex digits).
+pub fn device_id(n: u128) -> DeviceId {
+    DeviceId::from_u128((n << 96) | n)
+}
+
 pub fn config(device: DeviceId) -> Config {
     let mut c = Config::new(device, ModelRegistry::spacedrive());
     c.heartbeat_interval = Duration::from_millis(300);
@@ -151,6 +156,29 @@ pub async fn start_with(
     previous: Option<Store>,
     config: Config,
 ) -> Node<Store> {
+    start_inner(dev, peers, members, previous, Some(config))
+        .await
+        .0
+}
+
+/// Like [`start`], with an event subscription taken before the node starts.
+pub async fn start_subscribed(
+    dev: &mut Dev,
+    peers: &[&Dev],
+    members: &[DeviceId],
+    previous: Option<Store>,
+) -> (Node<Store>, tokio::sync::broadcast::Receiver<Event>) {
+    start_inner(dev, peers, members, previous, None).await
+}
+
+async fn start_inner(
+    dev: &mut Dev,
+    peers: &[&Dev],
+    members: &[DeviceId],
+    previous: Option<Store>,
+    config_override: Option<Config>,
+) -> (Node<Store>, tokio::sync::broadcast::Receiver<Event>) {
+    let config = config_override.unwrap_or_else(|| config(dev.id));
     let store = match previous {
         None => store::open(&dev.db),
         Some(p) => store::reopen(&dev.db, p),
@@ -158,11 +186,9 @@ pub async fn start_with(
     let endpoint = dev.endpoint().await;
     let transport = IrohTransport::new(endpoint, registry(peers), iroh_config());
     transport.spawn_router();
-    Node::builder(config)
-        .bootstrap_members(members.iter().copied())
-        .start(store, transport)
-        .await
-        .unwrap()
+    let builder = Node::builder(config).bootstrap_members(members.iter().copied());
+    let events = builder.subscribe();
+    (builder.start(store, transport).await.unwrap(), events)
 }
 
 pub async fn start(
