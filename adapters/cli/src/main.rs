@@ -1,2 +1,47 @@
-//! The hybridsync command.
-fn main() {}
+//! The `hybridsync` command: one clap subcommand per module.
+//!
+//! To add a subcommand: write `mod NAME;` with an `Args` (clap `Args`) and a
+//! `run(args) -> anyhow::Result<()>`, then add one variant to [`Command`] and one arm to
+//! `main`. Each subcommand builds its own runtime (if it needs one).
+#![forbid(unsafe_code)]
+
+mod demo;
+mod node;
+mod support;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// hybridsync: a leaderless peer-to-peer sync engine.
+#[derive(Debug, Parser)]
+#[command(name = "hybridsync", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Three devices over iroh on loopback with SQLite files: write, conflict, go offline,
+    /// come back, converge.
+    Demo(demo::Args),
+    /// A long-running device with a persistent key and database, driven by line commands on
+    /// stdin.
+    Node(node::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Node(args) => node::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! `hybridsync node --data DIR`: a long-running device with a persistent key and database,
+//! driven by line commands on stdin, so two terminals can sync.
+//!
+//! Pairing is mutual: each side runs `add-member <the other's ticket>` (the ticket carries the
+//! device id, the endpoint id and the addresses). Then records written on one side show up in
+//! `list` on the other.
+
+use crate::support::{self, Dump, Store};
+use anyhow::Context;
+use hybridsync_core::{Config, DeviceId, Event, ModelRegistry, Value};
+use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, Ticket};
+use hybridsync_tokio::Node;
+use iroh::SecretKey;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Options of `hybridsync node`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory of the device: its secret key, its paired peers and its SQLite database
+    /// (created if missing).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Local UDP address to listen on (`0.0.0.0:PORT` to accept other machines).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+}
+
+const HELP: &str = "\
+commands:
+  put KEY VALUE...     write one of this device's records (model `entry`)
+  delete KEY           delete one of this device's records
+  tag NAME [COLOR]     create a shared tag (any device may edit it)
+  color NAME COLOR     set a shared tag's color
+  untag NAME           delete a shared tag
+  list                 records of every member, and the shared tags
+  peers                connected peers and members
+  add-member TICKET    pair with a device (run it on both sides)
+  status               engine state and content digest
+  ticket               print this device's ticket
+  quit                 stop";
+
+/// Runs a node until `quit` (or end of input followed by Ctrl-C).
+pub fn run(args: Args) -> anyhow::Result<()> {
+    support::init_tracing("warn");
+    support::runtime()?.block_on(node(args))
+}
+
+fn load_key(dir: &Path) -> anyhow::Result<SecretKey> {
+    let path = dir.join("secret.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let arr: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+            Ok(SecretKey::from_bytes(&arr))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&key.to_bytes())?;
+            f.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn load_peers(dir: &Path) -> anyhow::Result<Vec<Ticket>> {
+    let path = dir.join("peers.txt");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.parse::<Ticket>()
+                .with_context(|| format!("bad ticket in {}", path.display()))
+        })
+        .collect()
+}
+
+fn save_peer(dir: &Path, ticket: &Ticket) -> anyhow::Result<()> {
+    let mut peers: Vec<Ticket> = load_peers(dir)?
+        .into_iter()
+        .filter(|t| t.device != ticket.device)
+        .collect();
+    peers.push(ticket.clone());
+    let text: String = peers.iter().map(|t| format!("{t}\n")).collect();
+    let tmp = dir.join("peers.txt.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join("peers.txt"))?;
+    Ok(())
+}
+
+/// What `put` stores: the key and the value, so `list` can show them.
+fn payload(key: &str, value: &str) -> Vec<u8> {
+    let fields: BTreeMap<String, Value> = [
+        ("key".to_owned(), Value::from(key)),
+        ("value".to_owned(), Value::from(value)),
+    ]
+    .into_iter()
+    .collect();
+    Value::Map(fields).to_bytes()
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_json::Value::from(other.clone()).to_string(),
+    }
+}
+
+struct Session {
+    node: Node<Store>,
+    registry: DeviceRegistry,
+    ticket: Ticket,
+    dir: PathBuf,
+}
+
+impl Session {
+    async fn members(&self) -> anyhow::Result<Vec<DeviceId>> {
+        Ok(self.node.status().await?.members.into_iter().collect())
+    }
+
+    /// Runs one command line; returns `false` to stop.
+    async fn command(&self, line: &str) -> anyhow::Result<bool> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some((cmd, rest)) = words.split_first() else {
+            return Ok(true);
+        };
+        match (*cmd, rest) {
+            ("put", [key, value @ ..]) if !value.is_empty() => {
+                let value = value.join(" ");
+                self.node
+                    .put("entry", support::uuid_for(key), payload(key, &value))
+                    .await?;
+            }
+            ("delete", [key]) => {
+                self.node.delete("entry", support::uuid_for(key)).await?;
+            }
+            ("tag", [name, color @ ..]) if color.len() <= 1 => {
+                let mut f = BTreeMap::new();
+                f.insert("name".to_owned(), Value::from(*name));
+                if let Some(c) = color.first() {
+                    f.insert("color".to_owned(), Value::from(*c));
+                }
+                let id = support::uuid_for(&format!("tag:{name}"));
+                self.node.insert_shared("tag", id, f).await?;
+            }
+            ("color", [name, color]) => {
+                let f = [("color".to_owned(), Value::from(*color))]
+                    .into_iter()
+                    .collect();
+                let id = support::uuid_for(&format!("tag:{name}"));
+                self.node.update_shared("tag", id, f).await?;
+            }
+            ("untag", [name]) => {
+                let id = support::uuid_for(&format!("tag:{name}"));
+                self.node.delete_shared("tag", id).await?;
+            }
+            ("list", []) => {
+                let owners = self.members().await?;
+                let dump = self
+                    .node
+                    .inspect(move |s: &mut Store| Dump::read(s, owners))
+                    .await??;
+                for r in dump.owned.iter().filter(|r| !r.is_tombstone()) {
+                    let data = r.data.as_deref().unwrap_or_default();
+                    let (k, v) = match Value::from_bytes(data) {
+                        Ok(Value::Map(m)) => (
+                            m.get("key").map(show).unwrap_or_default(),
+                            m.get("value").map(show).unwrap_or_default(),
+                        ),
+                        _ => (r.uuid.to_string(), format!("{} bytes", data.len())),
+                    };
+                    println!("entry {} {k} = {v}", r.owner);
+                }
+                for r in dump.visible("tag") {
+                    let f = r.visible().unwrap_or_default();
+                    let name = f.get("name").map(show).unwrap_or_default();
+                    let color = f.get("color").map(show).unwrap_or_else(|| "-".into());
+                    println!("tag {name} color={color}");
+                }
+            }
+            ("peers", []) => {
+                let s = self.node.status().await?;
+                for m in &s.members {
+                    let state = if *m == s.device {
+                        "this device"
+                    } else if s.peers.contains(m) {
+                        "connected"
+                    } else {
+                        "offline"
+                    };
+                    println!("member {m:#} {state}");
+                }
+            }
+            ("add-member", [ticket]) => {
+                let t: Ticket = ticket.parse()?;
+                save_peer(&self.dir, &t)?;
+                self.registry.insert(t.device, t.addr.clone());
+                self.node.add_member(t.device).await?;
+            }
+            ("status", []) => {
+                let s = self.node.status().await?;
+                println!("device {:#}", s.device);
+                println!("peers {}", s.peers.len());
+                println!("members {}", s.members.len());
+                for (owner, w) in &s.watermarks {
+                    println!("watermark {owner} {w}");
+                }
+                println!("version-vector {:?}", s.version_vector);
+                println!("horizon {:?}", s.horizon);
+                println!("digest {:#018x}", support::digest(&self.node).await?);
+            }
+            ("ticket", []) => println!("ticket {}", self.ticket),
+            ("help", _) => println!("{HELP}"),
+            ("quit" | "exit", []) => return Ok(false),
+            _ => anyhow::bail!("unknown command {line:?} (try `help`)"),
+        }
+        Ok(true)
+    }
+}
+
+async fn node(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let key = load_key(&args.data)?;
+    let me = support::device_id_for(&key.public());
+    let endpoint = offline_endpoint(key.clone(), args.bind).await?;
+    let registry = DeviceRegistry::new();
+    let peers = load_peers(&args.data)?;
+    for t in &peers {
+        registry.insert(t.device, t.addr.clone());
+    }
+    let ticket = Ticket {
+        device: me,
+        addr: endpoint.addr(),
+    };
+    let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
+    transport.spawn_router();
+    let db = args.data.join("sync.db");
+    let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let mut members = vec![me];
+    members.extend(peers.iter().map(|t| t.device));
+    let builder =
+        Node::builder(Config::new(me, ModelRegistry::spacedrive())).bootstrap_members(members);
+    let mut events = builder.subscribe();
+    let node = builder.start(store, transport).await?;
+    println!("device {me:#}");
+    println!("ticket {ticket}");
+    println!("ready (type `help`)");
+
+    let printer = tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            match e {
+                Event::PeerConnected(p) => println!("event: connected {p:#}"),
+                Event::PeerDisconnected(p) => println!("event: disconnected {p:#}"),
+                Event::MembershipChanged { device, member } => {
+                    println!(
+                        "event: member {device:#} {}",
+                        if member { "added" } else { "removed" }
+                    )
+                }
+                Event::PeerMisbehaved { peer, reason } => {
+                    println!("event: refused {peer:#}: {reason}")
+                }
+                Event::CaughtUp { peer, stream } => {
+                    println!("event: caught up {stream} from {peer}")
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let session = Session {
+        node,
+        registry,
+        ticket,
+        dir: args.data.clone(),
+    };
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = tokio::select! {
+            l = lines.next_line() => l?,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(line) = line else {
+            // End of input: keep syncing until Ctrl-C (a node can run without a terminal).
+            let _ = tokio::signal::ctrl_c().await;
+            break;
+        };
+        match session.command(line.trim()).await {
+            Ok(true) => println!("ok"),
+            Ok(false) => break,
+            Err(e) => println!("error: {e:#}"),
+        }
+    }
+    session.node.shutdown().await?;
+    printer.abort();
+    println!("stopped");
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Helpers shared by the subcommands: logging, runtime, identities, reading records back.
+
+use hybridsync_core::digest::Fnv64;
+use hybridsync_core::{
+    DeviceId, OwnedRecord, ReadId, SharedRecord, StorageBackend, StorageCommand, StorageDone,
+};
+use hybridsync_sqlite::SqliteStore;
+use hybridsync_tokio::Node;
+use iroh::PublicKey;
+use uuid::Uuid;
+
+/// Logs go to stderr; `RUST_LOG` overrides `default` (e.g. `RUST_LOG=hybridsync_iroh=debug`).
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A multi-threaded tokio runtime.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The device id of an endpoint key: its first 16 bytes (stable, no randomness needed).
+pub fn device_id_for(key: &PublicKey) -> DeviceId {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&key.as_bytes()[..16]);
+    DeviceId(Uuid::from_bytes(b))
+}
+
+/// A stable record id for a human name (two FNV-1a hashes; not cryptographic).
+pub fn uuid_for(name: &str) -> Uuid {
+    let mut hi = Fnv64::default();
+    hi.write(b"hybridsync-name-hi:");
+    hi.write(name.as_bytes());
+    let mut lo = Fnv64::default();
+    lo.write(b"hybridsync-name-lo:");
+    lo.write(name.as_bytes());
+    Uuid::from_u64_pair(hi.finish(), lo.finish())
+}
+
+/// The storage backend of the CLI.
+pub type Store = SqliteStore;
+
+/// The content digest of a node's database (equal digests: equal content).
+pub async fn digest(node: &Node<Store>) -> anyhow::Result<u64> {
+    Ok(node.inspect(|s: &mut Store| s.content_digest()).await??)
+}
+
+/// Every record a store holds, read back through the storage contract's own paged reads.
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Device-owned records (tombstones included) of the owners asked for, in seq order.
+    pub owned: Vec<OwnedRecord>,
+    /// Every shared record's registers, in key order.
+    pub shared: Vec<SharedRecord>,
+}
+
+impl Dump {
+    /// Reads everything `owners` own and every shared record.
+    pub fn read<S: StorageBackend>(
+        store: &mut S,
+        owners: impl IntoIterator<Item = DeviceId>,
+    ) -> Result<Dump, S::Error> {
+        let mut dump = Dump::default();
+        for owner in owners {
+            let mut after = 0;
+            loop {
+                let read = StorageCommand::ReadOwned {
+                    id: ReadId(0),
+                    owner,
+                    after,
+                    upto: u64::MAX >> 1,
+                    limit: 4096,
+                    max_bytes: 4 << 20,
+                };
+                let mut more = false;
+                for done in store.execute(vec![read])? {
+                    if let StorageDone::Owned {
+                        records, more: m, ..
+                    } = done
+                    {
+                        more = m && !records.is_empty();
+                        after = records.last().map_or(after, |r| r.seq);
+                        dump.owned.extend(records);
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        let mut after = None;
+        loop {
+            let read = StorageCommand::ReadSharedSnapshot {
+                id: ReadId(0),
+                after: after.clone(),
+                limit: 4096,
+                max_bytes: 4 << 20,
+            };
+            let mut more = false;
+            for done in store.execute(vec![read])? {
+                if let StorageDone::Snapshot {
+                    records, more: m, ..
+                } = done
+                {
+                    more = m && !records.is_empty();
+                    after = records.last().map(SharedRecord::key).or(after);
+                    dump.shared.extend(records);
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(dump)
+    }
+
+    /// Live (not deleted) device-owned records.
+    pub fn live_owned(&self) -> usize {
+        self.owned.iter().filter(|r| !r.is_tombstone()).count()
+    }
+
+    /// Visible shared records of `model`.
+    pub fn visible(&self, model: &str) -> impl Iterator<Item = &SharedRecord> + '_ {
+        let model = model.to_owned();
+        self.shared
+            .iter()
+            .filter(move |r| r.model == model && r.visible().is_some())
+    }
+}
