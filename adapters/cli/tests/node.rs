@@ -1,0 +1,151 @@
+//! Two `hybridsync node` processes on 127.0.0.1, driven through stdin like two terminals.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(dir: &Path) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
+            .args(["node", "--data"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Waits for a line starting with `prefix`; returns the rest.
+    fn expect(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    /// Sends a command; returns its output lines (up to `ok`), panics on `error:`.
+    fn run(&mut self, cmd: &str) -> Vec<String> {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap();
+            if line == "ok" {
+                return out;
+            }
+            assert!(!line.starts_with("error:"), "{cmd}: {line}");
+            if !line.starts_with("event:") {
+                out.push(line);
+            }
+        }
+    }
+
+    /// Runs `cmd` until its output satisfies `f`.
+    fn poll(&mut self, cmd: &str, f: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + T;
+        loop {
+            let out = self.run(cmd);
+            if f(&out) {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{cmd}: never satisfied: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn quit(mut self) {
+        writeln!(self.stdin, "quit").unwrap();
+        self.expect("stopped");
+        let status = self.child.wait().unwrap();
+        assert!(status.success());
+    }
+}
+
+fn digest(p: &mut Proc) -> String {
+    p.run("status")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("digest ").map(str::to_owned))
+        .unwrap()
+}
+
+#[test]
+fn two_nodes_pair_and_sync_through_stdin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = Proc::start(&da);
+    let mut b = Proc::start(&db);
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+
+    // Pairing is mutual.
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    a.run("put hello world");
+    a.run("tag holiday red");
+    b.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("hello = world"))
+            && out.iter().any(|l| l == "tag holiday color=red")
+    });
+
+    // An edit of the shared tag on B reaches A; B's own record too.
+    b.run("color holiday blue");
+    b.run("put from-b yes");
+    a.poll("list", |out| {
+        out.iter().any(|l| l == "tag holiday color=blue")
+            && out.iter().any(|l| l.ends_with("from-b = yes"))
+    });
+    let deadline = Instant::now() + T;
+    while digest(&mut a) != digest(&mut b) {
+        assert!(Instant::now() < deadline, "digests differ");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.quit();
+
+    // A restarts from its directory: same identity, same records, same peer.
+    let mut a = Proc::start(&da);
+    assert_eq!(a.expect("device "), device_a);
+    let out = a.run("list");
+    assert!(out.iter().any(|l| l.ends_with("hello = world")), "{out:?}");
+    a.poll("peers", |out| out.iter().any(|l| l.ends_with(" connected")));
+    a.quit();
+    b.quit();
+}
