@@ -36,7 +36,7 @@ pub struct MemState {
 
 impl MemState {
     /// Executes one command; reads return their completion.
-    pub fn execute(&mut self, cmd: &StorageCommand) -> Option<StorageDone> {
+    pub fn execute(&mut self, cmd: StorageCommand) -> Option<StorageDone> {
         match cmd {
             StorageCommand::PutOwned(records) => {
                 for r in records {
@@ -45,7 +45,7 @@ impl MemState {
                 None
             }
             StorageCommand::MergeShared(records) => {
-                for r in records {
+                for r in &records {
                     self.merge_shared(r);
                 }
                 None
@@ -53,35 +53,35 @@ impl MemState {
             StorageCommand::AppendLog(entries) => {
                 for e in entries {
                     self.merge_shared(&e.to_record());
-                    self.log.insert((e.origin, e.seq), e.clone());
                     self.vv.raise(e.origin, e.seq);
+                    self.log.insert((e.origin, e.seq), e);
                 }
                 None
             }
             StorageCommand::SetWatermark { owner, seq } => {
-                let w = self.watermarks.entry(*owner).or_insert(0);
-                *w = (*w).max(*seq);
+                let w = self.watermarks.entry(owner).or_insert(0);
+                *w = (*w).max(seq);
                 None
             }
             StorageCommand::SetHlc(h) => {
-                self.hlc = self.hlc.max(*h);
+                self.hlc = self.hlc.max(h);
                 None
             }
             StorageCommand::SetAck { member, vv } => {
-                self.acks.insert(*member, vv.clone());
+                self.acks.insert(member, vv);
                 None
             }
             StorageCommand::PruneLog { origin, through } => {
                 let doomed: Vec<_> = self
                     .log
-                    .range((*origin, 0)..=(*origin, *through))
+                    .range((origin, 0)..=(origin, through))
                     .map(|(k, _)| *k)
                     .collect();
                 for k in doomed {
                     self.log.remove(&k);
                 }
-                self.horizon.raise(*origin, *through);
-                self.vv.raise(*origin, *through);
+                self.horizon.raise(origin, through);
+                self.vv.raise(origin, through);
                 None
             }
             StorageCommand::ReadOwned {
@@ -92,8 +92,8 @@ impl MemState {
                 limit,
                 max_bytes,
             } => {
-                let lo = (*owner, after.saturating_add(1));
-                let hi = (*owner, *upto);
+                let lo = (owner, after.saturating_add(1));
+                let hi = (owner, upto);
                 let rows = if lo <= hi {
                     Some(
                         self.owned_by_seq
@@ -105,15 +105,11 @@ impl MemState {
                 };
                 let (records, more) = page(
                     rows.into_iter().flatten(),
-                    *limit,
-                    *max_bytes,
+                    limit,
+                    max_bytes,
                     OwnedRecord::budget_size,
                 );
-                Some(StorageDone::Owned {
-                    id: *id,
-                    records,
-                    more,
-                })
+                Some(StorageDone::Owned { id, records, more })
             }
             StorageCommand::ReadLog {
                 id,
@@ -126,12 +122,8 @@ impl MemState {
                     .iter()
                     .filter(|((o, s), _)| *s > since.get(*o))
                     .map(|(_, e)| e);
-                let (entries, more) = page(rows, *limit, *max_bytes, SharedChange::budget_size);
-                Some(StorageDone::Log {
-                    id: *id,
-                    entries,
-                    more,
-                })
+                let (entries, more) = page(rows, limit, max_bytes, SharedChange::budget_size);
+                Some(StorageDone::Log { id, entries, more })
             }
             StorageCommand::ReadSharedSnapshot {
                 id,
@@ -140,29 +132,25 @@ impl MemState {
                 max_bytes,
             } => {
                 let lower = match after {
-                    Some(k) => Bound::Excluded(k.clone()),
+                    Some(k) => Bound::Excluded(k),
                     None => Bound::Unbounded,
                 };
                 let rows = self.shared.range((lower, Bound::Unbounded)).map(|(_, r)| r);
-                let (records, more) = page(rows, *limit, *max_bytes, SharedRecord::budget_size);
-                Some(StorageDone::Snapshot {
-                    id: *id,
-                    records,
-                    more,
-                })
+                let (records, more) = page(rows, limit, max_bytes, SharedRecord::budget_size);
+                Some(StorageDone::Snapshot { id, records, more })
             }
         }
     }
 
-    fn put_owned(&mut self, r: &OwnedRecord) {
+    fn put_owned(&mut self, r: OwnedRecord) {
         let key = r.key();
         let existing = self.owned.get(&key);
-        if supersedes(r, existing) {
+        if supersedes(&r, existing) {
             if let Some(old) = existing {
                 self.owned_by_seq.remove(&(old.owner, old.seq));
             }
             self.owned_by_seq.insert((r.owner, r.seq), key.clone());
-            self.owned.insert(key, r.clone());
+            self.owned.insert(key, r);
         }
     }
 
@@ -249,17 +237,16 @@ impl MemStore {
 
     /// Executes one command against the live state.
     pub fn execute(&mut self, cmd: StorageCommand) -> Option<StorageDone> {
-        let done = self.live.execute(&cmd);
         if cmd.read_id().is_none() {
-            self.journal.push(cmd);
+            self.journal.push(cmd.clone());
         }
-        done
+        self.live.execute(cmd)
     }
 
     /// Makes every executed write durable.
     pub fn sync(&mut self) {
         for cmd in self.journal.drain(..) {
-            self.durable.execute(&cmd);
+            self.durable.execute(cmd);
         }
     }
 

@@ -11,7 +11,10 @@ use uuid::Uuid;
 /// so it totally orders the versions of one record. `data: None` is a versioned tombstone.
 /// The payload is opaque to the engine (see [`crate::Value::to_bytes`] for a typed encoding).
 /// Records are keyed by `(owner, model, uuid)`: two owners can never write the same record.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// On the wire the stamp's device is not sent: it is always the owner (16 bytes saved per
+/// record, and one field fewer that a peer could make inconsistent).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct OwnedRecord {
     /// The only device that may write this record.
@@ -25,8 +28,60 @@ pub struct OwnedRecord {
     /// The record id (UUIDv7 recommended: time-ordered keys insert ~9x faster).
     pub uuid: Uuid,
     /// The payload, or `None` for a deletion.
-    #[serde(with = "opt_bytes")]
     pub data: Option<Vec<u8>>,
+}
+
+/// The wire form of an [`OwnedRecord`] (borrowed, for encoding).
+#[derive(Serialize)]
+struct WireRef<'a> {
+    owner: DeviceId,
+    seq: u64,
+    time_ms: u64,
+    counter: u32,
+    model: &'a str,
+    uuid: Uuid,
+    data: Option<&'a serde_bytes::Bytes>,
+}
+
+/// The wire form of an [`OwnedRecord`] (owned, for decoding).
+#[derive(Deserialize)]
+struct Wire {
+    owner: DeviceId,
+    seq: u64,
+    time_ms: u64,
+    counter: u32,
+    model: String,
+    uuid: Uuid,
+    data: Option<serde_bytes::ByteBuf>,
+}
+
+impl Serialize for OwnedRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireRef {
+            owner: self.owner,
+            seq: self.seq,
+            time_ms: self.hlc.time_ms,
+            counter: self.hlc.counter,
+            model: &self.model,
+            uuid: self.uuid,
+            data: self.data.as_deref().map(serde_bytes::Bytes::new),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for OwnedRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = Wire::deserialize(d)?;
+        Ok(OwnedRecord {
+            owner: w.owner,
+            seq: w.seq,
+            hlc: Hlc::new(w.time_ms, w.counter, w.owner),
+            model: w.model,
+            uuid: w.uuid,
+            data: w.data.map(serde_bytes::ByteBuf::into_vec),
+        })
+    }
 }
 
 /// The storage key of a device-owned record.
@@ -63,18 +118,6 @@ pub fn supersedes(incoming: &OwnedRecord, existing: Option<&OwnedRecord>) -> boo
     }
 }
 
-mod opt_bytes {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_deref().map(serde_bytes::Bytes::new).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Ok(Option::<serde_bytes::ByteBuf>::deserialize(d)?.map(serde_bytes::ByteBuf::into_vec))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +139,20 @@ mod tests {
         assert!(!supersedes(&rec(4, Some(b"old")), Some(&current)));
         assert!(!supersedes(&rec(5, Some(b"dup")), Some(&current)));
         assert!(supersedes(&rec(6, Some(b"newer")), Some(&current)));
+    }
+
+    #[test]
+    fn wire_form_omits_the_stamp_device_and_restores_it_from_the_owner() {
+        let r = rec(5, Some(b"payload"));
+        let bytes = postcard::to_stdvec(&r).expect("encodes");
+        let back: OwnedRecord = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(back, r);
+        let mut spoofed = r.clone();
+        spoofed.hlc.device = DeviceId::from_u128(99);
+        let back: OwnedRecord =
+            postcard::from_bytes(&postcard::to_stdvec(&spoofed).expect("encodes"))
+                .expect("decodes");
+        assert_eq!(back.hlc.device, r.owner);
     }
 
     #[test]

@@ -8,8 +8,16 @@ fn main() {
         args.first().copied().unwrap_or(0),
         args.get(1).copied().unwrap_or(100),
     );
-    let env = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    let mut cfg = hybridsync_sim::SimConfig::all_faults(env("PEERS", 3.0) as usize, env("OPS", 1000.0) as usize);
+    let env = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut cfg = hybridsync_sim::SimConfig::all_faults(
+        env("PEERS", 3.0) as usize,
+        env("OPS", 1000.0) as usize,
+    );
     cfg.loss = env("LOSS", cfg.loss);
     cfg.dup = env("DUP", cfg.dup);
     cfg.reorder = env("REORDER", cfg.reorder);

@@ -17,7 +17,9 @@
 //! - the same seed gives the same trace (see [`SeedReport::trace_hash`]).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cluster;
+pub mod fuzz;
 pub mod reference;
 pub mod rng;
 mod world;
