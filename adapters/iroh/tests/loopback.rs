@@ -280,3 +280,56 @@ async fn relay_serves_owner_records_while_owner_offline() {
     nb.shutdown().await.unwrap();
     nc.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_change_is_not_stuck_behind_a_backfill() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Dev::new(51, dir.path()).await;
+    let mut b = Dev::new(52, dir.path()).await;
+    let members = [a.id, b.id];
+    let na = start(&mut a, &[&b], &members, None).await;
+    // A backlog of ~12 MB that B does not have, served in ~1 MiB pages.
+    let payload = vec![9u8; 4096];
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..3000u128 {
+        let (n, p) = (na.clone(), payload.clone());
+        set.spawn(async move { n.put("entry", Uuid::from_u128(i), p).await });
+        if set.len() >= 256 {
+            set.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+
+    let (nb, mut events) = start_subscribed(&mut b, &[&a], &members, None).await;
+    // As soon as the backfill starts, A makes a real-time change.
+    wait_event(
+        &mut events,
+        T,
+        |e| matches!(e, Event::CatchUpProgress { stream: Stream::Owned(o), .. } if *o == a.id),
+    )
+    .await;
+    let tag = Uuid::from_u128(77);
+    let started = Instant::now();
+    na.insert_shared("tag", tag, fields(&[("name", "urgent")]))
+        .await
+        .unwrap();
+    let first = wait_event(&mut events, T, |e| {
+        matches!(e, Event::RecordChanged { uuid, .. } if *uuid == tag)
+            || matches!(e, Event::CaughtUp { stream: Stream::Owned(o), .. } if *o == a.id)
+    })
+    .await;
+    println!(
+        "real-time change during backfill arrived after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(first, Event::RecordChanged { .. }),
+        "the real-time change waited for the whole backfill"
+    );
+    converged(&[&na, &nb], T).await;
+    na.shutdown().await.unwrap();
+    nb.shutdown().await.unwrap();
+}
