@@ -218,20 +218,18 @@ async fn new_device_joins_after_log_pruned_via_snapshot() {
     let all = [a.id, b.id, c.id];
     let (nc, mut events) = start_subscribed(&mut c, &[&a, &b], &all, None).await;
     converged(&[&na, &nb, &nc], T).await;
-    let mut snapshot = false;
-    while let Ok(e) = events.try_recv() {
-        snapshot |= matches!(
+    // Events are published once the batch they follow is durable, which may be just after
+    // the digests already match: wait for it rather than peek.
+    wait_event(&mut events, T, |e| {
+        matches!(
             e,
             Event::CaughtUp {
                 stream: Stream::SharedSnapshot,
                 ..
-            } | Event::CatchUpProgress {
-                stream: Stream::SharedSnapshot,
-                ..
             }
-        );
-    }
-    assert!(snapshot, "the new device did not take a snapshot");
+        )
+    })
+    .await;
     // The snapshot's vector became its horizon: it answers `truncated` below it itself.
     assert!(nc.status().await.unwrap().horizon.get(a.id) >= 40);
     for n in [na, nb, nc] {
@@ -264,18 +262,16 @@ async fn relay_serves_owner_records_while_owner_offline() {
     // C has never met A: it gets A's records from B.
     let (nc, mut events) = start_subscribed(&mut c, &[&a, &b], &members, None).await;
     assert_eq!(converged(&[&nb, &nc], T).await, ab);
-    let relayed = loop {
-        match events.try_recv() {
-            Ok(Event::CatchUpProgress {
-                peer,
-                stream: Stream::Owned(owner),
-                ..
-            }) if owner == a.id => break Some(peer),
-            Ok(_) => {}
-            Err(_) => break None,
-        }
-    };
-    assert_eq!(relayed, Some(b.id), "A's records came from B");
+    let relayed = wait_event(
+        &mut events,
+        T,
+        |e| matches!(e, Event::CatchUpProgress { stream: Stream::Owned(o), .. } if *o == a.id),
+    )
+    .await;
+    assert!(
+        matches!(relayed, Event::CatchUpProgress { peer, .. } if peer == b.id),
+        "A's records came from B"
+    );
     assert_eq!(nc.status().await.unwrap().watermarks.get(&a.id), Some(&101));
     nb.shutdown().await.unwrap();
     nc.shutdown().await.unwrap();
