@@ -442,7 +442,7 @@ enum Step {
     /// Monotonic and wall time move forward together.
     Advance(u16),
     /// The wall clock steps (possibly backwards) by up to ~9 hours.
-    WallStep(i16),
+    WallClock(i16),
     /// `Input::Tick` (due or not).
     Tick,
     /// Ticks at `poll_timeout()`.
@@ -590,7 +590,7 @@ impl Harness {
                 self.now.mono = self.now.mono + d;
                 self.now.wall_ms += u64::from(ms);
             }
-            Step::WallStep(s) => {
+            Step::WallClock(s) => {
                 self.now.wall_ms = self.now.wall_ms.saturating_add_signed(i64::from(s) * 1000);
             }
             Step::Tick => self.input(Input::Tick),
@@ -855,7 +855,7 @@ impl Harness {
                 );
             }
         }
-        if self.steps % 64 == 0 {
+        if self.steps.is_multiple_of(64) {
             self.check_memory(self.input_len);
         }
     }
