@@ -3,12 +3,26 @@
 //! `serde_json::Value` cannot travel through postcard (postcard is not self-describing), so
 //! records carry this type instead. Every JSON value converts to a `Value` and back unchanged.
 //! [`Value::Bytes`] has no JSON counterpart; it converts to an array of numbers.
+//!
+//! Values nest (lists and maps of values). Decoding refuses more than [`MAX_NESTING`] levels of
+//! lists and maps, so a hostile frame cannot exhaust the decoder's stack (postcard itself has
+//! no recursion limit: a 20 KiB frame of nested one-element lists overflowed a 2 MiB stack and
+//! aborted the process).
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
+
+/// The deepest nesting of lists and maps a decoded [`Value`] may have (the default recursion
+/// limit of `serde_json`, so any JSON document `serde_json` parses fits).
+pub const MAX_NESTING: usize = 128;
 
 /// A dynamically typed record value.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+///
+/// Decoding (with any serde format) refuses values nested deeper than [`MAX_NESTING`] lists and
+/// maps; see [`Value::nesting`].
+#[derive(Clone, Debug, PartialEq, Serialize, Default)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Value {
     /// No value.
@@ -42,6 +56,222 @@ impl Value {
     /// Decodes a value encoded with [`Value::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Value, postcard::Error> {
         postcard::from_bytes(bytes)
+    }
+
+    /// How many levels of lists and maps this value nests (0 for a scalar). Values deeper than
+    /// [`MAX_NESTING`] do not decode. Computed without recursion.
+    pub fn nesting(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(self, 0usize)];
+        while let Some((v, depth)) = stack.pop() {
+            match v {
+                Value::List(items) => {
+                    deepest = deepest.max(depth + 1);
+                    stack.extend(items.iter().map(|i| (i, depth + 1)));
+                }
+                Value::Map(entries) => {
+                    deepest = deepest.max(depth + 1);
+                    stack.extend(entries.values().map(|i| (i, depth + 1)));
+                }
+                _ => {}
+            }
+        }
+        deepest
+    }
+}
+
+// ------------------------------------------------------------------ depth-limited decoding
+//
+// Equivalent to `#[derive(Deserialize)]` (same variant indices and names, same encodings), plus
+// a nesting limit carried down as a seed.
+
+const VARIANTS: &[&str] = &[
+    "Null", "Bool", "Int", "UInt", "Float", "String", "Bytes", "List", "Map",
+];
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ValueSeed { depth: 0 }.deserialize(deserializer)
+    }
+}
+
+/// Decodes one value found inside `depth` enclosing lists and maps.
+struct ValueSeed {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_enum("Value", VARIANTS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Value")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (tag, variant) = data.variant::<Tag>()?;
+        let nested = || {
+            if self.depth >= MAX_NESTING {
+                Err(de::Error::custom(format_args!(
+                    "value nested deeper than {MAX_NESTING} lists and maps"
+                )))
+            } else {
+                Ok(self.depth + 1)
+            }
+        };
+        Ok(match tag {
+            Tag::Null => {
+                variant.unit_variant()?;
+                Value::Null
+            }
+            Tag::Bool => Value::Bool(variant.newtype_variant()?),
+            Tag::Int => Value::Int(variant.newtype_variant()?),
+            Tag::UInt => Value::UInt(variant.newtype_variant()?),
+            Tag::Float => Value::Float(variant.newtype_variant()?),
+            Tag::String => Value::String(variant.newtype_variant()?),
+            Tag::Bytes => Value::Bytes(
+                variant
+                    .newtype_variant::<serde_bytes::ByteBuf>()?
+                    .into_vec(),
+            ),
+            Tag::List => Value::List(variant.newtype_variant_seed(ListSeed { depth: nested()? })?),
+            Tag::Map => Value::Map(variant.newtype_variant_seed(MapSeed { depth: nested()? })?),
+        })
+    }
+}
+
+/// The variant of a [`Value`], by index (postcard) or by name (self-describing formats).
+enum Tag {
+    Null,
+    Bool,
+    Int,
+    UInt,
+    Float,
+    String,
+    Bytes,
+    List,
+    Map,
+}
+
+impl<'de> Deserialize<'de> for Tag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(TagVisitor)
+    }
+}
+
+struct TagVisitor;
+
+impl<'de> Visitor<'de> for TagVisitor {
+    type Value = Tag;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Value variant")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Tag, E> {
+        Ok(match v {
+            0 => Tag::Null,
+            1 => Tag::Bool,
+            2 => Tag::Int,
+            3 => Tag::UInt,
+            4 => Tag::Float,
+            5 => Tag::String,
+            6 => Tag::Bytes,
+            7 => Tag::List,
+            8 => Tag::Map,
+            _ => {
+                return Err(E::invalid_value(
+                    de::Unexpected::Unsigned(v),
+                    &"variant index 0 <= i < 9",
+                ))
+            }
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Tag, E> {
+        Ok(match v {
+            "Null" => Tag::Null,
+            "Bool" => Tag::Bool,
+            "Int" => Tag::Int,
+            "UInt" => Tag::UInt,
+            "Float" => Tag::Float,
+            "String" => Tag::String,
+            "Bytes" => Tag::Bytes,
+            "List" => Tag::List,
+            "Map" => Tag::Map,
+            _ => return Err(E::unknown_variant(v, VARIANTS)),
+        })
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Tag, E> {
+        match std::str::from_utf8(v) {
+            Ok(s) => self.visit_str(s),
+            Err(_) => Err(E::invalid_value(de::Unexpected::Bytes(v), &self)),
+        }
+    }
+}
+
+/// Decodes the items of a list whose own items sit at `depth`.
+struct ListSeed {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ListSeed {
+    type Value = Vec<Value>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Value>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of Values")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        // The announced length is the peer's claim: never preallocate more than a little.
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(ValueSeed { depth: self.depth })? {
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes the entries of a map whose values sit at `depth`.
+struct MapSeed {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for MapSeed {
+    type Value = BTreeMap<String, Value>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MapSeed {
+    type Value = BTreeMap<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of Values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(ValueSeed { depth: self.depth })?;
+            out.insert(k, v);
+        }
+        Ok(out)
     }
 }
 
@@ -140,6 +370,49 @@ mod tests {
             let back = Value::from_bytes(&bytes).expect("decodes");
             prop_assert_eq!(serde_json::Value::from(back), j);
         }
+    }
+
+    fn nested_lists(depth: usize) -> Value {
+        let mut v = Value::Null;
+        for _ in 0..depth {
+            v = Value::List(vec![v]);
+        }
+        v
+    }
+
+    #[test]
+    fn values_nested_up_to_the_limit_round_trip_and_deeper_ones_are_refused() {
+        let ok = nested_lists(MAX_NESTING);
+        assert_eq!(ok.nesting(), MAX_NESTING);
+        assert_eq!(Value::from_bytes(&ok.to_bytes()).ok(), Some(ok));
+        let deep = nested_lists(MAX_NESTING + 1);
+        assert!(Value::from_bytes(&deep.to_bytes()).is_err());
+        let mut map = Value::Map([("k".to_owned(), nested_lists(MAX_NESTING))].into());
+        assert_eq!(map.nesting(), MAX_NESTING + 1);
+        assert!(Value::from_bytes(&map.to_bytes()).is_err());
+        map = Value::Map([("k".to_owned(), nested_lists(MAX_NESTING - 1))].into());
+        assert_eq!(Value::from_bytes(&map.to_bytes()).ok(), Some(map));
+    }
+
+    #[test]
+    fn every_variant_round_trips_through_postcard_and_json() {
+        let v = Value::Map(
+            [
+                ("null".to_owned(), Value::Null),
+                ("bool".to_owned(), Value::Bool(true)),
+                ("int".to_owned(), Value::Int(-3)),
+                ("uint".to_owned(), Value::UInt(u64::MAX)),
+                ("float".to_owned(), Value::Float(1.5)),
+                ("string".to_owned(), Value::from("s")),
+                ("bytes".to_owned(), Value::Bytes(vec![0, 255])),
+                ("list".to_owned(), Value::List(vec![Value::Int(1)])),
+            ]
+            .into(),
+        );
+        assert_eq!(Value::from_bytes(&v.to_bytes()).ok(), Some(v.clone()));
+        let json = serde_json::to_string(&v).expect("serialises");
+        assert_eq!(serde_json::from_str::<Value>(&json).ok(), Some(v));
+        assert!(Value::from_bytes(&[9]).is_err(), "unknown variant index");
     }
 
     #[test]
