@@ -468,6 +468,10 @@ impl Replica {
                 self.event(Event::OwnHeadRaised { seq: head });
             }
         }
+        // The summary's version vector is a cumulative ack from the authenticated sender (it
+        // sent it after the entries were durable, like an ack), so a lost ack is repaired by
+        // the next summary instead of pinning the log until the next write.
+        self.on_ack(from, from, vv.clone());
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.heads = heads;
             peer.vv = vv;
