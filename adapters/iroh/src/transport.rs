@@ -6,7 +6,7 @@ use hybridsync_core::{
     encode_frame, DeviceId, ErrorCode, FrameDecoder, FrameError, Refusal, SyncMessage,
 };
 use hybridsync_tokio::{BoxFuture, EventSink, Transport};
-use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +18,9 @@ use tokio::task::AbortHandle;
 
 /// The default ALPN of the sync protocol.
 pub const DEFAULT_ALPN: &[u8] = b"/spacedrive/sync/2.0.0";
+
+/// Unidirectional streams a peer may have open towards us (it uses two).
+const MAX_INBOUND_STREAMS: u32 = 4;
 
 /// QUIC application close codes used by this transport.
 pub mod close_code {
@@ -279,10 +282,10 @@ impl Shared {
         conn: Connection,
         device: DeviceId,
         dialer: EndpointId,
-    ) {
+    ) -> Option<ConnectionError> {
         let Some(sink) = self.wait_started().await else {
             conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"not started");
-            return;
+            return None;
         };
         let remote = conn.remote_id();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +295,7 @@ impl Shared {
             let mut st = lock(&self.state);
             if self.is_shut_down() {
                 conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutting down");
-                return;
+                return None;
             }
             let replaced = match st.conns.get(&device) {
                 None => false,
@@ -303,7 +306,7 @@ impl Shared {
                     if !keep_new {
                         tracing::debug!(peer = %device, "duplicate connection closed");
                         conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
-                        return;
+                        return None;
                     }
                     existing
                         .conn
@@ -325,11 +328,13 @@ impl Shared {
         };
         tracing::info!(peer = %device, endpoint = %remote.fmt_short(), conn = id, dialed_by_me = (dialer == self.me), "connected");
         if replaced && sink.peer_down(device).await.is_err() {
-            return;
+            return None;
         }
         if sink.peer_up(device).await.is_err() {
-            return;
+            return None;
         }
+        // Each side needs two streams; a peer opening more cannot make us buffer more frames.
+        conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_INBOUND_STREAMS));
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(writer(conn.clone(), rt_rx, 1));
         tasks.spawn(writer(conn.clone(), bulk_rx, 0));
@@ -354,6 +359,7 @@ impl Shared {
         if was_active {
             let _ = sink.peer_down(device).await;
         }
+        Some(reason)
     }
 
     /// Closes `device`'s connection after sending it an `Error` message, and cools it down.
@@ -403,14 +409,16 @@ impl Shared {
                 return; // removed from the registry, or no address to dial
             };
             if let Some(conn) = self.active_conn(device) {
+                let reason = tokio::select! {
+                    r = conn.closed() => r,
+                    _ = shutdown.changed() => return,
+                };
+                backoff = self.config.backoff_min;
+                let pause = self.redial_pause(&reason);
                 tokio::select! {
-                    _ = conn.closed() => {}
+                    () = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = self.config.backoff_min;
-                // Spread redials so both sides rarely redial at the same instant.
-                let pause = self.jitter(self.config.backoff_min * 3);
-                tokio::time::sleep(pause).await;
                 continue;
             }
             if let Some(until) = self.cooling_down(device) {
@@ -437,7 +445,14 @@ impl Shared {
                         conn.close(VarInt::from_u32(close_code::UNKNOWN_ENDPOINT), b"wrong id");
                         continue;
                     }
-                    self.clone().run_connection(conn, device, self.me).await;
+                    let reason = self.clone().run_connection(conn, device, self.me).await;
+                    if let Some(reason) = reason {
+                        let pause = self.redial_pause(&reason);
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %device, error = %e, "dial failed");
@@ -452,6 +467,23 @@ impl Shared {
                     tokio::time::sleep(pause).await;
                 }
             }
+        }
+    }
+
+    /// How long to wait before redialing a peer whose connection just ended. A peer that
+    /// said goodbye (it shut down) is not redialed for a while: it dials us when it comes
+    /// back, and a dial pending towards a dead port would hold our own shutdown for ~3 s.
+    /// Otherwise a short jitter spreads redials so both sides rarely redial at once.
+    fn redial_pause(&self, reason: &ConnectionError) -> Duration {
+        let peer_left = matches!(
+            reason,
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == VarInt::from_u32(close_code::SHUTDOWN)
+        );
+        if peer_left {
+            self.config.backoff_max + self.jitter(self.config.backoff_max)
+        } else {
+            self.jitter(self.config.backoff_min * 3)
         }
     }
 
