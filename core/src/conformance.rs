@@ -267,6 +267,14 @@ pub fn dump<B: StorageBackend>(
                 } if got == id => (records, more),
                 other => panic!("ReadOwned answered {other:?}"),
             };
+            assert!(
+                records.iter().all(|r| r.owner == owner && r.seq > after),
+                "ReadOwned after {after} served a record at or below the cursor: {records:?}"
+            );
+            assert!(
+                records.windows(2).all(|w| w[0].seq < w[1].seq),
+                "ReadOwned page not in seq order: {records:?}"
+            );
             if let Some(last) = records.last() {
                 after = last.seq;
             }
@@ -297,6 +305,12 @@ pub fn dump<B: StorageBackend>(
             other => panic!("ReadLog answered {other:?}"),
         };
         for e in &entries {
+            assert!(
+                e.seq > since.get(e.origin),
+                "ReadLog served {}#{} at or below since {since:?}",
+                e.origin,
+                e.seq
+            );
             since.raise(e.origin, e.seq);
         }
         let empty = entries.is_empty();
@@ -323,9 +337,16 @@ pub fn dump<B: StorageBackend>(
             } if got == id => (records, more),
             other => panic!("ReadSharedSnapshot answered {other:?}"),
         };
-        if let Some(last) = records.last() {
-            after = Some(last.key());
+        let mut cursor = after.clone();
+        for r in &records {
+            let key = r.key();
+            assert!(
+                cursor.as_ref().is_none_or(|c| key > *c),
+                "ReadSharedSnapshot served {key:?} at or below the cursor {cursor:?}"
+            );
+            cursor = Some(key);
         }
+        after = cursor;
         let empty = records.is_empty();
         shared.extend(records);
         if !more {
