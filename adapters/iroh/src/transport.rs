@@ -61,6 +61,10 @@ pub struct IrohConfig {
     pub realtime_queue: usize,
     /// Outbound bulk messages (catch-up pages) queued per peer (default 256).
     pub bulk_queue: usize,
+    /// Before its first dial of a device, the side with the larger endpoint id waits this long
+    /// (plus jitter) so the smaller side's dial usually wins without a duplicate (default
+    /// 200 ms; both sides dial anyway, duplicates are resolved deterministically).
+    pub dial_grace: Duration,
     /// Seed of the reconnect jitter (default: derived from the endpoint id).
     pub jitter_seed: Option<u64>,
     /// On shutdown, an upper bound on waiting for peers to acknowledge the closing of
@@ -81,6 +85,7 @@ impl Default for IrohConfig {
             refusal_cooldown: Duration::from_secs(10),
             realtime_queue: 65_536,
             bulk_queue: 256,
+            dial_grace: Duration::from_millis(200),
             jitter_seed: None,
             close_timeout: None,
         }
@@ -428,7 +433,7 @@ impl Shared {
             if first && self.me > addr.id {
                 // The larger id lets the smaller one dial first.
                 first = false;
-                let grace = self.config.backoff_min * 2 + self.jitter(self.config.backoff_min);
+                let grace = self.config.dial_grace + self.jitter(self.config.dial_grace);
                 tokio::time::sleep(grace).await;
                 continue;
             }
