@@ -15,6 +15,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_dials_settle_on_one_connection() {
     init_tracing();
+    let dir = tempfile::tempdir().unwrap();
     for round in 0..4u8 {
         let (ka, kb) = (
             SecretKey::from_bytes(&[100 + 2 * round; 32]),
@@ -52,8 +53,14 @@ async fn simultaneous_dials_settle_on_one_connection() {
         let bb = Node::builder(config(db)).bootstrap_members([da, db]);
         let mut events_b = bb.subscribe();
         let (na, nb) = tokio::join!(
-            ba.start(hybridsync_core::MemStore::new(), ta.clone()),
-            bb.start(hybridsync_core::MemStore::new(), tb.clone()),
+            ba.start(
+                store::open(&dir.path().join(format!("a{round}.db"))),
+                ta.clone()
+            ),
+            bb.start(
+                store::open(&dir.path().join(format!("b{round}.db"))),
+                tb.clone()
+            ),
         );
         let (na, nb) = (na.unwrap(), nb.unwrap());
         connected(&na, &[db], Duration::from_secs(10)).await;

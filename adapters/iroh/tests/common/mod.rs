@@ -12,26 +12,28 @@ use std::time::Duration;
 
 pub use store::Store;
 
-/// The storage backend under test.
+/// The storage backend under test: real SQLite files.
 pub mod store {
     use std::path::Path;
 
-    /// Real SQLite files.
-    pub type Store = hybridsync_core::MemStore;
+    /// Real SQLite files (WAL, group commit).
+    pub type Store = hybridsync_sqlite::SqliteStore;
 
     /// Opens (or creates) the store at `path`.
-    pub fn open(_path: &Path) -> Store {
-        hybridsync_core::MemStore::new()
+    pub fn open(path: &Path) -> Store {
+        Store::open(path).unwrap()
     }
 
-    /// Re-opens the store after a shutdown handed back `previous`.
-    pub fn reopen(_path: &Path, previous: Store) -> Store {
-        previous
+    /// Re-opens the store from its file after a shutdown handed back `previous` (dropped
+    /// first, as a restarted process would).
+    pub fn reopen(path: &Path, previous: Store) -> Store {
+        drop(previous);
+        open(path)
     }
 
     /// Digest of the replicated content.
     pub fn digest(s: &mut Store) -> u64 {
-        s.state().content_digest()
+        s.content_digest().unwrap()
     }
 }
 
