@@ -1,0 +1,821 @@
+//! Hostile input from outside the crate, through the public API only: frames as a transport
+//! receives them, messages from members that lie and from devices that are not members.
+//!
+//! Each case must end in a typed error (a decode error, a `SyncMessage::Error` reply, an
+//! `Event`) and/or a disconnect, and must leave the stored content unchanged (compared by
+//! `MemState::content_digest`). The engine's own unit tests (`core/src/replica/tests.rs`)
+//! cover the single-message cases from the inside; these cover batches, catch-up paths,
+//! durable state and the wire.
+
+use hybridsync_core::codec::DEFAULT_MAX_FRAME;
+use hybridsync_core::value::MAX_NESTING;
+use hybridsync_core::{
+    decode, encode, encode_frame, ChangeKind, CodecError, Config, DeviceId, ErrorCode, Event,
+    FrameDecoder, FrameError, Hlc, Input, Instant, MemStore, ModelRegistry, Now, Output,
+    OwnedRecord, Refusal, Register, Replica, Restored, SharedChange, SharedRecord, StorageCommand,
+    StorageDone, SyncMessage, Value, VersionVector,
+};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const T0: u64 = 1_750_000_000_000;
+const HOUR_MS: u64 = 3_600_000;
+
+/// The replica under test: `dev(1)`, in a library of `dev(1)`, `dev(2)` and `dev(3)`.
+const ME: DeviceId = DeviceId::from_u128(1);
+const B: DeviceId = DeviceId::from_u128(2);
+const C: DeviceId = DeviceId::from_u128(3);
+/// Not a member.
+const STRANGER: DeviceId = DeviceId::from_u128(66);
+
+/// One replica and its store, driven by hand.
+struct Node {
+    replica: Replica,
+    store: MemStore,
+    now: Now,
+}
+
+impl Node {
+    fn new() -> Node {
+        Node::with(Config::new(ME, ModelRegistry::spacedrive()))
+    }
+
+    fn with(config: Config) -> Node {
+        let now = Now::new(Instant::ZERO, T0);
+        let replica = Replica::new(config, Restored::bootstrap([ME, B, C]), now);
+        let mut n = Node {
+            replica,
+            store: MemStore::new(),
+            now,
+        };
+        n.drain();
+        n
+    }
+
+    /// Feeds one input; storage runs at once and read completions are fed back.
+    fn feed(&mut self, input: Input) -> Vec<Output> {
+        self.replica.handle(self.now, input);
+        self.drain()
+    }
+
+    fn from(&mut self, peer: DeviceId, msg: SyncMessage) -> Vec<Output> {
+        self.feed(Input::Message { from: peer, msg })
+    }
+
+    /// Feeds one input; storage runs, read completions are returned instead of fed back.
+    fn feed_holding_reads(&mut self, input: Input) -> (Vec<Output>, Vec<StorageDone>) {
+        self.replica.handle(self.now, input);
+        let mut outs = Vec::new();
+        let mut reads = Vec::new();
+        while let Some(o) = self.replica.poll_output() {
+            if let Output::Storage(cmd) = &o {
+                reads.extend(self.store.execute(cmd.clone()));
+            }
+            outs.push(o);
+        }
+        self.store.sync();
+        (outs, reads)
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut all = Vec::new();
+        loop {
+            let mut completions = Vec::new();
+            while let Some(o) = self.replica.poll_output() {
+                if let Output::Storage(cmd) = &o {
+                    completions.extend(self.store.execute(cmd.clone()));
+                }
+                all.push(o);
+            }
+            self.store.sync();
+            if completions.is_empty() {
+                return all;
+            }
+            for c in completions {
+                self.replica.handle(self.now, Input::Storage(c));
+            }
+        }
+    }
+
+    fn digest(&self) -> u64 {
+        self.store.state().content_digest()
+    }
+
+    /// A connected member peer.
+    fn connected(peer: DeviceId) -> Node {
+        let mut n = Node::new();
+        n.feed(Input::PeerUp { peer });
+        n
+    }
+}
+
+fn disconnects(outs: &[Output]) -> Vec<(DeviceId, Refusal)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Disconnect { peer, reason } => Some((*peer, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent_to(outs: &[Output], to: DeviceId) -> Vec<&SyncMessage> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Send { to: t, msg } if *t == to => Some(msg),
+            _ => None,
+        })
+        .collect()
+}
+
+fn writes(outs: &[Output]) -> Vec<&StorageCommand> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Storage(cmd) if cmd.read_id().is_none() => Some(cmd),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(outs: &[Output]) -> Vec<&Event> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn owned(owner: DeviceId, seq: u64, key: u128) -> OwnedRecord {
+    OwnedRecord {
+        owner,
+        seq,
+        hlc: Hlc::new(T0, 0, owner),
+        model: "entry".into(),
+        uuid: Uuid::from_u128(key),
+        data: Some(b"payload".to_vec()),
+    }
+}
+
+fn tag_change(origin: DeviceId, seq: u64, time_ms: u64) -> SharedChange {
+    SharedChange {
+        origin,
+        seq,
+        hlc: Hlc::new(time_ms, 0, origin),
+        model: "tag".into(),
+        record: Uuid::from_u128(500),
+        kind: ChangeKind::Insert,
+        fields: [("name".to_owned(), Value::from("x"))].into(),
+    }
+}
+
+fn tag_registers(time_ms: u64, by: DeviceId) -> SharedRecord {
+    let mut r = SharedRecord::empty("tag", Uuid::from_u128(700));
+    let hlc = Hlc::new(time_ms, 0, by);
+    r.exists = Some(Register::new(hlc, true));
+    r.last_insert = Some(hlc);
+    r.fields
+        .insert("name".into(), Register::new(hlc, Value::from("snap")));
+    r
+}
+
+/// One of every message kind (the contents do not matter to a refusal).
+fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
+    let vv: VersionVector = [(from, 3)].into_iter().collect();
+    vec![
+        SyncMessage::StateChange(owned(from, 1, 1)),
+        SyncMessage::StateBatch(vec![owned(from, 1, 1), owned(from, 2, 2)]),
+        SyncMessage::StateRequest {
+            request_id: 1,
+            owner: ME,
+            since: 0,
+            limit: 10,
+        },
+        SyncMessage::StateResponse {
+            request_id: 1,
+            owner: from,
+            since: 0,
+            through: 1,
+            records: vec![owned(from, 1, 1)],
+            has_more: false,
+        },
+        SyncMessage::SharedChange(tag_change(from, 1, T0)),
+        SyncMessage::SharedChangeBatch(vec![tag_change(from, 1, T0), tag_change(from, 2, T0)]),
+        SyncMessage::SharedChangeRequest {
+            request_id: 1,
+            since: VersionVector::new(),
+            limit: 10,
+        },
+        SyncMessage::SharedChangeResponse {
+            request_id: 1,
+            entries: vec![tag_change(from, 1, T0)],
+            has_more: false,
+            truncated: false,
+        },
+        SyncMessage::AckSharedChanges {
+            acker: from,
+            vv: vv.clone(),
+        },
+        SyncMessage::Heartbeat {
+            heads: [(from, 9)].into(),
+            vv: vv.clone(),
+        },
+        SyncMessage::SharedSnapshotRequest {
+            request_id: 1,
+            after: None,
+            limit: 10,
+        },
+        SyncMessage::SharedSnapshotResponse {
+            request_id: 1,
+            vv,
+            records: vec![tag_registers(T0, from)],
+            has_more: false,
+        },
+        SyncMessage::Error {
+            request_id: Some(1),
+            code: ErrorCode::Busy,
+            message: "x".into(),
+        },
+    ]
+}
+
+// ------------------------------------------------------------------ frames
+
+/// What a transport does with received bytes: every decoded message goes to the engine; a
+/// frame error closes the connection (`PeerDown`) and drops the stream.
+fn receive(
+    n: &mut Node,
+    d: &mut FrameDecoder,
+    from: DeviceId,
+    bytes: &[u8],
+) -> Result<usize, FrameError> {
+    d.push(bytes);
+    let mut delivered = 0;
+    loop {
+        match d.next_message() {
+            Ok(Some(msg)) => {
+                n.from(from, msg);
+                delivered += 1;
+            }
+            Ok(None) => return Ok(delivered),
+            Err(e) => {
+                n.feed(Input::PeerDown { peer: from });
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_frame_delivers_nothing_until_complete_and_a_short_length_is_a_typed_error() {
+    let mut n = Node::connected(B);
+    let before = n.digest();
+    let frame = encode_frame(&SyncMessage::StateChange(owned(B, 1, 1)));
+    let mut d = FrameDecoder::default();
+    for byte in &frame[..frame.len() - 1] {
+        assert_eq!(
+            receive(&mut n, &mut d, B, std::slice::from_ref(byte)).ok(),
+            Some(0)
+        );
+    }
+    assert_eq!(d.buffered(), frame.len() - 1);
+    assert_eq!(n.digest(), before, "nothing applied from a partial frame");
+    // Control: the last byte completes it.
+    assert_eq!(
+        receive(&mut n, &mut d, B, &frame[frame.len() - 1..]).ok(),
+        Some(1)
+    );
+    assert_ne!(n.digest(), before);
+
+    // A length prefix shorter than the message cuts it: a typed decode error, no message, the
+    // connection closes and the rest of the stream is never read.
+    let mut n = Node::connected(B);
+    let mut short = frame.clone();
+    let len = u32::try_from(frame.len() - 5).expect("small");
+    short[..4].copy_from_slice(&len.to_be_bytes());
+    let mut d = FrameDecoder::default();
+    assert!(matches!(
+        receive(&mut n, &mut d, B, &short),
+        Err(FrameError::Codec(_))
+    ));
+    assert_eq!(d.buffered(), 0, "the stream is dropped");
+    assert_eq!(n.digest(), before);
+    assert_eq!(n.replica.peers().count(), 0);
+    assert_eq!(receive(&mut n, &mut d, B, &frame).ok(), Some(0), "poisoned");
+    assert_eq!(n.digest(), before);
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_its_body_arrives() {
+    for (max, len) in [
+        (DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME + 1),
+        (DEFAULT_MAX_FRAME, u32::MAX as usize),
+        (1024, 1025),
+    ] {
+        let mut n = Node::connected(B);
+        let before = n.digest();
+        let mut d = FrameDecoder::new(max);
+        let prefix = u32::try_from(len).expect("fits").to_be_bytes();
+        match receive(&mut n, &mut d, B, &prefix) {
+            Err(FrameError::TooLarge { len: l, max: m }) => assert_eq!((l, m), (len, max)),
+            other => panic!("{len} > {max} not refused: {other:?}"),
+        }
+        assert_eq!(d.buffered(), 0, "nothing kept for the announced body");
+        // The decoder stays poisoned: a valid frame afterwards is not decoded.
+        let valid = encode_frame(&SyncMessage::StateChange(owned(B, 1, 1)));
+        assert_eq!(receive(&mut n, &mut d, B, &valid).ok(), Some(0));
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(n.digest(), before);
+    }
+    // A frame of exactly the maximum is accepted (the body is then decoded as usual).
+    let body = encode(&SyncMessage::StateChange(owned(B, 1, 1)));
+    let mut d = FrameDecoder::new(body.len());
+    d.push(&encode_frame(&SyncMessage::StateChange(owned(B, 1, 1))));
+    assert!(matches!(d.next_message(), Ok(Some(_))));
+}
+
+#[test]
+fn unknown_variants_anywhere_in_a_message_are_typed_decode_errors() {
+    // Top-level variant index past the last message kind.
+    assert!(matches!(decode(&[13]), Err(CodecError::Malformed(_))));
+    assert!(matches!(
+        decode(&[0xff, 0x01]),
+        Err(CodecError::Malformed(_))
+    ));
+    // An unknown error code inside a valid `Error` message: `[12, None, code, ""]`.
+    let ok = encode(&SyncMessage::Error {
+        request_id: None,
+        code: ErrorCode::Busy,
+        message: String::new(),
+    });
+    assert_eq!(ok, [12, 0, 4, 0]);
+    assert!(decode(&[12, 0, 7, 0]).is_err(), "ErrorCode has 7 variants");
+    // An unknown `ChangeKind` and an unknown `Value` variant inside a shared change.
+    let mut change = tag_change(B, 1, T0);
+    change.fields = [("n".to_owned(), Value::Null)].into();
+    change.kind = ChangeKind::Delete;
+    let bytes = encode(&SyncMessage::SharedChange(change));
+    let null_at = bytes.len() - 1;
+    // ... kind, then the one-entry map: count 1, key "n" (length 1, b'n'), `Null` (tag 0).
+    let kind_at = null_at - 4;
+    assert_eq!((bytes[kind_at], bytes[null_at]), (2, 0));
+    let mut bad_kind = bytes.clone();
+    bad_kind[kind_at] = 3;
+    assert!(matches!(decode(&bad_kind), Err(CodecError::Malformed(_))));
+    let mut bad_value = bytes.clone();
+    bad_value[null_at] = 9;
+    assert!(matches!(decode(&bad_value), Err(CodecError::Malformed(_))));
+    // Trailing bytes after a whole message.
+    let mut trailing = bytes;
+    trailing.push(0);
+    assert!(matches!(
+        decode(&trailing),
+        Err(CodecError::TrailingBytes(1))
+    ));
+}
+
+#[test]
+fn value_nested_past_the_limit_is_a_typed_decode_error_and_never_reaches_the_engine() {
+    let mut deep = Value::Null;
+    for _ in 0..=MAX_NESTING {
+        deep = Value::List(vec![deep]);
+    }
+    assert_eq!(deep.nesting(), MAX_NESTING + 1);
+    let mut change = tag_change(B, 1, T0);
+    change.fields = [("deep".to_owned(), deep)].into();
+    let mut d = FrameDecoder::default();
+    d.push(&encode_frame(&SyncMessage::SharedChange(change)));
+    assert!(matches!(
+        d.next_message(),
+        Err(FrameError::Codec(CodecError::Malformed(_)))
+    ));
+}
+
+// ------------------------------------------------------------------ non-members
+
+#[test]
+fn every_message_kind_from_a_non_member_is_refused_with_a_disconnect_and_no_state_change() {
+    for msg in every_kind(STRANGER) {
+        let kind = msg.kind();
+        let mut n = Node::new();
+        let before = n.digest();
+        let up = n.feed(Input::PeerUp { peer: STRANGER });
+        assert_eq!(disconnects(&up), [(STRANGER, Refusal::NotMember)], "{kind}");
+        let outs = n.from(STRANGER, msg);
+        assert_eq!(
+            disconnects(&outs),
+            [(STRANGER, Refusal::NotMember)],
+            "{kind}"
+        );
+        assert!(events(&outs).contains(&&Event::PeerMisbehaved {
+            peer: STRANGER,
+            reason: Refusal::NotMember
+        }));
+        assert!(
+            writes(&outs).is_empty(),
+            "{kind}: wrote {:?}",
+            writes(&outs)
+        );
+        assert!(
+            sent_to(&outs, STRANGER).is_empty(),
+            "{kind}: answered a stranger"
+        );
+        assert_eq!(n.replica.peers().count(), 0);
+        assert_eq!(n.digest(), before, "{kind}");
+        assert_eq!(n.store.restored(), Node::new().store.restored(), "{kind}");
+    }
+}
+
+// ------------------------------------------------------------------ ownership spoofing
+
+#[test]
+fn one_forged_record_spoils_a_whole_owned_batch() {
+    let mut n = Node::connected(B);
+    let before = n.digest();
+    // Two genuine records of the sender, then one it claims for C.
+    let batch = vec![owned(B, 1, 1), owned(B, 2, 2), owned(C, 1, 3)];
+    let outs = n.from(B, SyncMessage::StateBatch(batch));
+    assert_eq!(disconnects(&outs), [(B, Refusal::OwnerMismatch)]);
+    assert!(writes(&outs).is_empty(), "nothing of the batch applied");
+    assert_eq!(n.digest(), before);
+    assert_eq!(n.replica.watermark(B), 0);
+    assert_eq!(n.replica.watermark(C), 0);
+}
+
+#[test]
+fn pushed_version_of_the_receivers_own_record_is_refused() {
+    let mut n = Node::connected(B);
+    let before = n.digest();
+    let outs = n.from(B, SyncMessage::StateChange(owned(ME, 7, 1)));
+    assert_eq!(disconnects(&outs), [(B, Refusal::OwnerMismatch)]);
+    assert!(writes(&outs).is_empty());
+    assert_eq!(n.digest(), before);
+    assert_eq!(n.replica.watermark(ME), 0, "own counters untouched");
+}
+
+#[test]
+fn malformed_catch_up_page_is_refused_without_state_change() {
+    let mut n = Node::connected(B);
+    // B announces records of C; the replica asks B for them.
+    let outs = n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: [(C, 10)].into(),
+            vv: VersionVector::new(),
+        },
+    );
+    let request_id = sent_to(&outs, B)
+        .into_iter()
+        .find_map(|m| match m {
+            SyncMessage::StateRequest {
+                request_id, owner, ..
+            } if *owner == C => Some(*request_id),
+            _ => None,
+        })
+        .expect("asked B for C's records");
+    let before = n.digest();
+    let bad_pages = [
+        // A record beyond `through`.
+        (3, vec![owned(C, 1, 1), owned(C, 5, 2)]),
+        // Out of order.
+        (5, vec![owned(C, 2, 1), owned(C, 1, 2)]),
+        // Another owner's record in C's page.
+        (5, vec![owned(C, 1, 1), owned(B, 2, 2)]),
+    ];
+    for (through, records) in bad_pages {
+        let mut n2 = Node::connected(B);
+        n2.from(
+            B,
+            SyncMessage::Heartbeat {
+                heads: [(C, 10)].into(),
+                vv: VersionVector::new(),
+            },
+        );
+        let outs = n2.from(
+            B,
+            SyncMessage::StateResponse {
+                request_id,
+                owner: C,
+                since: 0,
+                through,
+                records,
+                has_more: false,
+            },
+        );
+        assert_eq!(disconnects(&outs), [(B, Refusal::MalformedResponse)]);
+        assert!(writes(&outs).is_empty());
+        assert_eq!(n2.digest(), before);
+        assert_eq!(n2.replica.watermark(C), 0);
+        assert!(!n2.replica.is_fetching(), "the fetch was abandoned");
+    }
+    // Control: the well-formed page is applied.
+    let outs = n.from(
+        B,
+        SyncMessage::StateResponse {
+            request_id,
+            owner: C,
+            since: 0,
+            through: 2,
+            records: vec![owned(C, 1, 1), owned(C, 2, 2)],
+            has_more: false,
+        },
+    );
+    assert!(disconnects(&outs).is_empty());
+    assert_eq!(n.replica.watermark(C), 2);
+}
+
+// ------------------------------------------------------------------ ack spoofing
+
+#[test]
+fn ack_for_another_member_is_refused_and_never_stored() {
+    let mut n = Node::connected(B);
+    n.feed(Input::PeerUp { peer: C });
+    n.feed(Input::Command {
+        id: hybridsync_core::CommandId(1),
+        cmd: hybridsync_core::Command::InsertShared {
+            model: "tag".into(),
+            uuid: Uuid::from_u128(1),
+            fields: BTreeMap::new(),
+        },
+    });
+    let before = n.digest();
+    let vv: VersionVector = [(ME, 1)].into_iter().collect();
+    let outs = n.from(B, SyncMessage::AckSharedChanges { acker: C, vv });
+    assert_eq!(disconnects(&outs), [(B, Refusal::AckerMismatch)]);
+    assert!(writes(&outs).is_empty(), "no ack stored, nothing pruned");
+    assert_eq!(n.digest(), before);
+    assert!(!n.store.restored().acks.contains_key(&C));
+    assert_eq!(n.replica.horizon().get(ME), 0, "the log stays pinned");
+    assert_eq!(n.store.state().log.len(), 1);
+}
+
+#[test]
+fn heartbeat_acks_only_for_its_authenticated_sender() {
+    let mut n = Node::connected(B);
+    n.feed(Input::Command {
+        id: hybridsync_core::CommandId(1),
+        cmd: hybridsync_core::Command::InsertShared {
+            model: "tag".into(),
+            uuid: Uuid::from_u128(1),
+            fields: BTreeMap::new(),
+        },
+    });
+    // B's summary covers the change: it counts as B's ack, and only B's.
+    let vv: VersionVector = [(ME, 1)].into_iter().collect();
+    n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: BTreeMap::new(),
+            vv: vv.clone(),
+        },
+    );
+    let acks = n.store.restored().acks;
+    assert_eq!(acks.get(&B), Some(&vv));
+    assert!(!acks.contains_key(&C));
+    assert_eq!(
+        n.replica.horizon().get(ME),
+        0,
+        "C never acked: still pinned"
+    );
+    assert_eq!(n.store.state().log.len(), 1);
+}
+
+// ------------------------------------------------------------------ far-future stamps
+
+#[test]
+fn far_future_owned_stamp_applies_by_seq_without_dragging_the_clock() {
+    let mut n = Node::connected(B);
+    let clock = n.replica.hlc();
+    let mut r = owned(B, 1, 1);
+    r.hlc = Hlc::new(T0 + 24 * HOUR_MS, 0, B);
+    let outs = n.from(B, SyncMessage::StateChange(r));
+    assert!(disconnects(&outs).is_empty());
+    assert_eq!(n.replica.watermark(B), 1, "ordered by seq: applied");
+    assert_eq!(n.replica.hlc(), clock, "stamp not adopted");
+    assert!(events(&outs)
+        .iter()
+        .any(|e| matches!(e, Event::ClockSkew { device, .. } if *device == B)));
+    assert!(n.store.state().hlc.time_ms < T0 + HOUR_MS);
+}
+
+/// Drives a shared catch-up from B down to a snapshot request; returns its request id.
+fn snapshot_requested(n: &mut Node) -> u64 {
+    let outs = n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: BTreeMap::new(),
+            vv: [(B, 5)].into_iter().collect(),
+        },
+    );
+    let log_request = sent_to(&outs, B)
+        .into_iter()
+        .find_map(|m| match m {
+            SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("log requested");
+    let outs = n.from(
+        B,
+        SyncMessage::SharedChangeResponse {
+            request_id: log_request,
+            entries: Vec::new(),
+            has_more: false,
+            truncated: true,
+        },
+    );
+    sent_to(&outs, B)
+        .into_iter()
+        .find_map(|m| match m {
+            SyncMessage::SharedSnapshotRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("snapshot requested")
+}
+
+#[test]
+fn far_future_snapshot_page_is_refused_without_state_change() {
+    let mut n = Node::connected(B);
+    let request_id = snapshot_requested(&mut n);
+    let before = n.digest();
+    let clock = n.replica.hlc();
+    let outs = n.from(
+        B,
+        SyncMessage::SharedSnapshotResponse {
+            request_id,
+            vv: [(B, 5)].into_iter().collect(),
+            records: vec![tag_registers(T0 + HOUR_MS, B)],
+            has_more: false,
+        },
+    );
+    assert!(events(&outs).contains(&&Event::ChangeRefused {
+        from: B,
+        origin: B,
+        reason: Refusal::ClockDrift
+    }));
+    assert!(writes(&outs).is_empty());
+    assert_eq!(n.digest(), before);
+    assert_eq!(n.replica.hlc(), clock);
+    assert_eq!(
+        n.replica.version_vector().get(B),
+        0,
+        "snapshot claim not adopted"
+    );
+    assert!(!n.replica.is_fetching());
+
+    // Control: the same page within the drift bound is applied.
+    let mut n = Node::connected(B);
+    let request_id = snapshot_requested(&mut n);
+    n.from(
+        B,
+        SyncMessage::SharedSnapshotResponse {
+            request_id,
+            vv: [(B, 5)].into_iter().collect(),
+            records: vec![tag_registers(T0, B)],
+            has_more: false,
+        },
+    );
+    assert_ne!(n.digest(), before);
+    assert_eq!(n.replica.version_vector().get(B), 5);
+}
+
+// ------------------------------------------------------------------ floods and limits
+
+#[test]
+fn log_and_snapshot_request_floods_from_two_peers_keep_pending_reads_bounded() {
+    let mut config = Config::new(ME, ModelRegistry::spacedrive());
+    config.max_pending_reads_per_peer = 3;
+    let mut n = Node::with(config);
+    n.feed(Input::Command {
+        id: hybridsync_core::CommandId(1),
+        cmd: hybridsync_core::Command::InsertShared {
+            model: "tag".into(),
+            uuid: Uuid::from_u128(1),
+            fields: BTreeMap::new(),
+        },
+    });
+    n.feed(Input::PeerUp { peer: B });
+    n.feed(Input::PeerUp { peer: C });
+    let before = n.digest();
+    let mut held = Vec::new();
+    let mut busy = 0;
+    for i in 0..500u64 {
+        for peer in [B, C] {
+            let msg = if i % 2 == 0 {
+                SyncMessage::SharedChangeRequest {
+                    request_id: i,
+                    since: VersionVector::new(),
+                    limit: 10,
+                }
+            } else {
+                SyncMessage::SharedSnapshotRequest {
+                    request_id: i,
+                    after: None,
+                    limit: 10,
+                }
+            };
+            let (outs, reads) = n.feed_holding_reads(Input::Message { from: peer, msg });
+            held.extend(reads);
+            busy += sent_to(&outs, peer)
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        SyncMessage::Error {
+                            code: ErrorCode::Busy,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            assert!(n.replica.pending_reads() <= 2 * 3);
+        }
+    }
+    assert_eq!(n.replica.pending_reads(), 6);
+    assert_eq!(held.len(), 6);
+    assert_eq!(
+        busy,
+        1000 - 6,
+        "every refused request got a typed Busy reply"
+    );
+    assert_eq!(n.digest(), before, "serving reads changes nothing");
+    // Completing the reads frees the slots.
+    for done in held {
+        n.feed(Input::Storage(done));
+    }
+    assert_eq!(n.replica.pending_reads(), 0);
+}
+
+#[test]
+fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
+    let mut config = Config::new(ME, ModelRegistry::spacedrive());
+    config.max_page_records = 4;
+    let mut n = Node::with(config);
+    for i in 0..10 {
+        n.feed(Input::Command {
+            id: hybridsync_core::CommandId(i),
+            cmd: hybridsync_core::Command::InsertShared {
+                model: "tag".into(),
+                uuid: Uuid::from_u128(u128::from(i)),
+                fields: BTreeMap::new(),
+            },
+        });
+    }
+    n.feed(Input::PeerUp { peer: B });
+    for (asked, capped) in [(u32::MAX, 4), (0, 1)] {
+        let (outs, _) = n.feed_holding_reads(Input::Message {
+            from: B,
+            msg: SyncMessage::SharedChangeRequest {
+                request_id: 1,
+                since: VersionVector::new(),
+                limit: asked,
+            },
+        });
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Storage(StorageCommand::ReadLog { limit, .. }) if *limit == capped
+        )));
+        let (outs, _) = n.feed_holding_reads(Input::Message {
+            from: B,
+            msg: SyncMessage::SharedSnapshotRequest {
+                request_id: 2,
+                after: None,
+                limit: asked,
+            },
+        });
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Storage(StorageCommand::ReadSharedSnapshot { limit, .. }) if *limit == capped
+        )));
+    }
+    // And the page actually served is capped.
+    let mut n2 = Node::with({
+        let mut c = Config::new(ME, ModelRegistry::spacedrive());
+        c.max_page_records = 4;
+        c
+    });
+    for i in 0..10 {
+        n2.feed(Input::Command {
+            id: hybridsync_core::CommandId(i),
+            cmd: hybridsync_core::Command::InsertShared {
+                model: "tag".into(),
+                uuid: Uuid::from_u128(u128::from(i)),
+                fields: BTreeMap::new(),
+            },
+        });
+    }
+    n2.feed(Input::PeerUp { peer: B });
+    let outs = n2.from(
+        B,
+        SyncMessage::SharedChangeRequest {
+            request_id: 3,
+            since: VersionVector::new(),
+            limit: u32::MAX,
+        },
+    );
+    let page = sent_to(&outs, B).into_iter().find_map(|m| match m {
+        SyncMessage::SharedChangeResponse {
+            entries, has_more, ..
+        } => Some((entries.len(), *has_more)),
+        _ => None,
+    });
+    assert_eq!(page, Some((4, true)));
+}
