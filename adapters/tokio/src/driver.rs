@@ -112,6 +112,7 @@ impl<S: Send + 'static> Driver<S> {
         self.drain();
         let mut transport_open = true;
         let mut shutdown_reply = None;
+        let mut failure = None;
         loop {
             let deadline = self
                 .replica
@@ -121,7 +122,13 @@ impl<S: Send + 'static> Driver<S> {
             let accept_input = transport_open && self.queued_commands.len() < MAX_QUEUED_COMMANDS;
             tokio::select! {
                 biased;
-                Some(result) = self.batch_done.recv() => self.on_batch_done(result)?,
+                Some(result) = self.batch_done.recv() => {
+                    if let Err(e) = self.on_batch_done(result) {
+                        // Nothing queued behind the failed batch is performed.
+                        failure = Some(e);
+                        break;
+                    }
+                }
                 req = self.requests.recv() => match req {
                     None => break,
                     Some(Request::Shutdown(reply)) => {
@@ -137,7 +144,15 @@ impl<S: Send + 'static> Driver<S> {
                 () = tokio::time::sleep_until(deadline) => self.handle(Input::Tick),
             }
         }
-        let result = self.finish().await;
+        let result = match failure {
+            Some(e) => {
+                self.queued_actions.clear();
+                self.queued_commands.clear();
+                let _ = self.finish().await;
+                Err(e)
+            }
+            None => self.finish().await,
+        };
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }

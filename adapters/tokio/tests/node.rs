@@ -404,3 +404,77 @@ async fn messages_from_a_peer_that_is_not_up_are_dropped() {
     a.shutdown().await.expect("shutdown");
     let _ = TransportEvent::PeerUp(A);
 }
+
+/// A backend whose disk "fails" on the first batch that stores a device-owned record.
+struct FailingStore {
+    inner: MemStore,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("disk full")]
+struct DiskFull;
+
+impl StorageBackend for FailingStore {
+    type Error = DiskFull;
+
+    fn execute(&mut self, commands: Vec<StorageCommand>) -> Result<Vec<StorageDone>, DiskFull> {
+        if commands
+            .iter()
+            .any(|c| matches!(c, StorageCommand::PutOwned(_)))
+        {
+            return Err(DiskFull);
+        }
+        Ok(StorageBackend::execute(&mut self.inner, commands).unwrap_or_default())
+    }
+
+    fn load_restored(&mut self) -> Result<hybridsync_core::Restored, DiskFull> {
+        Ok(self.inner.restored())
+    }
+}
+
+#[tokio::test]
+async fn storage_failure_stops_the_node_before_anything_is_sent() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let transport = LoggingTransport {
+        log: log.clone(),
+        sink: None,
+    };
+    let a = Node::builder(config(A))
+        .bootstrap_members([A, B])
+        .start(
+            FailingStore {
+                inner: MemStore::new(),
+            },
+            transport,
+        )
+        .await
+        .expect("start");
+    let mut events = a.subscribe();
+    loop {
+        if let Ok(Ok(Event::PeerConnected(_))) =
+            tokio::time::timeout(Duration::from_secs(5), events.recv()).await
+        {
+            break;
+        }
+    }
+    let err = a
+        .put("entry", Uuid::from_u128(1), vec![1])
+        .await
+        .expect_err("the write cannot be made durable");
+    assert!(
+        matches!(
+            err,
+            NodeError::Stopped | NodeError::Command(CommandError::Interrupted(_))
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(a.shutdown().await, Err(NodeError::Storage(_))));
+    assert!(
+        log.lock()
+            .expect("log")
+            .iter()
+            .all(|l| !l.starts_with("sent")),
+        "a change was sent although it never became durable"
+    );
+    assert_eq!(a.status().await, Err(NodeError::Stopped));
+}
