@@ -383,6 +383,10 @@ impl<S: Send + 'static> Node<S> {
 
     /// Runs `f` against the storage backend on the storage thread, after every batch already
     /// handed to it (read-only use: writing behind the engine's back breaks its invariants).
+    ///
+    /// The events of a batch are published once the run loop learns that the batch is
+    /// durable, which can be just after `f` already sees its writes: to wait for an event,
+    /// subscribe and wait for it rather than poll storage and then peek at the channel.
     pub async fn inspect<R, F>(&self, f: F) -> Result<R, NodeError>
     where
         R: Send + 'static,
