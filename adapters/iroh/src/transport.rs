@@ -418,8 +418,7 @@ impl Shared {
                     r = conn.closed() => r,
                     _ = shutdown.changed() => return,
                 };
-                backoff = self.config.backoff_min;
-                let pause = self.redial_pause(&reason);
+                let pause = self.redial_pause(&reason, &mut backoff);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     _ = shutdown.changed() => return,
@@ -445,14 +444,13 @@ impl Shared {
             .await;
             match attempt {
                 Ok(Ok(conn)) => {
-                    backoff = self.config.backoff_min;
                     if conn.remote_id() != addr.id {
                         conn.close(VarInt::from_u32(close_code::UNKNOWN_ENDPOINT), b"wrong id");
                         continue;
                     }
                     let reason = self.clone().run_connection(conn, device, self.me).await;
                     if let Some(reason) = reason {
-                        let pause = self.redial_pause(&reason);
+                        let pause = self.redial_pause(&reason, &mut backoff);
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
                             _ = shutdown.changed() => return,
@@ -475,20 +473,38 @@ impl Shared {
         }
     }
 
-    /// How long to wait before redialing a peer whose connection just ended. A peer that
-    /// said goodbye (it shut down) is not redialed for a while: it dials us when it comes
-    /// back, and a dial pending towards a dead port would hold our own shutdown for ~3 s.
-    /// Otherwise a short jitter spreads redials so both sides rarely redial at once.
-    fn redial_pause(&self, reason: &ConnectionError) -> Duration {
-        let peer_left = matches!(
-            reason,
-            ConnectionError::ApplicationClosed(c)
-                if c.error_code == VarInt::from_u32(close_code::SHUTDOWN)
-        );
-        if peer_left {
-            self.config.backoff_max + self.jitter(self.config.backoff_max)
-        } else {
-            self.jitter(self.config.backoff_min * 3)
+    /// How long to wait before redialing a peer whose connection just ended.
+    ///
+    /// - The peer said goodbye (it shut down): not redialed for a while; it dials us when it
+    ///   comes back, and a dial pending towards a dead port would hold our own shutdown ~3 s.
+    /// - The peer refused us (it does not know us yet, or cools us down): exponential backoff,
+    ///   so an unpaired peer is not hammered and the application does not see flapping.
+    /// - Anything else (duplicate, idle timeout, reset): a short jitter, so both sides rarely
+    ///   redial at the same instant; the backoff restarts from its minimum.
+    fn redial_pause(&self, reason: &ConnectionError, backoff: &mut Duration) -> Duration {
+        let code = match reason {
+            ConnectionError::ApplicationClosed(c) => u32::try_from(c.error_code.into_inner()).ok(),
+            _ => None,
+        };
+        match code {
+            Some(close_code::SHUTDOWN) => {
+                *backoff = self.config.backoff_min;
+                self.config.backoff_max + self.jitter(self.config.backoff_max)
+            }
+            Some(
+                close_code::UNKNOWN_ENDPOINT
+                | close_code::REFUSED
+                | close_code::COOLDOWN
+                | close_code::BAD_FRAME,
+            ) => {
+                let pause = *backoff + self.jitter(*backoff);
+                *backoff = (*backoff * 2).min(self.config.backoff_max);
+                pause
+            }
+            _ => {
+                *backoff = self.config.backoff_min;
+                self.jitter(self.config.backoff_min * 3)
+            }
         }
     }
 
