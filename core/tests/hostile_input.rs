@@ -819,3 +819,190 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
     });
     assert_eq!(page, Some((4, true)));
 }
+
+// ------------------------------------------------------------------ counters at the top
+
+fn put(n: &mut Node, id: u64) -> Vec<Output> {
+    n.feed(Input::Command {
+        id: hybridsync_core::CommandId(id),
+        cmd: hybridsync_core::Command::PutOwned {
+            model: "entry".into(),
+            uuid: Uuid::from_u128(u128::from(id)),
+            data: vec![1],
+        },
+    })
+}
+
+fn insert_tag(n: &mut Node, id: u64, value: Value) -> Vec<Output> {
+    n.feed(Input::Command {
+        id: hybridsync_core::CommandId(id),
+        cmd: hybridsync_core::Command::InsertShared {
+            model: "tag".into(),
+            uuid: Uuid::from_u128(u128::from(id)),
+            fields: [("name".to_owned(), value)].into(),
+        },
+    })
+}
+
+fn failed(outs: &[Output], id: u64) -> Option<hybridsync_core::CommandError> {
+    events(outs).into_iter().find_map(|e| match e {
+        Event::CommandFailed { id: c, reason } if c.0 == id => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn own_head_raised_to_the_top_of_its_range_fails_local_writes_with_a_typed_error() {
+    let mut n = Node::connected(B);
+    // B claims this device's own head is u64::MAX (the lost-database path trusts peer heads).
+    n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: [(ME, u64::MAX)].into(),
+            vv: VersionVector::new(),
+        },
+    );
+    assert_eq!(n.replica.watermark(ME), u64::MAX);
+    let before = n.digest();
+    let outs = put(&mut n, 1);
+    assert_eq!(
+        failed(&outs, 1),
+        Some(hybridsync_core::CommandError::SequenceExhausted)
+    );
+    assert!(writes(&outs).is_empty());
+    assert!(sent_to(&outs, B).is_empty());
+    assert_eq!(n.digest(), before);
+    assert_eq!(n.replica.watermark(ME), u64::MAX, "never wrapped");
+}
+
+#[test]
+fn own_shared_head_claimed_at_the_top_by_a_snapshot_fails_shared_writes_with_a_typed_error() {
+    let mut n = Node::connected(B);
+    let request_id = snapshot_requested(&mut n);
+    n.from(
+        B,
+        SyncMessage::SharedSnapshotResponse {
+            request_id,
+            vv: [(ME, u64::MAX), (B, 5)].into_iter().collect(),
+            records: Vec::new(),
+            has_more: false,
+        },
+    );
+    assert_eq!(n.replica.version_vector().get(ME), u64::MAX);
+    let before = n.digest();
+    let outs = insert_tag(&mut n, 1, Value::from("x"));
+    assert_eq!(
+        failed(&outs, 1),
+        Some(hybridsync_core::CommandError::SequenceExhausted)
+    );
+    assert!(writes(&outs).is_empty());
+    assert_eq!(n.digest(), before);
+}
+
+#[test]
+fn owner_push_after_its_watermark_reached_the_top_is_a_no_op_not_a_panic() {
+    let mut n = Node::connected(B);
+    n.feed(Input::PeerUp { peer: C });
+    let outs = n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: [(C, 10)].into(),
+            vv: VersionVector::new(),
+        },
+    );
+    let request_id = sent_to(&outs, B)
+        .into_iter()
+        .find_map(|m| match m {
+            SyncMessage::StateRequest {
+                request_id, owner, ..
+            } if *owner == C => Some(*request_id),
+            _ => None,
+        })
+        .expect("asked B for C's records");
+    // B answers that C's records run up to u64::MAX (it may relay; the page is well formed).
+    let outs = n.from(
+        B,
+        SyncMessage::StateResponse {
+            request_id,
+            owner: C,
+            since: 0,
+            through: u64::MAX,
+            records: Vec::new(),
+            has_more: false,
+        },
+    );
+    assert!(disconnects(&outs).is_empty());
+    assert_eq!(n.replica.watermark(C), u64::MAX);
+    let before = n.digest();
+    let outs = n.from(C, SyncMessage::StateChange(owned(C, 1, 1)));
+    assert!(disconnects(&outs).is_empty());
+    assert!(writes(&outs).is_empty(), "an old change for this replica");
+    assert_eq!(n.digest(), before);
+}
+
+#[test]
+fn log_page_above_a_bound_at_the_top_of_the_range_is_malformed_not_a_panic() {
+    let mut n = Node::connected(B);
+    let outs = n.feed(Input::Command {
+        id: hybridsync_core::CommandId(1),
+        cmd: hybridsync_core::Command::RequestSharedChanges {
+            peer: B,
+            since: Some([(C, u64::MAX)].into_iter().collect()),
+        },
+    });
+    let request_id = sent_to(&outs, B)
+        .into_iter()
+        .find_map(|m| match m {
+            SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("log requested");
+    let before = n.digest();
+    let outs = n.from(
+        B,
+        SyncMessage::SharedChangeResponse {
+            request_id,
+            entries: vec![tag_change(C, u64::MAX, T0)],
+            has_more: false,
+            truncated: false,
+        },
+    );
+    assert_eq!(disconnects(&outs), [(B, Refusal::MalformedResponse)]);
+    assert!(writes(&outs).is_empty());
+    assert_eq!(n.digest(), before);
+    assert_eq!(
+        failed(&outs, 1),
+        Some(hybridsync_core::CommandError::Interrupted(
+            "peer disconnected"
+        ))
+    );
+}
+
+#[test]
+fn local_value_nested_past_the_wire_limit_fails_with_a_typed_error() {
+    let mut n = Node::connected(B);
+    let mut deep = Value::Null;
+    for _ in 0..=MAX_NESTING {
+        deep = Value::Map([("k".to_owned(), deep)].into());
+    }
+    let before = n.digest();
+    let outs = insert_tag(&mut n, 1, deep);
+    assert_eq!(
+        failed(&outs, 1),
+        Some(hybridsync_core::CommandError::ValueTooDeep)
+    );
+    assert!(writes(&outs).is_empty());
+    assert!(
+        sent_to(&outs, B).is_empty(),
+        "nothing peers could not decode"
+    );
+    assert_eq!(n.digest(), before);
+    // One level less is fine.
+    let mut ok = Value::Null;
+    for _ in 0..MAX_NESTING {
+        ok = Value::Map([("k".to_owned(), ok)].into());
+    }
+    let outs = insert_tag(&mut n, 2, ok);
+    assert!(failed(&outs, 2).is_none());
+    assert!(events(&outs).contains(&&Event::CommandDone(hybridsync_core::CommandId(2))));
+}

@@ -62,6 +62,14 @@ pub enum CommandError {
     /// Only writes can be batched (no requests, no nested batches).
     #[error("only write commands can be batched")]
     NotBatchable,
+    /// A field value nests lists and maps deeper than [`crate::value::MAX_NESTING`]: peers
+    /// could not decode the change.
+    #[error("a field value nests deeper than the wire allows")]
+    ValueTooDeep,
+    /// This device's own sequence counter cannot number the write (a peer raised it to the
+    /// top of its range); nothing was written.
+    #[error("this device's sequence counter is exhausted")]
+    SequenceExhausted,
     /// The peer is not connected.
     #[error("peer {0} is not connected")]
     PeerNotConnected(DeviceId),

@@ -41,7 +41,7 @@ impl Replica {
         let start = wm;
         let mut gap = 0u64;
         for r in &records {
-            if r.seq == wm + 1 {
+            if wm.checked_add(1) == Some(r.seq) {
                 wm = r.seq;
             } else if r.seq > wm {
                 gap = gap.max(r.seq);

@@ -215,7 +215,7 @@ impl Replica {
         }
         let mut expect = since.clone();
         let contiguous = entries.iter().all(|e| {
-            let ok = e.seq == expect.get(e.origin) + 1;
+            let ok = expect.get(e.origin).checked_add(1) == Some(e.seq);
             expect.set(e.origin, e.seq);
             ok
         });

@@ -86,6 +86,19 @@ impl Replica {
             }
         }
         let me = self.config.device;
+        // Peers can raise this device's own counters (lost-database recovery): refuse the batch
+        // rather than overflow them.
+        let n_owned = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Owned { .. }))
+            .count() as u64;
+        let n_shared = writes.len() as u64 - n_owned;
+        if self.watermark(me).checked_add(n_owned).is_none()
+            || self.vv.get(me).checked_add(n_shared).is_none()
+        {
+            let reason = CommandError::SequenceExhausted;
+            return self.event(Event::CommandFailed { id, reason });
+        }
         let mut owned = Vec::new();
         let mut changes = Vec::new();
         for w in writes {
@@ -188,6 +201,12 @@ fn shared(
 ) -> Result<(String, Write), CommandError> {
     if model == MEMBER_MODEL {
         return Err(CommandError::ReservedModel);
+    }
+    if fields
+        .values()
+        .any(|v| v.nesting() > crate::value::MAX_NESTING)
+    {
+        return Err(CommandError::ValueTooDeep);
     }
     Ok((
         model.clone(),
