@@ -301,7 +301,7 @@ impl Key {
 struct Rec {
     /// `None`: the sender.
     owner: Option<Who>,
-    seq: u16,
+    seq: Seq,
     when: When,
     counter: u8,
     model: ModelSel,
@@ -316,7 +316,7 @@ struct Chg {
     origin: Option<Who>,
     /// The stamp's device differs from the origin.
     spoof_device: Option<Who>,
-    seq: u16,
+    seq: Seq,
     when: When,
     counter: u8,
     model: ModelSel,
@@ -335,14 +335,30 @@ struct Regs {
     fields: Vec<(u8, When, Who, Value)>,
 }
 
+/// A sequence number, head or bound: mostly small, sometimes at the top of the range.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Seq {
+    Small(u16),
+    /// `u64::MAX` minus a little.
+    Top(u8),
+    Raw(u64),
+}
+
+impl Seq {
+    fn get(self) -> u64 {
+        match self {
+            Seq::Small(s) => u64::from(s),
+            Seq::Top(d) => u64::MAX - u64::from(d),
+            Seq::Raw(r) => r,
+        }
+    }
+}
+
 /// Version-vector-like entries.
-type Entries = Vec<(Who, u16)>;
+type Entries = Vec<(Who, Seq)>;
 
 fn vv_of(entries: &Entries) -> VersionVector {
-    entries
-        .iter()
-        .map(|(w, s)| (w.id(), u64::from(*s)))
-        .collect()
+    entries.iter().map(|(w, s)| (w.id(), s.get())).collect()
 }
 
 /// A message, built to meet the replica's state: responses answer requests it really sent.
@@ -351,14 +367,14 @@ enum Msg {
     OwnedPush(Vec<Rec>),
     StateRequest {
         owner: Who,
-        since: u16,
+        since: Seq,
         limit: u32,
     },
     /// Answers the `pick`-th state request sent to this peer.
     StateResponse {
         pick: u8,
         bad_since: bool,
-        through: u16,
+        through: Seq,
         records: Vec<Rec>,
         has_more: bool,
     },
@@ -427,7 +443,7 @@ enum Cmd {
     RequestState {
         peer: Who,
         owner: Who,
-        since: Option<u16>,
+        since: Option<Seq>,
     },
     RequestShared {
         peer: Who,
@@ -890,7 +906,7 @@ impl Harness {
         let owner = r.owner.map_or(from, Who::id);
         OwnedRecord {
             owner,
-            seq: u64::from(r.seq),
+            seq: r.seq.get(),
             hlc: Hlc::new(r.when.at(self.now.wall_ms), u32::from(r.counter), owner),
             model: r.model.name(),
             uuid: r.key.uuid(),
@@ -903,7 +919,7 @@ impl Harness {
         let device = c.spoof_device.map_or(origin, Who::id);
         hybridsync_core::SharedChange {
             origin,
-            seq: u64::from(c.seq),
+            seq: c.seq.get(),
             hlc: Hlc::new(c.when.at(self.now.wall_ms), u32::from(c.counter), device),
             model: c.model.name(),
             record: c.key.uuid(),
@@ -956,9 +972,9 @@ impl Harness {
                 since,
                 limit,
             } => SyncMessage::StateRequest {
-                request_id: u64::from(since) ^ u64::from(limit),
+                request_id: u64::from(limit),
                 owner: owner.id(),
-                since: u64::from(since),
+                since: since.get(),
                 limit,
             },
             Msg::StateResponse {
@@ -993,7 +1009,7 @@ impl Harness {
                             rec.owner = owner;
                             rec.hlc.device = owner;
                         }
-                        rec.seq = since.saturating_add(u64::from(r.seq));
+                        rec.seq = since.saturating_add(r.seq.get());
                         rec
                     })
                     .collect();
@@ -1004,7 +1020,7 @@ impl Harness {
                     request_id,
                     owner,
                     since,
-                    through: last.saturating_add(u64::from(through)),
+                    through: last.saturating_add(through.get()),
                     records,
                     has_more,
                 }
@@ -1044,7 +1060,7 @@ impl Harness {
                 es.sort_by_key(|e| e.origin);
                 for e in &mut es {
                     let skip = u64::from(e.seq % 8 == 7);
-                    e.seq = next.get(e.origin) + 1 + skip;
+                    e.seq = next.get(e.origin).saturating_add(1 + skip);
                     next.set(e.origin, e.seq);
                 }
                 SyncMessage::SharedChangeResponse {
@@ -1059,7 +1075,7 @@ impl Harness {
                 vv: vv_of(&vv),
             },
             Msg::Heartbeat { heads, vv } => SyncMessage::Heartbeat {
-                heads: heads.iter().map(|(w, s)| (w.id(), u64::from(*s))).collect(),
+                heads: heads.iter().map(|(w, s)| (w.id(), s.get())).collect(),
                 vv: vv_of(&vv),
             },
             Msg::SnapshotRequest { after, limit } => SyncMessage::SharedSnapshotRequest {
@@ -1159,7 +1175,7 @@ impl Harness {
             Cmd::RequestState { peer, owner, since } => Command::RequestState {
                 peer: peer.id(),
                 owner: owner.id(),
-                since: since.map(u64::from),
+                since: since.map(Seq::get),
             },
             Cmd::RequestShared { peer, since } => Command::RequestSharedChanges {
                 peer: peer.id(),
