@@ -167,12 +167,12 @@ fn progress_task(
             multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let bar_style = ProgressStyle::with_template(
-            "  {prefix:<28} [{bar:30.cyan/blue}] {pos:>6}/{len:<6} {msg}",
+            "  {prefix:<20} [{bar:30.cyan/blue}] {pos:>6}/{len:<6} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         let count_style =
-            ProgressStyle::with_template("  {prefix:<28} {spinner} {pos:>6} entries {msg}")
+            ProgressStyle::with_template("  {prefix:<20} {spinner} {pos:>6} entries {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
         let label = |s: &Stream| match s {
