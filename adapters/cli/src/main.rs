@@ -7,6 +7,7 @@
 
 mod demo;
 mod node;
+mod sim;
 mod support;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Command {
     /// A long-running device with a persistent key and database, driven by line commands on
     /// stdin.
     Node(node::Args),
+    /// Deterministic simulation over a range of seeds (loss, duplication, reordering,
+    /// partitions, crashes, clock skew, membership changes); non-zero exit on any failure.
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => node::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
