@@ -18,12 +18,13 @@ fn calm_network_converges() {
     run_range(&SimConfig::calm(3, 200), 0..20);
 }
 
+/// A few hundred seeds with every fault on (`HYBRIDSYNC_SIM_SEEDS` overrides the count).
 #[test]
 fn all_faults_converge() {
     let n: u64 = std::env::var("HYBRIDSYNC_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(300);
     run_range(&SimConfig::all_faults(3, 300), 0..n);
 }
 
