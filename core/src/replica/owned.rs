@@ -177,6 +177,7 @@ impl Replica {
             return;
         }
         let well_formed = since == fetch.since
+            && records.len() <= self.config.page_records as usize
             && through >= since
             && (!has_more || through > since)
             && records.windows(2).all(|w| w[0].seq < w[1].seq)

@@ -222,7 +222,8 @@ impl Replica {
         let ordered = entries
             .windows(2)
             .all(|w| (w[0].origin, w[0].seq) < (w[1].origin, w[1].seq));
-        if !contiguous || !ordered || (has_more && entries.is_empty()) {
+        let oversized = entries.len() > self.config.page_records as usize;
+        if !contiguous || !ordered || oversized || (has_more && entries.is_empty()) {
             return self.misbehaved(from, Refusal::MalformedResponse);
         }
         let before = self.vv.clone();
@@ -334,7 +335,8 @@ impl Replica {
                 (Some(a), Some(first)) => first.key() > *a,
                 _ => true,
             };
-        if !ordered || (has_more && records.is_empty()) {
+        let oversized = records.len() > self.config.page_records as usize;
+        if !ordered || oversized || (has_more && records.is_empty()) {
             return self.misbehaved(from, Refusal::MalformedResponse);
         }
         let known = records

@@ -1029,3 +1029,51 @@ fn single_member_library_prunes_its_own_log_after_the_append() {
     assert!(net.node(a).store.state().log.is_empty());
     assert_eq!(net.node(a).replica.horizon().get(a), 2);
 }
+
+#[test]
+fn response_page_larger_than_requested_is_refused() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    net.cmd(
+        a,
+        Command::RequestState {
+            peer: b,
+            owner: b,
+            since: Some(0),
+        },
+    );
+    let rid = net
+        .node(a)
+        .sent
+        .iter()
+        .rev()
+        .find_map(|(_, m)| match m {
+            SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("request sent");
+    net.queue.clear();
+    let before = net.digest(a);
+    let records: Vec<OwnedRecord> = (1..=4)
+        .map(|s| rec(b, s, u128::from(s), Some(b"x")))
+        .collect();
+    net.inject(
+        b,
+        a,
+        SyncMessage::StateResponse {
+            request_id: rid,
+            owner: b,
+            since: 0,
+            through: 4,
+            records,
+            has_more: false,
+        },
+    );
+    assert_eq!(net.digest(a), before, "page of 4 when 3 were asked");
+    assert!(net
+        .node(a)
+        .disconnects
+        .contains(&(b, Refusal::MalformedResponse)));
+}
