@@ -39,3 +39,19 @@ fn same_seed_gives_same_trace() {
     }
     assert_ne!(run_seed(&cfg, 1).trace_hash, run_seed(&cfg, 2).trace_hash);
 }
+
+/// Without a membership change at the end (which makes every device ack again), a lost ack
+/// must still be repaired: the log is pruned by the next summary.
+#[test]
+fn lost_acks_are_repaired_without_new_writes() {
+    let mut cfg = SimConfig::all_faults(3, 300);
+    cfg.removal = false;
+    cfg.late_join = false;
+    cfg.loss = 0.15;
+    run_range(&cfg, 1000..1100);
+}
+
+#[test]
+fn larger_clusters_converge() {
+    run_range(&SimConfig::all_faults(5, 200), 2000..2030);
+}
