@@ -29,7 +29,7 @@
 //! # Record ids
 //!
 //! Insert speed depends on key order: time-ordered record ids (UUIDv7) append to the B-trees,
-//! random ones (UUIDv4) touch a random page per insert. Use UUIDv7 for record ids; [`bench`]
+//! random ones (UUIDv4) touch a random page per insert. Use UUIDv7 for record ids; [`bench`](mod@bench)
 //! measures both against a raw rusqlite baseline.
 #![forbid(unsafe_code)]
 

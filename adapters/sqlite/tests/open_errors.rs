@@ -1,0 +1,398 @@
+//! Opening databases: fresh files, migrations, and every typed refusal.
+
+use hybridsync_core::{
+    DeviceId, Hlc, ReadId, SharedChange, StorageCommand, StorageDone, VersionVector,
+};
+use hybridsync_sqlite::{SqliteError, SqliteStore, APPLICATION_ID, SCHEMA_VERSION};
+use rusqlite::Connection;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+const ME: DeviceId = DeviceId::from_u128(1);
+
+fn db_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("replica.db")
+}
+
+/// The main file and any WAL side files, to prove a refused open wrote nothing.
+fn snapshot_files(path: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|s| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(s);
+            (s.to_string(), std::fs::read(&p).ok())
+        })
+        .collect()
+}
+
+fn write_some_state(store: &mut SqliteStore) {
+    store
+        .execute(vec![
+            StorageCommand::SetWatermark { owner: ME, seq: 42 },
+            StorageCommand::SetHlc(Hlc::new(7, 1, ME)),
+        ])
+        .expect("writes");
+}
+
+#[test]
+fn fresh_file_gets_current_schema_version_and_application_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    drop(SqliteStore::open(&path).expect("opens"));
+    let conn = Connection::open(&path).expect("raw open");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("user_version");
+    let app: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .expect("application_id");
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(app, APPLICATION_ID);
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn reopening_keeps_state_and_does_not_migrate_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    let mut store = SqliteStore::open(&path).expect("opens");
+    write_some_state(&mut store);
+    drop(store);
+    let mut store = SqliteStore::open(&path).expect("reopens");
+    let restored = store.load_restored().expect("restores");
+    assert_eq!(restored.watermarks.get(&ME), Some(&42));
+    assert_eq!(restored.hlc, Hlc::new(7, 1, ME));
+    store.check_integrity().expect("sound");
+}
+
+#[test]
+fn garbage_file_is_refused_as_not_a_database_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(&path, &garbage).expect("write garbage");
+    let before = snapshot_files(&path);
+    let err = SqliteStore::open(&path).expect_err("garbage must be refused");
+    assert!(matches!(err, SqliteError::NotADatabase { .. }), "{err:?}");
+    assert_eq!(snapshot_files(&path), before, "a refused file was modified");
+}
+
+#[test]
+fn foreign_sqlite_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO photos VALUES (1, 'cat');")
+            .expect("foreign schema");
+    }
+    let before = snapshot_files(&path);
+    let err = SqliteStore::open(&path).expect_err("a foreign database must be refused");
+    assert!(
+        matches!(
+            err,
+            SqliteError::ForeignDatabase {
+                application_id: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(snapshot_files(&path), before, "a refused file was modified");
+}
+
+#[test]
+fn database_with_another_application_id_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.pragma_update(None, "application_id", 0x1234)
+            .expect("set id");
+    }
+    let err = SqliteStore::open(&path).expect_err("another application's file must be refused");
+    assert!(
+        matches!(
+            err,
+            SqliteError::ForeignDatabase {
+                application_id: 0x1234,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn newer_schema_version_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    let mut store = SqliteStore::open(&path).expect("opens");
+    write_some_state(&mut store);
+    drop(store);
+    {
+        let conn = Connection::open(&path).expect("raw open");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump version");
+    }
+    let before = snapshot_files(&path);
+    let err = SqliteStore::open(&path).expect_err("a newer schema must be refused");
+    match err {
+        SqliteError::NewerSchema {
+            found, supported, ..
+        } => {
+            assert_eq!(found, SCHEMA_VERSION + 1);
+            assert_eq!(supported, SCHEMA_VERSION);
+        }
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+    assert_eq!(snapshot_files(&path), before, "a refused file was modified");
+}
+
+#[test]
+fn damaged_database_is_refused_or_reported_corrupt_never_rewritten() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    let mut store = SqliteStore::open(&path).expect("opens");
+    write_some_state(&mut store);
+    drop(store);
+    // Overwrite the schema page after the 100-byte header: SQLite cannot parse the schema.
+    let mut bytes = std::fs::read(&path).expect("read");
+    for b in bytes.iter_mut().take(4096).skip(100) {
+        *b = 0xa5;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let before = snapshot_files(&path);
+    let err = SqliteStore::open(&path).expect_err("a damaged database must be refused");
+    assert!(
+        matches!(
+            err,
+            SqliteError::Corrupt { .. } | SqliteError::NotADatabase { .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        snapshot_files(&path)[0],
+        before[0],
+        "a refused file was modified"
+    );
+}
+
+#[test]
+fn damaged_data_page_fails_the_integrity_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    let mut store = SqliteStore::open(&path).expect("opens");
+    let records = (1..=2000u64)
+        .map(|seq| hybridsync_core::OwnedRecord {
+            owner: ME,
+            seq,
+            hlc: Hlc::new(seq, 0, ME),
+            model: "entry".into(),
+            uuid: uuid::Uuid::from_u128(u128::from(seq)),
+            data: Some(vec![seq as u8; 64]),
+        })
+        .collect();
+    store
+        .execute(vec![StorageCommand::PutOwned(records)])
+        .expect("writes");
+    drop(store);
+    let mut bytes = std::fs::read(&path).expect("read");
+    assert!(bytes.len() > 12 * 4096, "database too small for the test");
+    // Scribble over the middle of a few b-tree pages (keeping page 1 and the headers).
+    for page in [5usize, 8, 11] {
+        for b in &mut bytes[page * 4096 + 200..page * 4096 + 1200] {
+            *b ^= 0x5a;
+        }
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    match SqliteStore::open(&path) {
+        Ok(store) => {
+            let err = store
+                .check_integrity()
+                .expect_err("integrity check must fail");
+            assert!(matches!(err, SqliteError::Corrupt { .. }), "{err:?}");
+        }
+        Err(err) => assert!(
+            matches!(
+                err,
+                SqliteError::Corrupt { .. } | SqliteError::NotADatabase { .. }
+            ),
+            "{err:?}"
+        ),
+    }
+}
+
+#[test]
+fn read_only_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    drop(SqliteStore::open(&path).expect("opens"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let err = SqliteStore::open(&path).expect_err("a read-only file must be refused");
+    assert!(matches!(err, SqliteError::ReadOnly { .. }), "{err:?}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod back");
+    SqliteStore::open(&path).expect("opens once writable again");
+}
+
+#[test]
+fn read_only_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sub = dir.path().join("ro");
+    std::fs::create_dir(&sub).expect("mkdir");
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let err = SqliteStore::open(sub.join("replica.db"))
+        .expect_err("a database in a read-only directory must be refused");
+    assert!(matches!(err, SqliteError::ReadOnly { .. }), "{err:?}");
+    assert!(
+        !sub.join("replica.db").exists(),
+        "a refused open created the file"
+    );
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
+}
+
+#[test]
+fn missing_directory_is_an_io_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err =
+        SqliteStore::open(dir.path().join("nope").join("replica.db")).expect_err("no directory");
+    assert!(matches!(err, SqliteError::Io { .. }), "{err:?}");
+}
+
+#[test]
+fn damaged_register_row_fails_the_read_and_the_merge_but_not_the_store() {
+    let mut store = SqliteStore::open_in_memory().expect("opens");
+    let change = SharedChange {
+        origin: ME,
+        seq: 1,
+        hlc: Hlc::new(5, 0, ME),
+        model: "tag".into(),
+        record: uuid::Uuid::from_u128(9),
+        kind: hybridsync_core::ChangeKind::Insert,
+        fields: Default::default(),
+    };
+    store
+        .execute(vec![StorageCommand::AppendLog(vec![change.clone()])])
+        .expect("append");
+    store
+        .connection()
+        .execute("UPDATE shared SET registers = x'ffffffff'", [])
+        .expect("damage");
+    // A read of the damaged row fails only that read; the batch's writes still commit.
+    let done = store
+        .execute(vec![
+            StorageCommand::SetWatermark { owner: ME, seq: 3 },
+            StorageCommand::ReadSharedSnapshot {
+                id: ReadId(7),
+                after: None,
+                limit: 10,
+                max_bytes: usize::MAX,
+            },
+        ])
+        .expect("batch commits");
+    assert_eq!(done, vec![StorageDone::Failed { id: ReadId(7) }]);
+    assert_eq!(store.load_restored().expect("restores").watermarks[&ME], 3);
+    // A write that would merge into the damaged row fails the whole batch, which has no effect.
+    let mut later = change;
+    later.seq = 2;
+    later.hlc = Hlc::new(6, 0, ME);
+    let err = store
+        .execute(vec![
+            StorageCommand::SetWatermark { owner: ME, seq: 9 },
+            StorageCommand::AppendLog(vec![later]),
+        ])
+        .expect_err("merge into a damaged row must fail");
+    assert!(
+        matches!(
+            err,
+            SqliteError::CorruptRow {
+                table: "shared",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let restored = store.load_restored().expect("restores");
+    assert_eq!(
+        restored.watermarks[&ME], 3,
+        "a failed batch left a write behind"
+    );
+    assert_eq!(
+        restored.vv,
+        [(ME, 1)].into_iter().collect::<VersionVector>()
+    );
+}
+
+#[test]
+fn damaged_ack_row_fails_load_restored_with_a_typed_error() {
+    let mut store = SqliteStore::open_in_memory().expect("opens");
+    store
+        .connection()
+        .execute("INSERT INTO acks (member, vv) VALUES (x'00', x'ff')", [])
+        .expect("damage");
+    let err = store.load_restored().expect_err("damaged ack");
+    assert!(
+        matches!(err, SqliteError::CorruptRow { table: "acks", .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn wrongly_typed_column_is_a_corrupt_row_not_a_panic() {
+    let mut store = SqliteStore::open_in_memory().expect("opens");
+    store
+        .connection()
+        .execute(
+            "INSERT INTO watermarks (owner, seq) VALUES (?1, 'not a number')",
+            [ME.0.as_bytes()],
+        )
+        .expect("damage");
+    let err = store.load_restored().expect_err("damaged watermark");
+    assert!(matches!(err, SqliteError::CorruptRow { .. }), "{err:?}");
+}
+
+#[test]
+fn catch_up_reads_are_index_range_scans() {
+    let store = SqliteStore::open_in_memory().expect("opens");
+    let plan = |sql: &str| -> String {
+        let mut stmt = store
+            .connection()
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("plan rows");
+        rows.join(" | ")
+    };
+    let owned = plan(
+        "SELECT seq, hlc, model, uuid, data FROM owned
+         WHERE owner = x'01' AND seq >= 1 AND seq <= 9 ORDER BY seq LIMIT 10",
+    );
+    assert!(
+        owned.contains("USING INDEX owned_by_seq (owner=? AND seq>? AND seq<?)"),
+        "{owned}"
+    );
+    assert!(!owned.contains("TEMP B-TREE"), "{owned}");
+    let log =
+        plan("SELECT seq, entry FROM log WHERE origin = x'01' AND seq > 3 ORDER BY seq LIMIT 10");
+    assert!(
+        log.contains("USING PRIMARY KEY (origin=? AND seq>?)"),
+        "{log}"
+    );
+    assert!(!log.contains("TEMP B-TREE"), "{log}");
+    let snapshot = plan(
+        "SELECT model, uuid, registers FROM shared
+         WHERE (model, uuid) > ('tag', x'01') ORDER BY model, uuid LIMIT 10",
+    );
+    assert!(snapshot.contains("USING PRIMARY KEY"), "{snapshot}");
+    assert!(
+        !snapshot.contains("TEMP B-TREE") && !snapshot.contains("SCAN"),
+        "{snapshot}"
+    );
+}
