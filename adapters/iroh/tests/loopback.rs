@@ -74,9 +74,7 @@ async fn realtime_changes_propagate_both_ways() {
         assert_eq!(n.status().await.unwrap().connected.len(), 2);
     }
     for n in [na, nb, nc] {
-        let t = Instant::now();
         n.shutdown().await.unwrap();
-        println!("shutdown took {:?}", t.elapsed());
     }
 }
 
