@@ -131,6 +131,9 @@ struct Shared {
     sink: OnceLock<EventSink>,
     shutdown: watch::Sender<bool>,
     started: watch::Sender<bool>,
+    /// Held from a connection-state decision until its `PeerUp`/`PeerDown` is reported, so
+    /// the driver sees connection changes in the order they were decided.
+    peer_events: tokio::sync::Mutex<()>,
     next_conn: AtomicU64,
     rng: Mutex<u64>,
 }
@@ -205,6 +208,7 @@ impl IrohTransport {
                 sink: OnceLock::new(),
                 shutdown: watch::channel(false).0,
                 started: watch::channel(false).0,
+                peer_events: tokio::sync::Mutex::new(()),
                 next_conn: AtomicU64::new(1),
                 rng: Mutex::new(seed | 1),
             }),
@@ -296,6 +300,7 @@ impl Shared {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (rt_tx, rt_rx) = mpsc::channel(self.config.realtime_queue.max(1));
         let (bulk_tx, bulk_rx) = mpsc::channel(self.config.bulk_queue.max(1));
+        let order = self.peer_events.lock().await;
         let replaced = {
             let mut st = lock(&self.state);
             if self.is_shut_down() {
@@ -338,6 +343,7 @@ impl Shared {
         if sink.peer_up(device).await.is_err() {
             return None;
         }
+        drop(order);
         // Each side needs two streams; a peer opening more cannot make us buffer more frames.
         conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_INBOUND_STREAMS));
         let mut tasks = tokio::task::JoinSet::new();
@@ -351,6 +357,7 @@ impl Shared {
         ));
         let reason = conn.closed().await;
         tasks.abort_all();
+        let _order = self.peer_events.lock().await;
         let was_active = {
             let mut st = lock(&self.state);
             if st.conns.get(&device).is_some_and(|a| a.id == id) {
