@@ -151,7 +151,10 @@ struct Shared {
 /// - **Streams**: each side sends on two unidirectional streams: real-time messages
 ///   ([`SyncMessage::is_realtime`]) on a high-priority one, catch-up traffic on a low-priority
 ///   one, each fed by its own queue and writer task, so a large backfill never delays a
-///   real-time change. Every inbound stream has its own reader task.
+///   real-time change. Every inbound stream has its own reader task. A reply travels on the
+///   responder's own long-lived stream of the same connection (requests carry ids), so no
+///   reply depends on a stream the requester already finished; if the connection drops,
+///   `PeerDown` interrupts the request and anti-entropy asks again.
 /// - **Frames**: `u32` big-endian length + postcard, via core's `encode_frame` and
 ///   `FrameDecoder`; the length is checked against `max_frame` before reading the body. A bad
 ///   or oversized frame gets an `Error` message, the connection is closed and the peer cools
