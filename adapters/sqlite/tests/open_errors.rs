@@ -36,7 +36,7 @@ fn write_some_state(store: &mut SqliteStore) {
 }
 
 #[test]
-fn fresh_file_gets_current_schema_version_and_application_id() {
+fn fresh_file_gets_current_schema_version_application_id_wal_and_page_size() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_in(&dir);
     drop(SqliteStore::open(&path).expect("opens"));
@@ -50,9 +50,13 @@ fn fresh_file_gets_current_schema_version_and_application_id() {
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("journal_mode");
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .expect("page_size");
     assert_eq!(version, SCHEMA_VERSION);
     assert_eq!(app, APPLICATION_ID);
     assert_eq!(mode, "wal");
+    assert_eq!(page_size, 8192);
 }
 
 #[test]
@@ -202,10 +206,11 @@ fn damaged_data_page_fails_the_integrity_check() {
         .expect("writes");
     drop(store);
     let mut bytes = std::fs::read(&path).expect("read");
-    assert!(bytes.len() > 12 * 4096, "database too small for the test");
+    const PAGE: usize = 8192;
+    assert!(bytes.len() > 12 * PAGE, "database too small for the test");
     // Scribble over the middle of a few b-tree pages (keeping page 1 and the headers).
     for page in [5usize, 8, 11] {
-        for b in &mut bytes[page * 4096 + 200..page * 4096 + 1200] {
+        for b in &mut bytes[page * PAGE + 200..page * PAGE + 1200] {
             *b ^= 0x5a;
         }
     }
