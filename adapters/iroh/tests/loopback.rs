@@ -327,3 +327,48 @@ async fn realtime_change_is_not_stuck_behind_a_backfill() {
     na.shutdown().await.unwrap();
     nb.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_member_is_disconnected_and_its_writes_refused() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Dev::new(81, dir.path()).await;
+    let mut b = Dev::new(82, dir.path()).await;
+    let mut c = Dev::new(83, dir.path()).await;
+    let members = [a.id, b.id, c.id];
+    let na = start(&mut a, &[&b, &c], &members, None).await;
+    let nb = start(&mut b, &[&a, &c], &members, None).await;
+    let nc = start(&mut c, &[&a, &b], &members, None).await;
+    nc.put("entry", Uuid::from_u128(1), b"before".to_vec())
+        .await
+        .unwrap();
+    converged(&[&na, &nb, &nc], T).await;
+
+    na.remove_member(c.id).await.unwrap();
+    // The removal reaches B through the shared log; both drop C.
+    for n in [&na, &nb] {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let s = n.status().await.unwrap();
+            if !s.members.contains(&c.id) && !s.peers.contains(&c.id) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "C still a member/peer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let ab = converged(&[&na, &nb], T).await;
+    // C keeps writing; nothing of it reaches A or B any more.
+    nc.put("entry", Uuid::from_u128(2), b"after".to_vec())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(digest(&na).await, ab);
+    assert_eq!(digest(&nb).await, ab);
+    for n in [na, nb, nc] {
+        n.shutdown().await.unwrap();
+    }
+}
