@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{line}");
         }
         let passed = r.passed();
-        print_summary(&args, &[r.clone()], r.wall_ms as f64 / 1000.0);
+        print_summary(&args, std::slice::from_ref(&r), r.wall_ms as f64 / 1000.0);
         anyhow::ensure!(passed, "seed {} failed", args.seed);
         return Ok(());
     }

@@ -226,6 +226,14 @@ impl Replica {
         self.watermarks.get(&owner).copied().unwrap_or(0)
     }
 
+    /// Every non-zero watermark, in owner order (this device's own head included).
+    pub fn watermarks(&self) -> impl Iterator<Item = (DeviceId, u64)> + '_ {
+        self.watermarks
+            .iter()
+            .filter(|(_, s)| **s > 0)
+            .map(|(o, s)| (*o, *s))
+    }
+
     /// The shared version vector.
     pub fn version_vector(&self) -> &VersionVector {
         &self.vv

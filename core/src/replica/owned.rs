@@ -46,8 +46,8 @@ impl Replica {
             } else if r.seq > wm {
                 gap = gap.max(r.seq);
             }
-            self.observe_owned_stamp(r);
         }
+        self.observe_owned_stamps(&records);
         let fresh: Vec<OwnedRecord> = records.into_iter().filter(|r| r.seq > start).collect();
         if fresh.is_empty() {
             return;
@@ -86,6 +86,18 @@ impl Replica {
                 device: r.owner,
                 ahead_ms,
             });
+        }
+    }
+
+    /// Observes the stamps of `records` and persists the clock if it moved, so the clock
+    /// never goes back across a restart (causality survives crashes, not only own stamps).
+    fn observe_owned_stamps(&mut self, records: &[OwnedRecord]) {
+        let before = self.clock.last();
+        for r in records {
+            self.observe_owned_stamp(r);
+        }
+        if self.clock.last() > before {
+            self.store(StorageCommand::SetHlc(self.clock.last()));
         }
     }
 
@@ -208,9 +220,7 @@ impl Replica {
                 Ok(true) => {}
             }
         }
-        for r in &records {
-            self.observe_owned_stamp(r);
-        }
+        self.observe_owned_stamps(&records);
         let applied = records.len();
         if !records.is_empty() {
             self.store(StorageCommand::PutOwned(records));

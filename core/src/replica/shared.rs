@@ -239,12 +239,17 @@ impl Replica {
             }
             None => 0,
         };
+        let remaining: u64 = self.peers.get(&from).map_or(0, |p| {
+            p.vv.iter()
+                .map(|(o, s)| s.saturating_sub(self.vv.get(o)))
+                .fold(0u64, u64::saturating_add)
+        });
         self.event(Event::CatchUpProgress {
             peer: from,
             stream: Stream::SharedLog,
             applied: count,
             position: applied,
-            target: None,
+            target: Some(applied.saturating_add(remaining)),
         });
         if has_more && progressed {
             let since = self.vv.clone();

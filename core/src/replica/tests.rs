@@ -1077,3 +1077,19 @@ fn response_page_larger_than_requested_is_refused() {
         .disconnects
         .contains(&(b, Refusal::MalformedResponse)));
 }
+
+#[test]
+fn clock_observed_from_device_owned_changes_survives_restart() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    // b's stamp is a minute ahead of a's clock (within the drift bound).
+    let mut r = rec(b, 1, 1, Some(b"x"));
+    r.hlc = Hlc::new(net.now.wall_ms + 60_000, 3, b);
+    net.inject(b, a, SyncMessage::StateChange(r.clone()));
+    assert!(net.node(a).replica.hlc() > r.hlc);
+    let restored = net.node(a).store.restored();
+    let restarted = Replica::new(config(a), restored, net.now);
+    assert!(restarted.hlc() > r.hlc, "observed stamp persisted");
+}
