@@ -1226,7 +1226,9 @@ pub fn extreme_values_round_trip<B: StorageBackend>(backend: B) {
     r2.hlc = Hlc::ZERO;
     let r3 = owned(max_dev, "", 1, u64::MAX - 1, None);
     let r4 = owned(max_dev, "", 2, 1 << 63, Some(b"mid"));
-    let r5 = owned(max_dev, "", 3, (1 << 63) - 1, Some(b"mid-1"));
+    let mut r5 = owned(max_dev, "", 3, (1 << 63) - 1, Some(b"mid-1"));
+    // The stamp's device need not be the owner's (storage keeps what it is given).
+    r5.hlc = Hlc::new(3, 1, A);
     h.apply_one(StorageCommand::PutOwned(vec![r1, r2, r3, r4, r5]));
     let nested = Value::Map(BTreeMap::from([
         (
@@ -1463,10 +1465,15 @@ impl Generator {
             2 => Some(Vec::new()),
             _ => Some(vec![self.rng.below(256) as u8; self.rng.below(60) as usize]),
         };
+        let stamper = if self.rng.percent(10) {
+            self.any_device()
+        } else {
+            owner
+        };
         let r = OwnedRecord {
             owner,
             seq,
-            hlc: self.hlc(owner),
+            hlc: self.hlc(stamper),
             model: (*self.rng.pick(&OWNED_MODELS)).to_owned(),
             uuid: Uuid::from_u128(u128::from(self.rng.below(6))),
             data,

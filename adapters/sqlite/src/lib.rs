@@ -3,7 +3,8 @@
 //! [`SqliteStore`] implements the core's [`StorageBackend`](hybridsync_core::StorageBackend)
 //! contract on one SQLite file per replica (rusqlite with bundled SQLite):
 //!
-//! - WAL journal, `synchronous = NORMAL`, a 64 MiB page cache, cached prepared statements;
+//! - WAL journal, `synchronous = NORMAL`, 8 KiB pages, a 64 MiB page cache, cached prepared
+//!   statements;
 //! - one `IMMEDIATE` transaction per [`SqliteStore::execute`] batch (group commit): a batch
 //!   takes effect entirely or not at all, and is durable when `execute` returns;
 //! - the version lives on every row (`seq` and `hlc` on device-owned records, the register

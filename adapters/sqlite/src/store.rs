@@ -12,7 +12,7 @@ use hybridsync_core::{
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +76,7 @@ pub(crate) fn tune(conn: &Connection, fresh: bool, file: bool) -> rusqlite::Resu
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    ids: Ids,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -161,7 +162,11 @@ impl SqliteStore {
             }
         }
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = SqliteStore { conn, path };
+        let mut store = SqliteStore {
+            conn,
+            path,
+            ids: Ids::default(),
+        };
         if version < schema::SCHEMA_VERSION {
             let path = store.path.clone();
             let tx = store
@@ -220,14 +225,25 @@ impl SqliteStore {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
-        let path = &self.path;
-        let tx = self
-            .conn
+        let result = self.execute_batch(&commands);
+        if result.is_err() {
+            // The transaction rolled back: ids interned during it may not exist.
+            self.ids.clear();
+        }
+        result
+    }
+
+    fn execute_batch(
+        &mut self,
+        commands: &[StorageCommand],
+    ) -> Result<Vec<StorageDone>, SqliteError> {
+        let SqliteStore { conn, path, ids } = self;
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| SqliteError::from_sqlite(path, e))?;
         let mut done = Vec::new();
-        for cmd in &commands {
-            if let Some(d) = apply(&tx, cmd).map_err(|e| e.at(path))? {
+        for cmd in commands {
+            if let Some(d) = apply(&tx, ids, cmd).map_err(|e| e.at(path))? {
                 done.push(d);
             }
         }
@@ -252,12 +268,11 @@ impl SqliteStore {
     /// store holding the same records: every device-owned record (tombstones included) in key
     /// order, then every shared register set in key order.
     pub fn content_digest(&mut self) -> Result<u64, SqliteError> {
-        let path = &self.path;
-        let tx = self
-            .conn
+        let SqliteStore { conn, path, ids } = self;
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(|e| SqliteError::from_sqlite(path, e))?;
-        let digest = digest(&tx).map_err(|e| e.at(path))?;
+        let digest = digest(&tx, ids).map_err(|e| e.at(path))?;
         tx.commit().map_err(|e| SqliteError::from_sqlite(path, e))?;
         Ok(digest)
     }
@@ -365,9 +380,13 @@ impl From<SqliteError> for TxError {
 
 type TxResult<T> = Result<T, TxError>;
 
-fn apply(tx: &Transaction<'_>, cmd: &StorageCommand) -> TxResult<Option<StorageDone>> {
+fn apply(
+    tx: &Transaction<'_>,
+    ids: &mut Ids,
+    cmd: &StorageCommand,
+) -> TxResult<Option<StorageDone>> {
     match cmd {
-        StorageCommand::PutOwned(records) => put_owned(tx, records)?,
+        StorageCommand::PutOwned(records) => put_owned(tx, ids, records)?,
         StorageCommand::MergeShared(records) => {
             for r in records {
                 merge_shared(tx, r)?;
@@ -412,7 +431,7 @@ fn apply(tx: &Transaction<'_>, cmd: &StorageCommand) -> TxResult<Option<StorageD
             limit,
             max_bytes,
         } => {
-            let page = read_owned(tx, *owner, *after, *upto, *limit, *max_bytes);
+            let page = read_owned(tx, ids, *owner, *after, *upto, *limit, *max_bytes);
             return read_result(*id, page, |(records, more)| StorageDone::Owned {
                 id: *id,
                 records,
@@ -462,22 +481,50 @@ fn read_result<T>(
     }
 }
 
-fn put_owned(tx: &Transaction<'_>, records: &[OwnedRecord]) -> TxResult<()> {
+fn put_owned(tx: &Transaction<'_>, ids: &mut Ids, records: &[OwnedRecord]) -> TxResult<()> {
     // The conditional upsert is `supersedes` in SQL: a version replaces the stored one only if
     // its seq is higher (tombstones included). The conformance suite holds the two together.
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO owned (owner, model, uuid, seq, hlc, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO owned (owner, model, uuid, seq, hlc_ms, hlc_counter, hlc_device, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (owner, model, uuid) DO UPDATE
-         SET seq = excluded.seq, hlc = excluded.hlc, data = excluded.data
+         SET seq = excluded.seq, hlc_ms = excluded.hlc_ms, hlc_counter = excluded.hlc_counter,
+             hlc_device = excluded.hlc_device, data = excluded.data
          WHERE excluded.seq > owned.seq",
     )?;
+    // Batches are usually one owner's records of a few models: skip the hashing for repeats.
+    let mut last_owner: Option<(DeviceId, i64)> = None;
+    let mut last_model: Option<(&str, i64)> = None;
     for r in records {
+        let owner = match last_owner {
+            Some((d, id)) if d == r.owner => id,
+            _ => {
+                let id = ids.intern_device(tx, r.owner)?;
+                last_owner = Some((r.owner, id));
+                id
+            }
+        };
+        let model = match last_model {
+            Some((m, id)) if m == r.model => id,
+            _ => {
+                let id = ids.intern_model(tx, &r.model)?;
+                last_model = Some((&r.model, id));
+                id
+            }
+        };
+        let hlc_device = if r.hlc.device == r.owner {
+            owner
+        } else {
+            ids.intern_device(tx, r.hlc.device)?
+        };
         stmt.execute(params![
-            r.owner.0.as_bytes(),
-            r.model,
+            owner,
+            model,
             r.uuid.as_bytes(),
             enc_u64(r.seq),
-            &enc_hlc(&r.hlc)[..],
+            enc_u64(r.hlc.time_ms),
+            r.hlc.counter,
+            hlc_device,
             r.data.as_deref(),
         ])?;
     }
@@ -564,6 +611,125 @@ fn raise(tx: &Transaction<'_>, table: VvTable, origin: DeviceId, seq: u64) -> Tx
     Ok(())
 }
 
+/// The small integer ids `owned` stores instead of device ids and model names, cached.
+///
+/// Ids are created inside the batch's transaction; if the batch fails, the cache is cleared
+/// (the rows it points to were rolled back).
+#[derive(Default)]
+struct Ids {
+    device_ids: HashMap<DeviceId, i64>,
+    devices: HashMap<i64, DeviceId>,
+    model_ids: HashMap<String, i64>,
+    models: HashMap<i64, String>,
+}
+
+impl Ids {
+    fn clear(&mut self) {
+        *self = Ids::default();
+    }
+
+    /// The id of `device`, if it has one.
+    fn device_id(&mut self, tx: &Transaction<'_>, device: DeviceId) -> TxResult<Option<i64>> {
+        if let Some(id) = self.device_ids.get(&device) {
+            return Ok(Some(*id));
+        }
+        let id: Option<i64> = tx
+            .prepare_cached("SELECT id FROM devices WHERE device = ?1")?
+            .query_row(params![device.0.as_bytes()], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = id {
+            self.device_ids.insert(device, id);
+            self.devices.insert(id, device);
+        }
+        Ok(id)
+    }
+
+    /// The id of `device`, created if needed.
+    fn intern_device(&mut self, tx: &Transaction<'_>, device: DeviceId) -> TxResult<i64> {
+        if let Some(id) = self.device_id(tx, device)? {
+            return Ok(id);
+        }
+        tx.prepare_cached("INSERT INTO devices (device) VALUES (?1)")?
+            .execute(params![device.0.as_bytes()])?;
+        let id = tx.last_insert_rowid();
+        self.device_ids.insert(device, id);
+        self.devices.insert(id, device);
+        Ok(id)
+    }
+
+    /// The id of `model`, created if needed.
+    fn intern_model(&mut self, tx: &Transaction<'_>, model: &str) -> TxResult<i64> {
+        if let Some(id) = self.model_ids.get(model) {
+            return Ok(*id);
+        }
+        let found: Option<i64> = tx
+            .prepare_cached("SELECT id FROM models WHERE name = ?1")?
+            .query_row(params![model], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                tx.prepare_cached("INSERT INTO models (name) VALUES (?1)")?
+                    .execute(params![model])?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.model_ids.insert(model.to_owned(), id);
+        self.models.insert(id, model.to_owned());
+        Ok(id)
+    }
+
+    /// The device an id stands for; a dangling id is a damaged row.
+    fn device(&mut self, tx: &Transaction<'_>, id: i64) -> TxResult<DeviceId> {
+        if let Some(d) = self.devices.get(&id) {
+            return Ok(*d);
+        }
+        let bytes: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT device FROM devices WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        let Some(bytes) = bytes else {
+            return Err(SqliteError::row("owned", format!("unknown device id {id}")).into());
+        };
+        let device = DeviceId(dec_uuid("devices", &bytes)?);
+        self.device_ids.insert(device, id);
+        self.devices.insert(id, device);
+        Ok(device)
+    }
+
+    /// The model name an id stands for; a dangling id is a damaged row.
+    fn model(&mut self, tx: &Transaction<'_>, id: i64) -> TxResult<String> {
+        if let Some(m) = self.models.get(&id) {
+            return Ok(m.clone());
+        }
+        let name: Option<String> = tx
+            .prepare_cached("SELECT name FROM models WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        let Some(name) = name else {
+            return Err(SqliteError::row("owned", format!("unknown model id {id}")).into());
+        };
+        self.model_ids.insert(name.clone(), id);
+        self.models.insert(id, name.clone());
+        Ok(name)
+    }
+}
+
+/// `(id, value)` rows of an id table, values decoded by `decode`.
+fn id_table<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    decode: impl Fn(&[u8]) -> Result<T, SqliteError>,
+) -> TxResult<Vec<(i64, T)>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push((row.get(0)?, decode(blob(row, 1, "devices")?)?));
+    }
+    Ok(out)
+}
+
 /// Fills a page exactly as the reference does: at most `limit` items (0 counts as 1) and,
 /// past the first, at most `max_bytes` of budget size; `more` when an item was left out.
 struct Pager<T> {
@@ -603,6 +769,7 @@ impl<T> Pager<T> {
 
 fn read_owned(
     tx: &Transaction<'_>,
+    ids: &mut Ids,
     owner: DeviceId,
     after: u64,
     upto: u64,
@@ -613,27 +780,29 @@ fn read_owned(
     // `after.saturating_add(1)` as the reference does (so `after == u64::MAX` still reads a
     // record at `u64::MAX`).
     let lo = after.saturating_add(1);
+    let Some(owner_id) = ids.device_id(tx, owner)? else {
+        return Ok((Vec::new(), false));
+    };
     if lo > upto {
         return Ok((Vec::new(), false));
     }
     let mut stmt = tx.prepare_cached(
-        "SELECT seq, hlc, model, uuid, data FROM owned
+        "SELECT seq, hlc_ms, hlc_counter, hlc_device, model, uuid, data FROM owned
          WHERE owner = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
     )?;
-    let mut rows = stmt.query(params![
-        owner.0.as_bytes(),
-        enc_u64(lo),
-        enc_u64(upto),
-        pager.fetch()
-    ])?;
+    let mut rows = stmt.query(params![owner_id, enc_u64(lo), enc_u64(upto), pager.fetch()])?;
     while let Some(row) = rows.next()? {
         let record = OwnedRecord {
             owner,
             seq: dec_u64(row.get(0)?),
-            hlc: dec_hlc("owned", blob(row, 1, "owned")?)?,
-            model: row.get(2)?,
-            uuid: dec_uuid("owned", blob(row, 3, "owned")?)?,
-            data: row.get(4)?,
+            hlc: Hlc::new(
+                dec_u64(row.get(1)?),
+                row.get(2)?,
+                ids.device(tx, row.get(3)?)?,
+            ),
+            model: ids.model(tx, row.get(4)?)?,
+            uuid: dec_uuid("owned", blob(row, 5, "owned")?)?,
+            data: row.get(6)?,
         };
         let size = record.budget_size();
         if !pager.offer(record, size) {
@@ -807,23 +976,40 @@ fn seq_table(
     Ok(out)
 }
 
-fn digest(tx: &Transaction<'_>) -> TxResult<u64> {
+fn digest(tx: &Transaction<'_>, ids: &mut Ids) -> TxResult<u64> {
     let mut h = Fnv64::default();
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT owner, seq, hlc, model, uuid, data FROM owned ORDER BY owner, model, uuid",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let record = OwnedRecord {
-                owner: DeviceId(dec_uuid("owned", blob(row, 0, "owned")?)?),
-                seq: dec_u64(row.get(1)?),
-                hlc: dec_hlc("owned", blob(row, 2, "owned")?)?,
-                model: row.get(3)?,
-                uuid: dec_uuid("owned", blob(row, 4, "owned")?)?,
-                data: row.get(5)?,
-            };
-            h.write(&postcard::to_stdvec(&record).map_err(|e| SqliteError::row("owned", e))?);
+    // The reference order is (owner, model, uuid) by value; `owned` is keyed by interned ids,
+    // so walk owners and models in value order and each (owner, model) range by uuid.
+    let devices = id_table(tx, "SELECT id, device FROM devices ORDER BY device", |b| {
+        dec_uuid("devices", b).map(DeviceId)
+    })?;
+    let models: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare_cached("SELECT id, name FROM models ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, hlc_ms, hlc_counter, hlc_device, uuid, data FROM owned
+         WHERE owner = ?1 AND model = ?2 ORDER BY uuid",
+    )?;
+    for (owner_id, owner) in &devices {
+        for (model_id, model) in &models {
+            let mut rows = stmt.query(params![owner_id, model_id])?;
+            while let Some(row) = rows.next()? {
+                let record = OwnedRecord {
+                    owner: *owner,
+                    seq: dec_u64(row.get(0)?),
+                    hlc: Hlc::new(
+                        dec_u64(row.get(1)?),
+                        row.get(2)?,
+                        ids.device(tx, row.get(3)?)?,
+                    ),
+                    model: model.clone(),
+                    uuid: dec_uuid("owned", blob(row, 4, "owned")?)?,
+                    data: row.get(5)?,
+                };
+                h.write(&postcard::to_stdvec(&record).map_err(|e| SqliteError::row("owned", e))?);
+            }
         }
     }
     h.write(b"|shared|");

@@ -207,10 +207,10 @@ fn damaged_data_page_fails_the_integrity_check() {
     drop(store);
     let mut bytes = std::fs::read(&path).expect("read");
     const PAGE: usize = 8192;
-    assert!(bytes.len() > 12 * PAGE, "database too small for the test");
-    // Scribble over the middle of a few b-tree pages (keeping page 1 and the headers).
-    for page in [5usize, 8, 11] {
-        for b in &mut bytes[page * PAGE + 200..page * PAGE + 1200] {
+    assert!(bytes.len() > 8 * PAGE, "database too small for the test");
+    // Scribble over the b-tree page headers of every page but the first (the schema).
+    for page in 1..bytes.len() / PAGE {
+        for b in &mut bytes[page * PAGE..page * PAGE + 12] {
             *b ^= 0x5a;
         }
     }
@@ -376,8 +376,8 @@ fn catch_up_reads_are_index_range_scans() {
         rows.join(" | ")
     };
     let owned = plan(
-        "SELECT seq, hlc, model, uuid, data FROM owned
-         WHERE owner = x'01' AND seq >= 1 AND seq <= 9 ORDER BY seq LIMIT 10",
+        "SELECT seq, hlc_ms, hlc_counter, hlc_device, model, uuid, data FROM owned
+         WHERE owner = 1 AND seq >= 1 AND seq <= 9 ORDER BY seq LIMIT 10",
     );
     assert!(
         owned.contains("USING INDEX owned_by_seq (owner=? AND seq>? AND seq<?)"),
@@ -399,5 +399,116 @@ fn catch_up_reads_are_index_range_scans() {
     assert!(
         !snapshot.contains("TEMP B-TREE") && !snapshot.contains("SCAN"),
         "{snapshot}"
+    );
+}
+
+#[test]
+fn failed_batch_does_not_leave_stale_interned_ids_behind() {
+    let mut store = SqliteStore::open_in_memory().expect("opens");
+    let seed = SharedChange {
+        origin: ME,
+        seq: 1,
+        hlc: Hlc::new(5, 0, ME),
+        model: "tag".into(),
+        record: uuid::Uuid::from_u128(9),
+        kind: hybridsync_core::ChangeKind::Insert,
+        fields: Default::default(),
+    };
+    store
+        .execute(vec![StorageCommand::AppendLog(vec![seed.clone()])])
+        .expect("append");
+    store
+        .connection()
+        .execute("UPDATE shared SET registers = x'ffffffff'", [])
+        .expect("damage");
+    let stranger = DeviceId::from_u128(0x5742);
+    let record = |seq| hybridsync_core::OwnedRecord {
+        owner: stranger,
+        seq,
+        hlc: Hlc::new(seq, 0, DeviceId::from_u128(0x77)),
+        model: "brand-new-model".into(),
+        uuid: uuid::Uuid::from_u128(1),
+        data: Some(vec![1, 2, 3]),
+    };
+    // This batch interns the stranger, the HLC device and the model, then fails: rolled back.
+    let mut later = seed;
+    later.seq = 2;
+    store
+        .execute(vec![
+            StorageCommand::PutOwned(vec![record(1)]),
+            StorageCommand::AppendLog(vec![later]),
+        ])
+        .expect_err("merge into a damaged row fails the batch");
+    // The same ids are needed again: they must be created again, not taken from a stale cache.
+    let done = store
+        .execute(vec![
+            StorageCommand::PutOwned(vec![record(2)]),
+            StorageCommand::ReadOwned {
+                id: ReadId(1),
+                owner: stranger,
+                after: 0,
+                upto: u64::MAX,
+                limit: 10,
+                max_bytes: usize::MAX,
+            },
+        ])
+        .expect("batch commits");
+    assert_eq!(
+        done,
+        vec![StorageDone::Owned {
+            id: ReadId(1),
+            records: vec![record(2)],
+            more: false
+        }]
+    );
+    let devices: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM devices", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(devices, 2, "stranger and HLC device, once each");
+}
+
+#[test]
+fn reopened_store_maps_interned_ids_back_to_devices_and_models() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_in(&dir);
+    let record = |owner: u128, model: &str, seq| hybridsync_core::OwnedRecord {
+        owner: DeviceId::from_u128(owner),
+        seq,
+        hlc: Hlc::new(seq, 3, DeviceId::from_u128(owner + 100)),
+        model: model.into(),
+        uuid: uuid::Uuid::from_u128(u128::from(seq)),
+        data: None,
+    };
+    let written = vec![
+        record(1, "entry", 1),
+        record(2, "location", 1),
+        record(1, "volume", 2),
+    ];
+    let mut store = SqliteStore::open(&path).expect("opens");
+    store
+        .execute(vec![StorageCommand::PutOwned(written.clone())])
+        .expect("writes");
+    let digest = store.content_digest().expect("digest");
+    drop(store);
+    let mut store = SqliteStore::open(&path).expect("reopens");
+    assert_eq!(store.content_digest().expect("digest"), digest);
+    let done = store
+        .execute(vec![StorageCommand::ReadOwned {
+            id: ReadId(1),
+            owner: DeviceId::from_u128(1),
+            after: 0,
+            upto: u64::MAX,
+            limit: 10,
+            max_bytes: usize::MAX,
+        }])
+        .expect("reads");
+    assert_eq!(
+        done,
+        vec![StorageDone::Owned {
+            id: ReadId(1),
+            records: vec![written[0].clone(), written[2].clone()],
+            more: false
+        }]
     );
 }
