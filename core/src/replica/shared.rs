@@ -107,13 +107,18 @@ impl Replica {
                 by: c.origin,
             });
         }
+        let stored = !merged.is_empty() || !logged.is_empty();
         if !merged.is_empty() {
             self.store(StorageCommand::MergeShared(merged));
         }
         if !logged.is_empty() {
             self.store(StorageCommand::AppendLog(logged));
-            self.store(StorageCommand::SetHlc(self.clock.last()));
             self.schedule_ack();
+        }
+        // The clock adopted the stamps of what was stored: persist it with them, or after a
+        // restart a local edit could be stamped below a register it overwrites (and lose).
+        if stored {
+            self.store(StorageCommand::SetHlc(self.clock.last()));
         }
         Ok(gap)
     }
