@@ -589,13 +589,31 @@ impl World {
 
     fn join(&mut self) {
         let joiner = self.devs.len() - 1;
+        if self.devs[joiner].started {
+            return;
+        }
         let members: Vec<usize> = (0..self.cfg.peers).filter(|d| self.alive(*d)).collect();
         let Some(&sponsor) = self.rng.pick(&members) else {
+            // Every member is down: try again once one is back.
+            self.at(SECOND, Ev::Join);
             return;
         };
         let id = self.devs[joiner].id;
-        self.count("joins");
         self.command(sponsor, Command::AddMember(id));
+        // A sponsor that crashes in the middle of the command may lose the change before it
+        // is durable: then the device is not a member and must not start as one. Retry later.
+        let durable = self.devs[sponsor]
+            .store
+            .restored()
+            .members
+            .iter()
+            .any(|r| r.uuid == id.0 && hybridsync_core::storage::is_member_record(r));
+        if !durable {
+            self.count("joins_lost_to_crash");
+            self.at(SECOND, Ev::Join);
+            return;
+        }
+        self.count("joins");
         let all: Vec<DeviceId> = self.devs.iter().map(|d| d.id).collect();
         self.start(joiner, Restored::bootstrap(all));
     }
