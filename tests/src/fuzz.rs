@@ -507,12 +507,16 @@ struct Harness {
     horizon: VersionVector,
     /// The last stamp and sequence numbers the replica issued for its own writes.
     issued: Hlc,
+    /// The highest stamp in any shared register or log entry written to storage.
+    stored_shared: Hlc,
     own_owned_seq: u64,
     own_shared_seq: u64,
     /// Bound on outputs per step (linear in the input size).
     output_budget: usize,
     input_len: usize,
     steps: usize,
+    /// Print every step (`HYBRIDSYNC_FUZZ_TRACE=1`, for replaying a finding).
+    trace: bool,
 }
 
 /// `engine_inputs`: one [`Replica`] (members: itself, A and B; a stranger is not a member)
@@ -528,7 +532,8 @@ struct Harness {
 /// - the HLC, every watermark, the version vector and the pruned horizon never decrease, and
 ///   the horizon never exceeds the version vector;
 /// - the durable store agrees with the engine (version vector, horizon, watermarks) and its
-///   HLC high-water mark covers every stamp the replica issued;
+///   HLC high-water mark covers every stamp the replica issued and every shared stamp it
+///   stored, so a restart resumes above both;
 /// - `pending_reads() <= connected peers × max_pending_reads_per_peer`; connected peers are
 ///   members and never the replica itself;
 /// - no `Send` to itself or to a non-member, and nothing sent to a peer after disconnecting
@@ -581,11 +586,13 @@ impl Harness {
             vv: VersionVector::new(),
             horizon: VersionVector::new(),
             issued: Hlc::ZERO,
+            stored_shared: Hlc::ZERO,
             own_owned_seq: 0,
             own_shared_seq: 0,
             output_budget: 256 + 64 * input_len,
             input_len,
             steps: 0,
+            trace: std::env::var_os("HYBRIDSYNC_FUZZ_TRACE").is_some(),
         };
         h.drain(false);
         h.check("start");
@@ -599,6 +606,9 @@ impl Harness {
     fn step(&mut self, step: Step) {
         self.steps += 1;
         let label = format!("step {}: {step:?}", self.steps);
+        if self.trace {
+            eprintln!("{label}");
+        }
         let mut command = None;
         match step {
             Step::Advance(ms) => {
@@ -661,13 +671,18 @@ impl Harness {
                 self.replica = Replica::new(self.config.clone(), restored, self.now);
                 self.pending.clear();
                 self.requests.clear();
-                // Restart resumes from the durable state, which covers every issued stamp.
+                // The clock resumes from the durable high-water mark: it covers every stamp
+                // issued and every shared stamp stored (checked after every step), so the next
+                // local write beats everything this replica has shown. Stamps only observed on
+                // device-owned records (ordered by seq, not by stamp) need not survive.
                 assert!(
-                    self.replica.hlc() >= self.issued,
-                    "{label}: restarted HLC {:?} below an issued stamp {:?}",
+                    self.replica.hlc() >= self.issued.max(self.stored_shared),
+                    "{label}: restarted HLC {:?} below an issued stamp {:?} or a stored one {:?}",
                     self.replica.hlc(),
-                    self.issued
+                    self.issued,
+                    self.stored_shared
                 );
+                self.hlc = self.replica.hlc();
             }
         }
         let outputs = self.drain(command.is_some());
@@ -735,7 +750,15 @@ impl Harness {
                     self.issued = r.hlc;
                 }
             }
+            StorageCommand::MergeShared(records) => {
+                for r in records {
+                    self.stored_shared = self.stored_shared.max(r.max_hlc());
+                }
+            }
             StorageCommand::AppendLog(entries) => {
+                for e in entries {
+                    self.stored_shared = self.stored_shared.max(e.hlc);
+                }
                 for e in entries.iter().filter(|e| e.origin == me && local_command) {
                     assert!(e.seq > self.own_shared_seq, "own shared seq reused: {e:?}");
                     assert!(e.hlc > self.issued, "own stamp not increasing: {e:?}");
@@ -848,6 +871,14 @@ impl Harness {
             "{label}: stored HLC {:?} below an issued stamp {:?}",
             state.hlc,
             self.issued
+        );
+        // A restart must not issue stamps below what a record already shows (a local edit
+        // after the restart would lose to an older remote one).
+        assert!(
+            state.hlc >= self.stored_shared,
+            "{label}: stored HLC {:?} below a stored shared stamp {:?}",
+            state.hlc,
+            self.stored_shared
         );
         let peers: Vec<DeviceId> = r.peers().collect();
         assert!(!peers.contains(&self.me()), "{label}: connected to itself");
