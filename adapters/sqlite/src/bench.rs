@@ -4,7 +4,7 @@
 //!
 //! Both sides write the same rows — device-owned records of one owner, with time-ordered
 //! (UUIDv7-like) or random (UUIDv4-like) ids from a deterministic generator — into tables of
-//! the same shape (the `owned` table, its `(owner, seq)` index and the `devices` / `models` id
+//! the same shape (the `owned` table, its record-key index and the `devices` / `models` id
 //! tables), with the same pragmas, in the same batch size:
 //!
 //! - **store**: one `execute(vec![PutOwned(batch), SetWatermark { .. }])` per batch, as the

@@ -4,7 +4,7 @@
 //!
 //! | table | key | holds |
 //! | --- | --- | --- |
-//! | `owned` | `(owner, model, uuid)` | device-owned records: `seq`, the HLC (`hlc_ms`, `hlc_counter`, `hlc_device`), `data` (`NULL` = tombstone), `deleted` (generated) |
+//! | `owned` | `(owner, model, uuid)` (unique index `owned_by_key`) | device-owned records: `seq`, the HLC (`hlc_ms`, `hlc_counter`, `hlc_device`), `data` (`NULL` = tombstone), `deleted` (generated); stored in `(owner, seq)` order |
 //! | `devices` | `id` | small integer ids of the device ids used in `owned` (`device`, unique) |
 //! | `models` | `id` | small integer ids of the model names used in `owned` (`name`, unique) |
 //! | `shared` | `(model, uuid)` | shared records: `registers` (postcard [`SharedRecord`](hybridsync_core::SharedRecord)), `hlc` (highest stamp in any register) |
@@ -15,9 +15,19 @@
 //! | `acks` | `member` | each member's latest cumulative ack (postcard [`VersionVector`](hybridsync_core::VersionVector)) |
 //! | `hlc` | `id = 0` | the HLC high-water mark |
 //!
-//! Indexes that make catch-up a range scan: `owned_by_seq (owner, seq)` for device-owned records
-//! and the primary key `(origin, seq)` of `log`. The member set is the built-in member model's
-//! records in `shared` (it replicates like any shared model), so it has no table of its own.
+//! Catch-up is a range scan: `owned` is clustered by its primary key `(owner, seq, model, uuid)`
+//! (a `WITHOUT ROWID` table), so "an owner's records after seq n" reads consecutive pages, and
+//! the log by its primary key `(origin, seq)`. The record key `(owner, model, uuid)` is a
+//! unique secondary index, used by the conditional upsert. Clustering by seq rather than by
+//! record id also means inserts always append to the big tree, whatever the id order: with
+//! random (UUIDv4) ids only the small key index takes random writes. Measured here for 1M
+//! records against clustering by record id: the same insert cost with UUIDv7 ids, ~2x the
+//! inserts with UUIDv4 ids, and catch-up reads ~3x (UUIDv7) to ~60x (UUIDv4) faster. (`seq`
+//! is in the key only as a prefix: two records of one owner never share a seq, but a malformed
+//! peer's would still both be stored rather than fail a batch.)
+//!
+//! The member set is the built-in member model's records in `shared` (it replicates like any
+//! shared model), so it has no table of its own.
 //!
 //! `owned` is the bulk table (a library holds millions of device-owned records, and catch-up
 //! inserts them by the thousand), so its owner, model and HLC device are small integers from
@@ -70,9 +80,9 @@ CREATE TABLE owned (
     hlc_device  INTEGER NOT NULL,
     data        BLOB,
     deleted     INTEGER GENERATED ALWAYS AS (data IS NULL) VIRTUAL,
-    PRIMARY KEY (owner, model, uuid)
+    PRIMARY KEY (owner, seq, model, uuid)
 ) WITHOUT ROWID;
-CREATE INDEX owned_by_seq ON owned (owner, seq);
+CREATE UNIQUE INDEX owned_by_key ON owned (owner, model, uuid);
 "
     };
 }

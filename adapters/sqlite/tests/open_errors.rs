@@ -380,10 +380,19 @@ fn catch_up_reads_are_index_range_scans() {
          WHERE owner = 1 AND seq >= 1 AND seq <= 9 ORDER BY seq LIMIT 10",
     );
     assert!(
-        owned.contains("USING INDEX owned_by_seq (owner=? AND seq>? AND seq<?)"),
+        owned.contains("USING PRIMARY KEY (owner=? AND seq>? AND seq<?)"),
         "{owned}"
     );
     assert!(!owned.contains("TEMP B-TREE"), "{owned}");
+    let by_key = plan(
+        "SELECT seq, hlc_ms, hlc_counter, hlc_device, uuid, data FROM owned
+         WHERE owner = 1 AND model = 1 ORDER BY uuid",
+    );
+    assert!(
+        by_key.contains("USING INDEX owned_by_key (owner=? AND model=?)"),
+        "{by_key}"
+    );
+    assert!(!by_key.contains("TEMP B-TREE"), "{by_key}");
     let log =
         plan("SELECT seq, entry FROM log WHERE origin = x'01' AND seq > 3 ORDER BY seq LIMIT 10");
     assert!(
