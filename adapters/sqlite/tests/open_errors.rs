@@ -521,3 +521,20 @@ fn reopened_store_maps_interned_ids_back_to_devices_and_models() {
         }]
     );
 }
+
+#[test]
+fn full_sync_can_be_chosen_and_reverted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = SqliteStore::open(db_in(&dir)).expect("opens");
+    let level = |s: &SqliteStore| -> i64 {
+        s.connection()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("synchronous")
+    };
+    assert_eq!(level(&store), 1, "NORMAL by default");
+    store.set_full_sync(true).expect("FULL");
+    assert_eq!(level(&store), 2);
+    write_some_state(&mut store);
+    store.set_full_sync(false).expect("NORMAL");
+    assert_eq!(level(&store), 1);
+}
