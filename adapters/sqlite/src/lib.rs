@@ -6,7 +6,8 @@
 //! - WAL journal, `synchronous = NORMAL`, 8 KiB pages, a 64 MiB page cache, cached prepared
 //!   statements;
 //! - one `IMMEDIATE` transaction per [`SqliteStore::execute`] batch (group commit): a batch
-//!   takes effect entirely or not at all, and is durable when `execute` returns;
+//!   takes effect entirely or not at all, and survives a process crash once `execute` returns
+//!   (power loss: see [`SqliteStore`]'s durability notes and [`SqliteStore::set_full_sync`]);
 //! - the version lives on every row (`seq` and `hlc` on device-owned records, the register
 //!   stamps on shared records), so merges are idempotent and independent of the prunable log;
 //! - the merge rules are the core's: [`hybridsync_core::owned::supersedes`] (mirrored by the SQL

@@ -59,13 +59,15 @@ pub(crate) fn tune(conn: &Connection, fresh: bool, file: bool) -> rusqlite::Resu
 ///
 /// # Durability
 ///
-/// With WAL and `synchronous = NORMAL`, a batch whose `execute` returned `Ok` survives the
-/// process being killed at any point (the WAL is written before the commit returns). After a
-/// power loss or OS crash the last few committed batches may roll back, consistently (never
-/// half a batch). The `hybridsync` engine tolerates that: it never advertised those writes as
-/// acked to peers it could not reach again, and anti-entropy pulls whatever is missing. Use
-/// [`SqliteStore::set_full_sync`] where power-loss durability of every batch matters more
-/// than write throughput.
+/// With WAL and `synchronous = NORMAL` (the default), a batch whose `execute` returned `Ok`
+/// survives the process being killed at any point: the WAL frames are written before the
+/// commit returns (the crash test kills a writer with SIGKILL mid-stream). It does **not**
+/// survive an OS crash or power loss for certain: the last committed batches may roll back
+/// (consistently, never half a batch), because the WAL is only fsynced at checkpoints. The
+/// storage contract's "durable before any later send" then does not hold for those batches:
+/// peers may already hold acks, or the device's own changes, that the device no longer has
+/// (its own sequence head would move back). Call [`SqliteStore::set_full_sync`] (`synchronous
+/// = FULL`, one fsync per batch) where that matters more than write throughput.
 ///
 /// # Reads and damaged rows
 ///
