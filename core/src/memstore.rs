@@ -8,7 +8,7 @@ use crate::shared::{SharedChange, SharedKey, SharedRecord};
 use crate::storage::{empty_record, Restored, StorageCommand, StorageDone};
 use crate::version_vector::VersionVector;
 use crate::MEMBER_MODEL;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 /// The complete stored state of one replica.
@@ -17,7 +17,8 @@ pub struct MemState {
     /// Device-owned records by `(owner, model, uuid)`.
     pub owned: BTreeMap<OwnedKey, OwnedRecord>,
     /// Index for catch-up: `(owner, seq)` to key.
-    owned_by_seq: BTreeMap<(DeviceId, u64), OwnedKey>,
+    /// (A hostile owner may reuse a seq for two records: both stay indexed and readable.)
+    owned_by_seq: BTreeSet<(DeviceId, u64, OwnedKey)>,
     /// Shared records (registers) by `(model, uuid)`.
     pub shared: BTreeMap<SharedKey, SharedRecord>,
     /// The shared log by `(origin, seq)`.
@@ -92,16 +93,14 @@ impl MemState {
                 limit,
                 max_bytes,
             } => {
-                let lo = (owner, after.saturating_add(1));
-                let hi = (owner, upto);
-                let rows = if lo <= hi {
-                    Some(
+                let rows = match after.checked_add(1) {
+                    Some(lo) if lo <= upto => Some(
                         self.owned_by_seq
-                            .range(lo..=hi)
-                            .filter_map(|(_, k)| self.owned.get(k)),
-                    )
-                } else {
-                    None
+                            .range((owner, lo, min_key())..)
+                            .take_while(move |(o, s, _)| *o == owner && *s <= upto)
+                            .filter_map(|(_, _, k)| self.owned.get(k)),
+                    ),
+                    _ => None,
                 };
                 let (records, more) = page(
                     rows.into_iter().flatten(),
@@ -147,9 +146,9 @@ impl MemState {
         let existing = self.owned.get(&key);
         if supersedes(&r, existing) {
             if let Some(old) = existing {
-                self.owned_by_seq.remove(&(old.owner, old.seq));
+                self.owned_by_seq.remove(&(old.owner, old.seq, key.clone()));
             }
-            self.owned_by_seq.insert((r.owner, r.seq), key.clone());
+            self.owned_by_seq.insert((r.owner, r.seq, key.clone()));
             self.owned.insert(key, r);
         }
     }
@@ -192,6 +191,11 @@ impl MemState {
         }
         h.finish()
     }
+}
+
+/// The smallest record key (a range start).
+fn min_key() -> OwnedKey {
+    (DeviceId::NIL, String::new(), uuid::Uuid::nil())
 }
 
 /// Takes rows into a page of at most `limit` rows and `max_bytes` (the first row always fits);
@@ -299,5 +303,35 @@ mod tests {
         assert_eq!(s.restored().watermarks.get(&d), Some(&9));
         s.crash();
         assert_eq!(s.restored().watermarks.get(&d), Some(&3));
+    }
+
+    #[test]
+    fn two_records_claiming_one_seq_both_stay_readable() {
+        let o = DeviceId::from_u128(1);
+        let rec = |u: u128| OwnedRecord {
+            owner: o,
+            seq: 7,
+            hlc: Hlc::new(1, 0, o),
+            model: "entry".into(),
+            uuid: uuid::Uuid::from_u128(u),
+            data: Some(vec![1]),
+        };
+        let mut s = MemState::default();
+        s.execute(StorageCommand::PutOwned(vec![rec(1), rec(2)]));
+        let read = s.execute(StorageCommand::ReadOwned {
+            id: crate::ReadId(1),
+            owner: o,
+            after: 0,
+            upto: 10,
+            limit: 10,
+            max_bytes: 1 << 20,
+        });
+        match read {
+            Some(StorageDone::Owned { records, more }) => {
+                assert_eq!(records.len(), 2);
+                assert!(!more);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

@@ -47,11 +47,11 @@ impl Replica {
                 gap = gap.max(r.seq);
             }
         }
-        self.observe_owned_stamps(&records);
         let fresh: Vec<OwnedRecord> = records.into_iter().filter(|r| r.seq > start).collect();
         if fresh.is_empty() {
             return;
         }
+        self.observe_owned_stamps(&fresh);
         for r in &fresh {
             self.event(Event::RecordChanged {
                 model: r.model.clone(),
