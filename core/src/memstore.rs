@@ -327,7 +327,7 @@ mod tests {
             max_bytes: 1 << 20,
         });
         match read {
-            Some(StorageDone::Owned { records, more }) => {
+            Some(StorageDone::Owned { records, more, .. }) => {
                 assert_eq!(records.len(), 2);
                 assert!(!more);
             }
