@@ -23,15 +23,23 @@ enum Accepted {
     Refused,
 }
 
+/// Why a change shows that its sender misbehaved, if it does.
+fn misbehaviour(c: &SharedChange) -> Option<Refusal> {
+    if c.origin != c.hlc.device {
+        Some(Refusal::OriginMismatch)
+    } else if c.seq == 0 {
+        Some(Refusal::MalformedResponse)
+    } else {
+        None
+    }
+}
+
 impl Replica {
     /// Checks, stamps and applies one incoming change (storage commands are batched by the
     /// caller). `Err` means the sender misbehaved.
     fn accept_shared(&mut self, from: DeviceId, c: SharedChange) -> Result<Accepted, Refusal> {
-        if c.origin != c.hlc.device {
-            return Err(Refusal::OriginMismatch);
-        }
-        if c.seq == 0 {
-            return Err(Refusal::MalformedResponse);
+        if let Some(reason) = misbehaviour(&c) {
+            return Err(reason);
         }
         if self.config.models.kind(&c.model) != Some(ModelKind::Shared) {
             self.event(Event::ChangeRefused {
@@ -75,6 +83,11 @@ impl Replica {
         from: DeviceId,
         changes: Vec<SharedChange>,
     ) -> Result<bool, Refusal> {
+        // Refuse the whole message before applying any of it: a refusal halfway through left
+        // the version vector (and member set) ahead of what was stored.
+        if let Some(reason) = changes.iter().find_map(misbehaviour) {
+            return Err(reason);
+        }
         let mut logged = Vec::new();
         let mut merged = Vec::new();
         let mut blocked: Vec<DeviceId> = Vec::new();
