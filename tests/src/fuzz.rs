@@ -477,6 +477,20 @@ enum Step {
     Restart,
 }
 
+/// Names a step in failure messages (formatted only on failure: fuzzing stays fast).
+#[derive(Clone, Copy)]
+struct Label(usize);
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "step {} (HYBRIDSYNC_FUZZ_TRACE=1 prints every step)",
+            self.0
+        )
+    }
+}
+
 /// The fuzzed configuration knobs.
 #[derive(Arbitrary, Debug)]
 struct Knobs {
@@ -595,7 +609,7 @@ impl Harness {
             trace: std::env::var_os("HYBRIDSYNC_FUZZ_TRACE").is_some(),
         };
         h.drain(false);
-        h.check("start");
+        h.check(Label(0));
         h
     }
 
@@ -605,9 +619,9 @@ impl Harness {
 
     fn step(&mut self, step: Step) {
         self.steps += 1;
-        let label = format!("step {}: {step:?}", self.steps);
+        let label = Label(self.steps);
         if self.trace {
-            eprintln!("{label}");
+            eprintln!("{label}: {step:?}");
         }
         let mut command = None;
         match step {
@@ -660,8 +674,8 @@ impl Harness {
                 while let Some(done) = self.pending.pop() {
                     self.input(Input::Storage(done));
                     let outputs = self.drain(false);
-                    self.check_outputs(&outputs, None, &label);
-                    self.check(&label);
+                    self.check_outputs(&outputs, None, label);
+                    self.check(label);
                 }
             }
             Step::FakeCompletion(done) => self.input(Input::Storage(done)),
@@ -686,8 +700,8 @@ impl Harness {
             }
         }
         let outputs = self.drain(command.is_some());
-        self.check_outputs(&outputs, command, &label);
-        self.check(&label);
+        self.check_outputs(&outputs, command, label);
+        self.check(label);
     }
 
     fn input(&mut self, input: Input) {
@@ -771,7 +785,7 @@ impl Harness {
     }
 
     /// Checks the outputs of one step.
-    fn check_outputs(&self, outputs: &[Output], command: Option<(CommandId, bool)>, label: &str) {
+    fn check_outputs(&self, outputs: &[Output], command: Option<(CommandId, bool)>, label: Label) {
         let me = self.me();
         let mut disconnected = BTreeSet::new();
         for out in outputs {
@@ -815,7 +829,7 @@ impl Harness {
     }
 
     /// The invariants that hold between steps.
-    fn check(&mut self, label: &str) {
+    fn check(&mut self, label: Label) {
         let r = &self.replica;
         let hlc = r.hlc();
         assert!(

@@ -11,6 +11,7 @@
 //! | `wire_decode/deeply-nested-value-overflows-stack` | stack overflow decoding nested values | `core/src/value.rs` |
 //! | `sim_scenario/lost-ack-pins-log-until-next-write` | a lost ack pinned the log forever | `core/src/replica/mod.rs` |
 //! | `engine_inputs/out-of-order-shared-change-stamp-not-persisted` | clock not persisted with merged changes | `core/src/replica/shared.rs` |
+//! | `engine_inputs/refused-page-leaves-version-vector-ahead-of-storage` | partial apply of a refused page | `core/src/replica/shared.rs` |
 //! | `sim_scenario/late-join-sponsor-crashes-mid-command` | simulator started a joiner whose addition was lost | `tests/src/world.rs` |
 //! | `engine_inputs/restart-after-observing-an-owned-stamp` | harness invariant too strong across restarts | `tests/src/fuzz.rs` |
 
@@ -245,4 +246,50 @@ fn local_edit_after_a_restart_beats_an_out_of_order_change_it_had_stored() {
         .and_then(|rec| rec.visible())
         .expect("visible");
     assert_eq!(record.get("name"), Some(&Value::from("local")));
+}
+
+/// `engine_inputs` finding: a log page (or pushed batch) whose *later* change broke a rule
+/// (origin differing from its stamp's device) was refused only when the loop reached it: the
+/// earlier changes had already advanced the in-memory version vector, but their storage
+/// writes were never emitted. The replica then advertised (and acked) changes it did not have,
+/// so peers could prune them. Now the whole message is checked before anything is applied.
+#[test]
+fn batch_with_one_spoofed_change_applies_none_of_it() {
+    let (me, b, c) = (device(0), device(1), device(2));
+    let now = Now::new(Instant::ZERO, 1_750_000_000_000);
+    let mut store = MemStore::new();
+    let config = Config::new(me, ModelRegistry::spacedrive());
+    let mut r = Replica::new(config, Restored::bootstrap([me, b, c]), now);
+    r.handle(now, Input::PeerUp { peer: b });
+    drain(&mut r, &mut store, now);
+    let change = |seq: u64, stamp_device| SharedChange {
+        origin: b,
+        seq,
+        hlc: Hlc::new(now.wall_ms, 0, stamp_device),
+        model: "tag".into(),
+        record: uuid::Uuid::from_u128(seq.into()),
+        kind: ChangeKind::Insert,
+        fields: Default::default(),
+    };
+    let before = store.state().content_digest();
+    r.handle(
+        now,
+        Input::Message {
+            from: b,
+            msg: SyncMessage::SharedChangeBatch(vec![change(1, b), change(2, c)]),
+        },
+    );
+    let mut refused = false;
+    while let Some(o) = r.poll_output() {
+        match o {
+            Output::Disconnect { peer, reason } => {
+                refused |= peer == b && reason == hybridsync_core::Refusal::OriginMismatch;
+            }
+            Output::Storage(cmd) => assert!(cmd.read_id().is_some(), "wrote {cmd:?}"),
+            _ => {}
+        }
+    }
+    assert!(refused);
+    assert_eq!(r.version_vector().get(b), 0, "nothing of the batch counted");
+    assert_eq!(store.state().content_digest(), before);
 }
