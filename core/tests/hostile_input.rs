@@ -1006,3 +1006,96 @@ fn local_value_nested_past_the_wire_limit_fails_with_a_typed_error() {
     assert!(failed(&outs, 2).is_none());
     assert!(events(&outs).contains(&&Event::CommandDone(hybridsync_core::CommandId(2))));
 }
+
+// ------------------------------------------------------------------ pages that remove their sender
+
+fn member_removal(of: DeviceId, seq: u64) -> SharedChange {
+    SharedChange {
+        origin: of,
+        seq,
+        hlc: Hlc::new(T0, 0, of),
+        model: hybridsync_core::MEMBER_MODEL.into(),
+        record: of.0,
+        kind: ChangeKind::Delete,
+        fields: BTreeMap::new(),
+    }
+}
+
+/// Outputs after the first disconnect of `peer`.
+fn after_disconnect(outs: &[Output], peer: DeviceId) -> Vec<&Output> {
+    outs.iter()
+        .skip_while(|o| !matches!(o, Output::Disconnect { peer: p, .. } if *p == peer))
+        .collect()
+}
+
+#[test]
+fn log_page_removing_its_sender_ends_the_fetch_without_asking_it_for_more() {
+    let mut n = Node::connected(B);
+    let outs = n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: BTreeMap::new(),
+            vv: [(B, 3)].into_iter().collect(),
+        },
+    );
+    let request_id = sent_to(&outs, B)
+        .into_iter()
+        .find_map(|m| match m {
+            SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("log requested");
+    let outs = n.from(
+        B,
+        SyncMessage::SharedChangeResponse {
+            request_id,
+            entries: vec![member_removal(B, 1)],
+            has_more: true,
+            truncated: false,
+        },
+    );
+    assert!(
+        !n.replica.is_member(B),
+        "the removal is applied (it is a valid change)"
+    );
+    assert_eq!(disconnects(&outs), [(B, Refusal::NotMember)]);
+    let late: Vec<&Output> = after_disconnect(&outs, B)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Send { to, .. } if *to == B))
+        .collect();
+    assert!(late.is_empty(), "sent to a removed member: {late:?}");
+    assert!(!n.replica.is_fetching());
+    // What was applied is durable and counted.
+    assert_eq!(n.store.state().vv.get(B), 1);
+    assert_eq!(n.replica.version_vector().get(B), 1);
+}
+
+#[test]
+fn snapshot_page_removing_its_sender_is_stored_but_its_claim_is_not_adopted() {
+    let mut n = Node::connected(B);
+    let request_id = snapshot_requested(&mut n);
+    let outs = n.from(
+        B,
+        SyncMessage::SharedSnapshotResponse {
+            request_id,
+            vv: [(B, 5)].into_iter().collect(),
+            records: vec![member_removal(B, 1).to_record()],
+            has_more: true,
+        },
+    );
+    assert!(!n.replica.is_member(B));
+    assert_eq!(disconnects(&outs), [(B, Refusal::NotMember)]);
+    let late: Vec<&Output> = after_disconnect(&outs, B)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Send { to, .. } if *to == B))
+        .collect();
+    assert!(late.is_empty(), "sent to a removed member: {late:?}");
+    assert!(!n.replica.is_member(B));
+    assert!(!n
+        .store
+        .restored()
+        .members
+        .iter()
+        .any(|r| r.uuid == B.0 && hybridsync_core::storage::is_member_record(r)));
+    assert_eq!(n.replica.version_vector().get(B), 0, "claim not adopted");
+}

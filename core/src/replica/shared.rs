@@ -249,6 +249,9 @@ impl Replica {
         if let Err(reason) = self.apply_shared(from, entries) {
             return self.misbehaved(from, reason);
         }
+        if !self.current_shared_fetch(from, request_id) {
+            return; // the page removed its sender from the library: the fetch ended with it
+        }
         let progressed = self.vv != before;
         let applied = match self.shared_fetch.as_mut() {
             Some(f) => {
@@ -398,6 +401,9 @@ impl Replica {
         if !records.is_empty() {
             self.store(StorageCommand::SetHlc(self.clock.last()));
             self.store(StorageCommand::MergeShared(records));
+        }
+        if !self.current_shared_fetch(from, request_id) {
+            return; // the page removed its sender from the library: its claim is not adopted
         }
         self.event(Event::CatchUpProgress {
             peer: from,
