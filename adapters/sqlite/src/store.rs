@@ -779,9 +779,10 @@ fn read_owned(
     max_bytes: usize,
 ) -> TxResult<(Vec<OwnedRecord>, bool)> {
     let mut pager = Pager::new(limit, max_bytes);
-    // `after.saturating_add(1)` as the reference does (so `after == u64::MAX` still reads a
-    // record at `u64::MAX`).
-    let lo = after.saturating_add(1);
+    // The lower bound is exclusive, as in the reference: nothing lies above `u64::MAX`.
+    let Some(lo) = after.checked_add(1) else {
+        return Ok((Vec::new(), false));
+    };
     let Some(owner_id) = ids.device_id(tx, owner)? else {
         return Ok((Vec::new(), false));
     };
