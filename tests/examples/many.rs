@@ -29,6 +29,9 @@ fn main() {
             bad += 1;
             println!("seed {seed}: {:?}", r.failures);
         }
+        if (seed + 1 - from) % 5000 == 0 {
+            println!("progress: {} seeds, {bad} failed", seed + 1 - from);
+        }
     }
     println!(
         "{} seeds, {bad} failed, {:.1} s",
