@@ -1,22 +1,21 @@
-//! A small seeded PRNG (SplitMix64): the simulator's only source of randomness.
+//! The simulator's only source of randomness: core's seeded SplitMix64 with the helpers fault
+//! injection needs.
 
-/// SplitMix64: fast, seedable, good enough for fault injection.
+use hybridsync_core::conformance::SplitMix64;
+
+/// A seeded generator: the same seed gives the same run.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+        Rng(SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`).
