@@ -9,9 +9,14 @@
 //! the engine keeps running and the commands of later steps accumulate into the next batch
 //! (group commit across steps). When a batch is durable, the actions deferred behind it are
 //! performed in emission order, then its read completions are fed back as
-//! [`Input::Storage`]. An action with no un-committed write before it is performed at once.
-//! So a `Send` is never performed before every write emitted before it is durable, and a
-//! command's completion (`CommandDone`) is reported only once its writes are durable.
+//! [`Input::Storage`], then the messages (sends, disconnects) emitted while it was in flight
+//! but before any newer storage command (they wait for no other write), then the next batch
+//! starts. An action with no un-committed write before it is performed at once. So a `Send`
+//! is never performed before every write emitted before it is durable, and a message the
+//! engine emits *before* the writes of its step (the next catch-up request, ahead of storing
+//! a page) goes out while those writes commit. Events always wait for the writes of the step
+//! that emitted them: a command's completion (`CommandDone`) or a `RecordChanged` is reported
+//! only once the write is durable.
 
 use crate::node::{NodeError, Progress, Status};
 use crate::storage::{BatchResult, Job};
@@ -99,6 +104,9 @@ pub(crate) struct Driver<S> {
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) in_flight: Option<Vec<Action>>,
     pub(crate) queued_commands: Vec<StorageCommand>,
+    /// Sends and disconnects emitted after the batch in flight but before any queued command.
+    pub(crate) ready_actions: Vec<Action>,
+    /// Actions emitted after a queued command: they go with the next batch.
     pub(crate) queued_actions: Vec<Action>,
     pub(crate) up: BTreeSet<DeviceId>,
     pub(crate) pending: BTreeMap<CommandId, Pending>,
@@ -146,6 +154,7 @@ impl<S: Send + 'static> Driver<S> {
         }
         let result = match failure {
             Some(e) => {
+                self.ready_actions.clear();
                 self.queued_actions.clear();
                 self.queued_commands.clear();
                 let _ = self.finish().await;
@@ -199,22 +208,36 @@ impl<S: Send + 'static> Driver<S> {
 
     fn collect(&mut self) {
         while let Some(out) = self.replica.poll_output() {
-            match out {
-                Output::Storage(cmd) => self.queued_commands.push(cmd),
-                Output::Send { to, msg } => self.queued_actions.push(Action::Send { to, msg }),
-                Output::Disconnect { peer, reason } => self
-                    .queued_actions
-                    .push(Action::Disconnect { peer, reason }),
-                Output::Event(e) => self.queued_actions.push(Action::Event(e)),
+            let action = match out {
+                Output::Storage(cmd) => {
+                    self.queued_commands.push(cmd);
+                    continue;
+                }
+                Output::Send { to, msg } => Action::Send { to, msg },
+                Output::Disconnect { peer, reason } => Action::Disconnect { peer, reason },
+                Output::Event(e) => Action::Event(e),
+            };
+            // A message emitted before any queued command waits only for the batch in
+            // flight, not for the next one. Events always wait for the writes of their step
+            // (the engine reports a change before it emits its write), so the application
+            // hears of nothing that is not durable yet.
+            let message = matches!(action, Action::Send { .. } | Action::Disconnect { .. });
+            if message && self.queued_commands.is_empty() {
+                self.ready_actions.push(action);
+            } else {
+                self.queued_actions.push(action);
             }
         }
     }
 
-    /// Starts the next batch, or performs the queued actions if nothing is pending before them.
+    /// Performs the actions that wait for nothing but the batch in flight, then starts the
+    /// next batch (or performs the queued actions if no command is pending before them).
     fn flush(&mut self) {
         if self.in_flight.is_some() {
             return;
         }
+        let ready = std::mem::take(&mut self.ready_actions);
+        self.perform(ready);
         let actions = std::mem::take(&mut self.queued_actions);
         if self.queued_commands.is_empty() {
             self.perform(actions);

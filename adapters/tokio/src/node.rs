@@ -173,6 +173,7 @@ impl NodeBuilder {
             events: events.clone(),
             in_flight: None,
             queued_commands: Vec::new(),
+            ready_actions: Vec::new(),
             queued_actions: Vec::new(),
             up: BTreeSet::new(),
             pending: BTreeMap::new(),
