@@ -220,6 +220,29 @@ impl Replica {
                 Ok(true) => {}
             }
         }
+        if has_more {
+            // Ask for the next page *before* any write of this one (stamps, records,
+            // watermark): the request depends on none of them being durable (it acknowledges
+            // nothing and carries no stamp), so the driver sends it at once and the responder
+            // reads the next page while this one commits (pipelining).
+            let request_id = self.next_request_id();
+            let deadline = self.deadline();
+            if let Some(f) = self.owned_fetches.get_mut(&owner) {
+                f.request_id = request_id;
+                f.since = through;
+                f.deadline = deadline;
+            }
+            let limit = self.config.page_records;
+            self.send(
+                from,
+                SyncMessage::StateRequest {
+                    request_id,
+                    owner,
+                    since: through,
+                    limit,
+                },
+            );
+        }
         self.observe_owned_stamps(&records);
         let applied = records.len();
         if !records.is_empty() {
@@ -244,25 +267,7 @@ impl Replica {
             position: self.watermark(owner),
             target,
         });
-        if has_more {
-            let request_id = self.next_request_id();
-            let deadline = self.deadline();
-            if let Some(f) = self.owned_fetches.get_mut(&owner) {
-                f.request_id = request_id;
-                f.since = through;
-                f.deadline = deadline;
-            }
-            let limit = self.config.page_records;
-            self.send(
-                from,
-                SyncMessage::StateRequest {
-                    request_id,
-                    owner,
-                    since: through,
-                    limit,
-                },
-            );
-        } else {
+        if !has_more {
             if let Some(f) = self.owned_fetches.remove(&owner) {
                 if let Some(id) = f.command {
                     self.event(Event::CommandDone(id));

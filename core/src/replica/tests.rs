@@ -1093,3 +1093,89 @@ fn clock_observed_from_device_owned_changes_survives_restart() {
     let restarted = Replica::new(config(a), restored, net.now);
     assert!(restarted.hlc() > r.hlc, "observed stamp persisted");
 }
+
+#[test]
+fn next_catch_up_request_goes_out_before_the_page_is_stored() {
+    // Pipelining: the request for the next page does not depend on this page being durable,
+    // so it is emitted ahead of the page's writes and a driver can send it while they commit.
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    net.cmd(
+        a,
+        Command::RequestState {
+            peer: b,
+            owner: b,
+            since: Some(0),
+        },
+    );
+    let rid = net
+        .node(a)
+        .sent
+        .iter()
+        .rev()
+        .find_map(|(_, m)| match m {
+            SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
+            _ => None,
+        })
+        .expect("request sent");
+    net.queue.clear();
+    let now = net.now;
+    let node = net.nodes.get_mut(&a).expect("node a");
+    // Stamps a little ahead of a's clock: a persists the clock it observed, after the request.
+    let records: Vec<OwnedRecord> = (1..=3)
+        .map(|s| {
+            let mut r = rec(b, s, u128::from(s), Some(b"x"));
+            r.hlc = Hlc::new(now.wall_ms + 1_000, 0, b);
+            r
+        })
+        .collect();
+    node.replica.handle(
+        now,
+        Input::Message {
+            from: b,
+            msg: SyncMessage::StateResponse {
+                request_id: rid,
+                owner: b,
+                since: 0,
+                through: 3,
+                records,
+                has_more: true,
+            },
+        },
+    );
+    let outputs: Vec<Output> = std::iter::from_fn(|| node.replica.poll_output()).collect();
+    let request = outputs.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                msg: SyncMessage::StateRequest { since: 3, .. },
+                ..
+            }
+        )
+    });
+    let put = outputs
+        .iter()
+        .position(|o| matches!(o, Output::Storage(StorageCommand::PutOwned(_))));
+    let first_write = outputs.iter().position(|o| matches!(o, Output::Storage(_)));
+    let watermark = outputs.iter().position(|o| {
+        matches!(
+            o,
+            Output::Storage(StorageCommand::SetWatermark { seq: 3, .. })
+        )
+    });
+    assert!(
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Storage(StorageCommand::SetHlc(_)))),
+        "{outputs:?}"
+    );
+    assert!(
+        matches!(
+            (request, first_write, put, watermark),
+            (Some(r), Some(f), Some(p), Some(w)) if r < f && f <= p && p < w
+        ),
+        "{outputs:?}"
+    );
+}
