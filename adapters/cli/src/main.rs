@@ -5,6 +5,7 @@
 //! `main`. Each subcommand builds its own runtime (if it needs one).
 #![forbid(unsafe_code)]
 
+mod bench;
 mod demo;
 mod node;
 mod sim;
@@ -33,6 +34,9 @@ enum Command {
     /// Deterministic simulation over a range of seeds (loss, duplication, reordering,
     /// partitions, crashes, clock skew, membership changes); non-zero exit on any failure.
     Sim(sim::Args),
+    /// Benchmarks against baselines measured in the same run: engine apply throughput, wire
+    /// size, initial sync over iroh + SQLite, reconnect cost, change latency.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Node(args) => node::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,179 @@
+//! Latency of one change: `put` on device A until `RecordChanged` on device B, over iroh on
+//! 127.0.0.1 with SQLite files on both sides (both nodes in this process), one change at a
+//! time.
+
+use super::child::{config, identity};
+use super::median;
+use super::sync::remove_db;
+use crate::support::Store;
+use anyhow::{bail, Context};
+use hybridsync_core::{DeviceId, Event};
+use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport};
+use hybridsync_sim::bench::{entry_payload, v7_like};
+use hybridsync_tokio::Node;
+use iroh::EndpointAddr;
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Changes sent before timing starts.
+const WARMUP: usize = 50;
+
+/// Latency figures, milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyFigures {
+    /// Changes timed.
+    pub samples: usize,
+    /// Median put-to-event latency.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Median time for `put` to resolve on A (durable there, handed to the transport).
+    pub put_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub put_p99_ms: f64,
+    /// Mean time the threads of this process (both nodes) spent runnable but waiting for a CPU
+    /// during one of the slowest 1% of changes (`/proc/self/task/*/schedstat`), ms: when it is
+    /// close to their latency, the tail is the machine's load, not the code path.
+    pub tail_run_queue_wait_ms: f64,
+    /// The same over all changes.
+    pub mean_run_queue_wait_ms: f64,
+}
+
+/// Nanoseconds the threads of this process have spent waiting on a run queue (the second field
+/// of each `/proc/self/task/*/schedstat`), summed.
+fn run_queue_wait_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Starts a node for key seed `key` on `db`, knowing `peer` at `peer_addr`.
+async fn start(
+    db: &Path,
+    key: u8,
+    peer_key: u8,
+) -> anyhow::Result<(
+    Node<Store>,
+    broadcast::Receiver<Event>,
+    DeviceRegistry,
+    EndpointAddr,
+)> {
+    let (secret, me) = identity(key);
+    let (_, peer) = identity(peer_key);
+    let endpoint = offline_endpoint(secret.clone(), "127.0.0.1:0".parse()?).await?;
+    let addr = *endpoint
+        .addr()
+        .ip_addrs()
+        .next()
+        .context("endpoint has no address")?;
+    let registry = DeviceRegistry::new();
+    let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
+    transport.spawn_router();
+    remove_db(db);
+    let builder = Node::builder(config(me))
+        .bootstrap_members([me, peer])
+        .event_capacity(1 << 14);
+    let events = builder.subscribe();
+    let node = builder.start(Store::open(db)?, transport).await?;
+    Ok((
+        node,
+        events,
+        registry,
+        EndpointAddr::new(secret.public()).with_ip_addr(addr),
+    ))
+}
+
+/// Times `samples` changes from A to B (after a warm-up), one at a time.
+pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
+    let (a_key, b_key) = (21u8, 22u8);
+    let (_, a_id) = identity(a_key);
+    let (_, b_id) = identity(b_key);
+    let (a, _a_events, a_registry, a_addr) = start(&dir.join("latency-a.db"), a_key, b_key).await?;
+    let (b, mut b_events, b_registry, b_addr) =
+        start(&dir.join("latency-b.db"), b_key, a_key).await?;
+    a_registry.insert(b_id, b_addr);
+    b_registry.insert(a_id, a_addr);
+    wait_peer(&a, b_id).await?;
+    wait_peer(&b, a_id).await?;
+
+    let mut latencies = Vec::with_capacity(samples);
+    let mut puts = Vec::with_capacity(samples);
+    for i in 0..(WARMUP + samples) as u64 {
+        let uuid = v7_like(i);
+        let data = entry_payload(i).0;
+        let waited = run_queue_wait_ns();
+        let t = Instant::now();
+        a.put("entry", uuid, data).await?;
+        let put = t.elapsed();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, b_events.recv()).await {
+                Ok(Ok(Event::RecordChanged { uuid: u, by, .. })) if u == uuid && by == a_id => {
+                    break
+                }
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => bail!("B stopped"),
+                Err(_) => bail!("change {i} did not reach B within 10 s"),
+            }
+        }
+        let total = t.elapsed();
+        let waited = run_queue_wait_ns().saturating_sub(waited);
+        if i as usize >= WARMUP {
+            latencies.push((total.as_secs_f64() * 1e3, waited as f64 / 1e6));
+            puts.push(put.as_secs_f64() * 1e3);
+        }
+    }
+    a.shutdown().await?;
+    b.shutdown().await?;
+    latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
+    puts.sort_by(f64::total_cmp);
+    let waits: Vec<f64> = latencies.iter().map(|l| l.1).collect();
+    let latencies: Vec<f64> = latencies.iter().map(|l| l.0).collect();
+    let tail = samples.div_ceil(100);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(LatencyFigures {
+        samples,
+        p50_ms: median(&latencies),
+        p90_ms: percentile(&latencies, 0.90),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        put_p50_ms: median(&puts),
+        put_p99_ms: percentile(&puts, 0.99),
+        tail_run_queue_wait_ms: mean(&waits[waits.len().saturating_sub(tail)..]),
+        mean_run_queue_wait_ms: mean(&waits),
+    })
+}
+
+async fn wait_peer(node: &Node<Store>, peer: DeviceId) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node.status().await?.peers.contains(&peer) {
+        if Instant::now() > deadline {
+            bail!("{} did not connect to {peer}", node.device());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
