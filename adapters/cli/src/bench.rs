@@ -111,7 +111,7 @@ impl Plan {
         Plan {
             quick: args.quick,
             parts,
-            engine_changes: if args.quick { 50_000 } else { 200_000 },
+            engine_changes: if args.quick { 100_000 } else { 200_000 },
             engine_rounds: args.rounds.unwrap_or(if args.quick { 3 } else { 5 }).max(1),
             sync_records: sync_records.max(1),
             rounds: args.rounds.unwrap_or(3).max(1),
