@@ -27,6 +27,7 @@ pub mod memstore;
 pub mod message;
 pub mod model;
 pub mod owned;
+pub mod owned_batch;
 pub mod replica;
 pub mod shared;
 pub mod storage;
@@ -40,7 +41,7 @@ pub use id::DeviceId;
 pub use memstore::MemStore;
 pub use message::{ErrorCode, SyncMessage};
 pub use model::{ModelKind, ModelRegistry, MEMBER_MODEL};
-pub use owned::OwnedRecord;
+pub use owned::{OwnedChange, OwnedRecord};
 pub use replica::{
     Command, CommandError, CommandId, Config, Event, Input, Output, Refusal, Replica, Stream,
 };

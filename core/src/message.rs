@@ -1,7 +1,7 @@
 //! The wire protocol: every message two replicas exchange.
 
 use crate::id::DeviceId;
-use crate::owned::OwnedRecord;
+use crate::owned::OwnedChange;
 use crate::shared::{SharedChange, SharedKey, SharedRecord};
 use crate::version_vector::VersionVector;
 use serde::{Deserialize, Serialize};
@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum SyncMessage {
-    /// A real-time push of one device-owned change, only from its owner.
-    StateChange(OwnedRecord),
-    /// Several consecutive device-owned changes of the sender, in seq order.
-    StateBatch(Vec<OwnedRecord>),
+    /// A real-time push of one device-owned change of the sender (its owner).
+    StateChange(OwnedChange),
+    /// Several consecutive device-owned changes of the sender, in seq order (compact
+    /// [`owned_batch`](crate::owned_batch) form).
+    StateBatch(#[serde(with = "crate::owned_batch")] Vec<OwnedChange>),
     /// Asks for `owner`'s device-owned records with `seq > since`.
     StateRequest {
         /// Echoed by the response.
@@ -38,8 +39,9 @@ pub enum SyncMessage {
         /// Every change of `owner` with `seq <= through` is reflected by this page and earlier
         /// ones; the next page starts after it (exclusive cursor).
         through: u64,
-        /// The records, ordered by seq.
-        records: Vec<OwnedRecord>,
+        /// `owner`'s changes, ordered by seq (compact [`owned_batch`](crate::owned_batch) form).
+        #[serde(with = "crate::owned_batch")]
+        records: Vec<OwnedChange>,
         /// Whether the responder has more records after `through`.
         has_more: bool,
     },

@@ -12,8 +12,8 @@ use uuid::Uuid;
 /// The payload is opaque to the engine (see [`crate::Value::to_bytes`] for a typed encoding).
 /// Records are keyed by `(owner, model, uuid)`: two owners can never write the same record.
 ///
-/// On the wire the stamp's device is not sent: it is always the owner (16 bytes saved per
-/// record, and one field fewer that a peer could make inconsistent).
+/// Its serde form (used for content digests) leaves out the stamp's device: it is always the
+/// owner. On the wire a record travels as an [`OwnedChange`], without its owner either.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct OwnedRecord {
@@ -31,7 +31,77 @@ pub struct OwnedRecord {
     pub data: Option<Vec<u8>>,
 }
 
-/// The wire form of an [`OwnedRecord`] (borrowed, for encoding).
+/// One version of a device-owned record as it travels: an [`OwnedRecord`] without its owner.
+///
+/// The owner is never taken from a change's body. A real-time push
+/// ([`SyncMessage::StateChange`](crate::SyncMessage::StateChange) or `StateBatch`) holds the
+/// authenticated sender's own changes, and a catch-up page (`StateResponse`) names its owner
+/// once. So a peer cannot even express a change to another device's record in a push, and the
+/// 17 bytes of an owner per record are saved. Record ids are encoded as 16 fixed bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct OwnedChange {
+    /// The owner's sequence number of this change.
+    pub seq: u64,
+    /// The wall-clock part of the owner's stamp (its device is the owner).
+    pub time_ms: u64,
+    /// The logical counter of the owner's stamp.
+    pub counter: u32,
+    /// The model type (a device-owned model of the registry).
+    pub model: String,
+    /// The record id.
+    #[serde(with = "uuid_bytes")]
+    pub uuid: Uuid,
+    /// The payload, or `None` for a deletion.
+    #[serde(with = "serde_bytes")]
+    pub data: Option<Vec<u8>>,
+}
+
+impl OwnedChange {
+    /// The record this change is a version of, with its owner.
+    pub fn into_record(self, owner: DeviceId) -> OwnedRecord {
+        OwnedRecord {
+            owner,
+            seq: self.seq,
+            hlc: Hlc::new(self.time_ms, self.counter, owner),
+            model: self.model,
+            uuid: self.uuid,
+            data: self.data,
+        }
+    }
+}
+
+impl From<OwnedRecord> for OwnedChange {
+    /// The change without its owner (and without the stamp's device, which is the owner).
+    fn from(r: OwnedRecord) -> Self {
+        OwnedChange {
+            seq: r.seq,
+            time_ms: r.hlc.time_ms,
+            counter: r.hlc.counter,
+            model: r.model,
+            uuid: r.uuid,
+            data: r.data,
+        }
+    }
+}
+
+/// A [`Uuid`] as 16 fixed bytes (the `uuid` crate's compact serde form carries a length byte).
+pub(crate) mod uuid_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use uuid::Uuid;
+
+    /// Serializes `u` as `[u8; 16]`.
+    pub fn serialize<S: Serializer>(u: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+        u.as_bytes().serialize(s)
+    }
+
+    /// Deserializes a `[u8; 16]`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        <[u8; 16]>::deserialize(d).map(Uuid::from_bytes)
+    }
+}
+
+/// The serde form of an [`OwnedRecord`] (borrowed, for encoding).
 #[derive(Serialize)]
 struct WireRef<'a> {
     owner: DeviceId,
@@ -43,7 +113,7 @@ struct WireRef<'a> {
     data: Option<&'a serde_bytes::Bytes>,
 }
 
-/// The wire form of an [`OwnedRecord`] (owned, for decoding).
+/// The serde form of an [`OwnedRecord`] (owned, for decoding).
 #[derive(Deserialize)]
 struct Wire {
     owner: DeviceId,

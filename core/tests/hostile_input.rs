@@ -182,8 +182,8 @@ fn tag_registers(time_ms: u64, by: DeviceId) -> SharedRecord {
 fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
     let vv: VersionVector = [(from, 3)].into_iter().collect();
     vec![
-        SyncMessage::StateChange(owned(from, 1, 1)),
-        SyncMessage::StateBatch(vec![owned(from, 1, 1), owned(from, 2, 2)]),
+        SyncMessage::StateChange(owned(from, 1, 1).into()),
+        SyncMessage::StateBatch(vec![owned(from, 1, 1).into(), owned(from, 2, 2).into()]),
         SyncMessage::StateRequest {
             request_id: 1,
             owner: ME,
@@ -195,7 +195,7 @@ fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
             owner: from,
             since: 0,
             through: 1,
-            records: vec![owned(from, 1, 1)],
+            records: vec![owned(from, 1, 1).into()],
             has_more: false,
         },
         SyncMessage::SharedChange(tag_change(from, 1, T0)),
@@ -269,7 +269,7 @@ fn receive(
 fn truncated_frame_delivers_nothing_until_complete_and_a_short_length_is_a_typed_error() {
     let mut n = Node::connected(B);
     let before = n.digest();
-    let frame = encode_frame(&SyncMessage::StateChange(owned(B, 1, 1)));
+    let frame = encode_frame(&SyncMessage::StateChange(owned(B, 1, 1).into()));
     let mut d = FrameDecoder::default();
     for byte in &frame[..frame.len() - 1] {
         assert_eq!(
@@ -321,15 +321,17 @@ fn oversized_length_prefix_is_refused_before_its_body_arrives() {
         }
         assert_eq!(d.buffered(), 0, "nothing kept for the announced body");
         // The decoder stays poisoned: a valid frame afterwards is not decoded.
-        let valid = encode_frame(&SyncMessage::StateChange(owned(B, 1, 1)));
+        let valid = encode_frame(&SyncMessage::StateChange(owned(B, 1, 1).into()));
         assert_eq!(receive(&mut n, &mut d, B, &valid).ok(), Some(0));
         assert_eq!(d.buffered(), 0);
         assert_eq!(n.digest(), before);
     }
     // A frame of exactly the maximum is accepted (the body is then decoded as usual).
-    let body = encode(&SyncMessage::StateChange(owned(B, 1, 1)));
+    let body = encode(&SyncMessage::StateChange(owned(B, 1, 1).into()));
     let mut d = FrameDecoder::new(body.len());
-    d.push(&encode_frame(&SyncMessage::StateChange(owned(B, 1, 1))));
+    d.push(&encode_frame(&SyncMessage::StateChange(
+        owned(B, 1, 1).into(),
+    )));
     assert!(matches!(d.next_message(), Ok(Some(_))));
 }
 
@@ -425,31 +427,50 @@ fn every_message_kind_from_a_non_member_is_refused_with_a_disconnect_and_no_stat
     }
 }
 
-// ------------------------------------------------------------------ ownership spoofing
+// ------------------------------------------------------------------ ownership
 
 #[test]
-fn one_forged_record_spoils_a_whole_owned_batch() {
+fn pushed_changes_are_stored_as_the_senders_own_records() {
     let mut n = Node::connected(B);
-    let before = n.digest();
-    // Two genuine records of the sender, then one it claims for C.
-    let batch = vec![owned(B, 1, 1), owned(B, 2, 2), owned(C, 1, 3)];
+    // A push carries no owner: whatever ids it uses, its records are the sender's.
+    let batch = vec![owned(B, 1, 1).into(), owned(C, 2, 2).into()];
     let outs = n.from(B, SyncMessage::StateBatch(batch));
-    assert_eq!(disconnects(&outs), [(B, Refusal::OwnerMismatch)]);
-    assert!(writes(&outs).is_empty(), "nothing of the batch applied");
-    assert_eq!(n.digest(), before);
-    assert_eq!(n.replica.watermark(B), 0);
-    assert_eq!(n.replica.watermark(C), 0);
+    assert!(disconnects(&outs).is_empty());
+    let stored: Vec<&OwnedRecord> = writes(&outs)
+        .into_iter()
+        .filter_map(|w| match w {
+            StorageCommand::PutOwned(rs) => Some(rs),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|r| r.owner == B && r.hlc.device == B));
+    assert_eq!(n.replica.watermark(B), 2);
+    assert_eq!(n.replica.watermark(C), 0, "no other owner's stream moved");
 }
 
 #[test]
-fn pushed_version_of_the_receivers_own_record_is_refused() {
+fn push_cannot_touch_the_receivers_own_records() {
     let mut n = Node::connected(B);
-    let before = n.digest();
-    let outs = n.from(B, SyncMessage::StateChange(owned(ME, 7, 1)));
-    assert_eq!(disconnects(&outs), [(B, Refusal::OwnerMismatch)]);
-    assert!(writes(&outs).is_empty());
-    assert_eq!(n.digest(), before);
+    // B pushes a change with the id of one of ME's records: it is B's record, not ME's.
+    let outs = n.from(B, SyncMessage::StateChange(owned(ME, 7, 1).into()));
+    assert!(disconnects(&outs).is_empty());
     assert_eq!(n.replica.watermark(ME), 0, "own counters untouched");
+    let owners: Vec<DeviceId> = writes(&outs)
+        .into_iter()
+        .filter_map(|w| match w {
+            StorageCommand::PutOwned(rs) => Some(rs),
+            _ => None,
+        })
+        .flatten()
+        .map(|r| r.owner)
+        .collect();
+    assert_eq!(
+        owners,
+        [B],
+        "stored as B's record (seq 7: a gap, so B is asked for 1..6)"
+    );
 }
 
 #[test]
@@ -478,8 +499,8 @@ fn malformed_catch_up_page_is_refused_without_state_change() {
         (3, vec![owned(C, 1, 1), owned(C, 5, 2)]),
         // Out of order.
         (5, vec![owned(C, 2, 1), owned(C, 1, 2)]),
-        // Another owner's record in C's page.
-        (5, vec![owned(C, 1, 1), owned(B, 2, 2)]),
+        // A record at the request's own bound (`since` is exclusive).
+        (5, vec![owned(C, 0, 1), owned(C, 2, 2)]),
     ];
     for (through, records) in bad_pages {
         let mut n2 = Node::connected(B);
@@ -497,7 +518,7 @@ fn malformed_catch_up_page_is_refused_without_state_change() {
                 owner: C,
                 since: 0,
                 through,
-                records,
+                records: records.into_iter().map(Into::into).collect(),
                 has_more: false,
             },
         );
@@ -515,7 +536,7 @@ fn malformed_catch_up_page_is_refused_without_state_change() {
             owner: C,
             since: 0,
             through: 2,
-            records: vec![owned(C, 1, 1), owned(C, 2, 2)],
+            records: vec![owned(C, 1, 1).into(), owned(C, 2, 2).into()],
             has_more: false,
         },
     );
@@ -587,7 +608,7 @@ fn far_future_owned_stamp_applies_by_seq_without_dragging_the_clock() {
     let clock = n.replica.hlc();
     let mut r = owned(B, 1, 1);
     r.hlc = Hlc::new(T0 + 24 * HOUR_MS, 0, B);
-    let outs = n.from(B, SyncMessage::StateChange(r));
+    let outs = n.from(B, SyncMessage::StateChange(r.into()));
     assert!(disconnects(&outs).is_empty());
     assert_eq!(n.replica.watermark(B), 1, "ordered by seq: applied");
     assert_eq!(n.replica.hlc(), clock, "stamp not adopted");
@@ -934,7 +955,7 @@ fn owner_push_after_its_watermark_reached_the_top_is_a_no_op_not_a_panic() {
     assert!(disconnects(&outs).is_empty());
     assert_eq!(n.replica.watermark(C), u64::MAX);
     let before = n.digest();
-    let outs = n.from(C, SyncMessage::StateChange(owned(C, 1, 1)));
+    let outs = n.from(C, SyncMessage::StateChange(owned(C, 1, 1).into()));
     assert!(disconnects(&outs).is_empty());
     assert!(writes(&outs).is_empty(), "an old change for this replica");
     assert_eq!(n.digest(), before);

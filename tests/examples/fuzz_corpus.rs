@@ -90,7 +90,13 @@ fn sample_messages() -> Vec<SyncMessage> {
     // Batches and snapshot pages, from what `a` stored.
     if let Some(state) = cl.member(a).map(|m| m.store.state()) {
         out.push(SyncMessage::StateBatch(
-            state.owned.values().take(3).cloned().collect(),
+            state
+                .owned
+                .values()
+                .take(3)
+                .cloned()
+                .map(Into::into)
+                .collect(),
         ));
         out.push(SyncMessage::SharedChangeBatch(
             state.log.values().take(3).cloned().collect(),

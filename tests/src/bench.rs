@@ -138,7 +138,11 @@ pub fn apply_owned(n: usize, rounds: usize) -> Throughput {
     let (me, owner) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
     let frames: Vec<Vec<u8>> = owned_records(owner, n)
         .chunks(1000)
-        .map(|c| encode(&SyncMessage::StateBatch(c.to_vec())))
+        .map(|c| {
+            encode(&SyncMessage::StateBatch(
+                c.iter().cloned().map(Into::into).collect(),
+            ))
+        })
         .collect();
     let mut engine = Vec::new();
     let mut base = Vec::new();
@@ -150,7 +154,8 @@ pub fn apply_owned(n: usize, rounds: usize) -> Throughput {
         let mut map: BTreeMap<(DeviceId, String, Uuid), OwnedRecord> = BTreeMap::new();
         for f in &frames {
             if let Ok(SyncMessage::StateBatch(rs)) = decode(f) {
-                for r in rs {
+                for c in rs {
+                    let r = c.into_record(owner);
                     let key = (r.owner, r.model.clone(), r.uuid);
                     match map.get(&key) {
                         Some(old) if old.seq >= r.seq => {}
@@ -230,11 +235,14 @@ fn json_change(r: &OwnedRecord, i: u64) -> serde_json::Value {
 pub fn wire_size() -> WireSize {
     let owner = DeviceId(Uuid::from_u128(0x0190_1234_5678_7abc_8def_0123_4567_89ab));
     let records = owned_records(owner, 1000);
-    let single = encode(&SyncMessage::StateChange(records[500].clone())).len();
+    let single = encode(&SyncMessage::StateChange(records[500].clone().into())).len();
     let single_json = serde_json::json!({"StateChange": json_change(&records[500], 500)})
         .to_string()
         .len();
-    let batch = encode(&SyncMessage::StateBatch(records.clone())).len();
+    let batch = encode(&SyncMessage::StateBatch(
+        records.iter().cloned().map(Into::into).collect(),
+    ))
+    .len();
     let batch_json = serde_json::json!({"StateBatch": records
         .iter()
         .enumerate()

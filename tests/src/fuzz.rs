@@ -935,10 +935,6 @@ impl Harness {
             return; // keep the per-step check cheap
         }
         match msg {
-            SyncMessage::StateChange(r) => {
-                self.seen.insert(r.owner);
-            }
-            SyncMessage::StateBatch(rs) => self.seen.extend(rs.iter().map(|r| r.owner)),
             SyncMessage::StateRequest { owner, .. } | SyncMessage::StateResponse { owner, .. } => {
                 self.seen.insert(*owner);
             }
@@ -1006,10 +1002,12 @@ impl Harness {
         Some(match msg {
             Msg::OwnedPush(recs) => {
                 let mut rs: Vec<OwnedRecord> = recs.iter().map(|r| self.record(from, r)).collect();
+                // A push names no owner on the wire (the sender is the owner): `Rec::owner`
+                // only shapes the stamp, which the wire form drops too.
                 if rs.len() == 1 {
-                    SyncMessage::StateChange(rs.pop()?)
+                    SyncMessage::StateChange(rs.pop()?.into())
                 } else {
-                    SyncMessage::StateBatch(rs)
+                    SyncMessage::StateBatch(rs.into_iter().map(Into::into).collect())
                 }
             }
             Msg::StateRequest {
@@ -1066,7 +1064,7 @@ impl Harness {
                     owner,
                     since,
                     through: last.saturating_add(through.get()),
-                    records,
+                    records: records.into_iter().map(Into::into).collect(),
                     has_more,
                 }
             }

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use hybridsync_core::{
-    encode_frame, DeviceId, ErrorCode, FrameDecoder, Hlc, OwnedRecord, SyncMessage, Value,
-    VersionVector,
+    encode_frame, ChangeKind, DeviceId, ErrorCode, FrameDecoder, Hlc, OwnedRecord, SharedChange,
+    SyncMessage, Value, VersionVector,
 };
 use hybridsync_iroh::{close_code, offline_endpoint, DEFAULT_ALPN};
 use hybridsync_tokio::Node;
@@ -141,21 +141,24 @@ async fn garbage_and_oversized_frames_are_refused_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ownership_and_ack_spoofing_are_refused_and_change_nothing() {
+async fn origin_and_ack_spoofing_are_refused_and_change_nothing() {
     let v = victim().await;
     let before = digest(&v.node).await;
     let status_before = v.node.status().await.unwrap();
 
-    // A rogue member pushes a record "owned" by B.
-    let spoofed = OwnedRecord {
-        owner: v.peer.id,
+    // A rogue member pushes a shared change in B's name, stamped with its own device. (It
+    // cannot even express a device-owned record of B's: a push names no owner, its records
+    // are the sender's.)
+    let spoofed = SharedChange {
+        origin: v.peer.id,
         seq: 1,
-        hlc: Hlc::new(1, 0, v.peer.id),
-        model: "entry".into(),
-        uuid: Uuid::from_u128(99),
-        data: Some(b"forged".to_vec()),
+        hlc: Hlc::new(1, 0, v.rogues[2].1),
+        model: "tag".into(),
+        record: Uuid::from_u128(99),
+        kind: ChangeKind::Insert,
+        fields: [("name".to_owned(), Value::String("forged".into()))].into(),
     };
-    let frame = encode_frame(&SyncMessage::StateChange(spoofed));
+    let frame = encode_frame(&SyncMessage::SharedChange(spoofed));
     let (code, error) = attack(&v.rogues[2].0, &v.dev, frame).await;
     assert_eq!(code, u64::from(close_code::REFUSED));
     assert_eq!(error, Some(ErrorCode::ProtocolViolation));
@@ -200,7 +203,7 @@ async fn unknown_endpoint_is_refused_before_any_message_is_read() {
     let (code, error) = attack(
         &stranger,
         &v.dev,
-        encode_frame(&SyncMessage::StateChange(record)),
+        encode_frame(&SyncMessage::StateChange(record.into())),
     )
     .await;
     assert_eq!(code, u64::from(close_code::UNKNOWN_ENDPOINT));

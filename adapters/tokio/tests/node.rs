@@ -381,7 +381,7 @@ async fn messages_from_a_peer_that_is_not_up_are_dropped() {
                     uuid: Uuid::from_u128(5),
                     data: Some(vec![1]),
                 };
-                let _ = sink.message(B, SyncMessage::StateChange(rec)).await;
+                let _ = sink.message(B, SyncMessage::StateChange(rec.into())).await;
             });
         }
         fn send(&mut self, _: DeviceId, _: SyncMessage) {}

@@ -21,9 +21,6 @@ pub enum Refusal {
     /// The sender is not in the library's member set.
     #[error("sender is not a member of the library")]
     NotMember,
-    /// A real-time device-owned push whose owner is not the sender.
-    #[error("device-owned push from a device that does not own the record")]
-    OwnerMismatch,
     /// Another device's version of a record this device owns.
     #[error("foreign version of one of this device's own records")]
     ForeignVersionOfOwnRecord,
@@ -33,7 +30,7 @@ pub enum Refusal {
     /// A shared change whose origin is not the device of its stamp.
     #[error("shared change origin differs from its stamp's device")]
     OriginMismatch,
-    /// A response that breaks the paging rules (gap, wrong owner, out of range, disorder).
+    /// A response that breaks the paging rules (gap, out of range, disorder).
     #[error("malformed response page")]
     MalformedResponse,
     /// A stamp too far in the future (not adopted, change not applied).

@@ -412,8 +412,12 @@ impl Replica {
         }
         match msg {
             SyncMessage::Heartbeat { heads, vv } => self.on_heartbeat(from, heads, vv),
-            SyncMessage::StateChange(r) => self.on_owned_push(from, vec![r]),
-            SyncMessage::StateBatch(rs) => self.on_owned_push(from, rs),
+            // A push holds the sender's own changes: their owner is the authenticated sender.
+            SyncMessage::StateChange(c) => self.on_owned_push(from, vec![c.into_record(from)]),
+            SyncMessage::StateBatch(cs) => {
+                let records = cs.into_iter().map(|c| c.into_record(from)).collect();
+                self.on_owned_push(from, records)
+            }
             SyncMessage::StateRequest {
                 request_id,
                 owner,
@@ -427,7 +431,10 @@ impl Replica {
                 through,
                 records,
                 has_more,
-            } => self.on_owned_response(from, request_id, owner, since, through, records, has_more),
+            } => {
+                let records = records.into_iter().map(|c| c.into_record(owner)).collect();
+                self.on_owned_response(from, request_id, owner, since, through, records, has_more)
+            }
             SyncMessage::SharedChange(c) => self.on_shared_push(from, vec![c]),
             SyncMessage::SharedChangeBatch(cs) => self.on_shared_push(from, cs),
             SyncMessage::SharedChangeRequest {

@@ -4,7 +4,7 @@ use super::{CommandError, CommandId, Event, OwnedFetch, ReadKind, Refusal, Repli
 use crate::id::DeviceId;
 use crate::message::{ErrorCode, SyncMessage};
 use crate::model::ModelKind;
-use crate::owned::OwnedRecord;
+use crate::owned::{OwnedChange, OwnedRecord};
 use crate::storage::StorageCommand;
 
 impl Replica {
@@ -16,13 +16,11 @@ impl Replica {
         Ok(self.config.models.kind(&r.model) == Some(ModelKind::DeviceOwned))
     }
 
-    /// Real-time pushes: only from the owner, applied by seq, watermark advanced when
-    /// contiguous, a gap triggers catch-up from the owner.
+    /// Real-time pushes of the sender's own records (their owner is `from` by construction),
+    /// applied by seq, watermark advanced when contiguous; a gap triggers catch-up from the
+    /// owner.
     pub(super) fn on_owned_push(&mut self, from: DeviceId, records: Vec<OwnedRecord>) {
         for r in &records {
-            if r.owner != from {
-                return self.misbehaved(from, Refusal::OwnerMismatch);
-            }
             match self.check_owned(r) {
                 Err(reason) => return self.misbehaved(from, reason),
                 Ok(false) => {
@@ -164,7 +162,7 @@ impl Replica {
                 owner,
                 since,
                 through,
-                records,
+                records: records.into_iter().map(OwnedChange::from).collect(),
                 has_more,
             },
         );
@@ -193,9 +191,7 @@ impl Replica {
             && through >= since
             && (!has_more || through > since)
             && records.windows(2).all(|w| w[0].seq < w[1].seq)
-            && records
-                .iter()
-                .all(|r| r.owner == owner && r.seq > since && r.seq <= through);
+            && records.iter().all(|r| r.seq > since && r.seq <= through);
         if !well_formed {
             return self.misbehaved(from, Refusal::MalformedResponse);
         }

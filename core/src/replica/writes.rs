@@ -4,7 +4,7 @@ use super::{Command, CommandError, CommandId, Event, Replica};
 use crate::id::DeviceId;
 use crate::message::SyncMessage;
 use crate::model::{ModelKind, MEMBER_MODEL};
-use crate::owned::OwnedRecord;
+use crate::owned::{OwnedChange, OwnedRecord};
 use crate::shared::{ChangeKind, SharedChange};
 use crate::storage::StorageCommand;
 use crate::value::Value;
@@ -166,11 +166,11 @@ impl Replica {
         for mut chunk in chunks(records, budget, OwnedRecord::budget_size) {
             let msg = if chunk.len() == 1 {
                 match chunk.pop() {
-                    Some(r) => SyncMessage::StateChange(r),
+                    Some(r) => SyncMessage::StateChange(r.into()),
                     None => continue,
                 }
             } else {
-                SyncMessage::StateBatch(chunk)
+                SyncMessage::StateBatch(chunk.into_iter().map(OwnedChange::from).collect())
             };
             self.broadcast(msg);
         }
