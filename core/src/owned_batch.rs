@@ -31,9 +31,6 @@ use serde::{Deserializer, Serialize, Serializer};
 use std::fmt;
 use uuid::Uuid;
 
-/// The most distinct models one run may name (keeps `meta` within 49 bits).
-pub const MAX_MODELS: usize = 1 << 16;
-
 /// How many changes a decoder reserves room for before it has seen them.
 const PREALLOCATE: usize = 1024;
 
@@ -44,9 +41,6 @@ pub fn serialize<S: Serializer>(changes: &[OwnedChange], s: S) -> Result<S::Ok, 
         if !models.contains(&c.model.as_str()) {
             models.push(&c.model);
         }
-    }
-    if models.len() > MAX_MODELS {
-        return Err(serde::ser::Error::custom("too many models in one run"));
     }
     let mut run = s.serialize_tuple(2)?;
     run.serialize_element(&models)?;
@@ -96,17 +90,18 @@ struct Changes<'a> {
 
 impl Serialize for Changes<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = self.models.len() as u64;
+        let n = self.models.len() as u128;
         let mut seq = s.serialize_seq(Some(self.changes.len()))?;
         let mut prev = Previous::default();
-        let mut model = (self.models.first().copied().unwrap_or_default(), 0u64);
+        let mut model = (self.models.first().copied().unwrap_or_default(), 0u128);
         for c in self.changes {
             if c.model != model.0 {
                 let index = self.models.iter().position(|m| *m == c.model);
-                model = (&c.model, index.unwrap_or_default() as u64);
+                model = (&c.model, index.unwrap_or_default() as u128);
             }
-            // counter < 2^32 and n, index <= 2^16: fits in 49 bits.
-            let meta = ((u64::from(c.counter) * n + model.1) << 1) | u64::from(c.data.is_none());
+            // counter < 2^32 and index < n < 2^64: cannot overflow.
+            let meta =
+                ((u128::from(c.counter) * n + model.1) << 1) | u128::from(c.data.is_none());
             let (id_high, id_low) = split_id(&c.uuid);
             seq.serialize_element(&(
                 c.seq.wrapping_sub(prev.seq),
@@ -140,9 +135,6 @@ impl<'de> Visitor<'de> for RunVisitor {
         let models: Vec<String> = run
             .next_element()?
             .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-        if models.len() > MAX_MODELS {
-            return Err(de::Error::custom("too many models in one run"));
-        }
         for (i, m) in models.iter().enumerate() {
             if models[..i].contains(m) {
                 return Err(de::Error::custom("a model is listed twice"));
@@ -181,10 +173,10 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         // Untrusted length: reserve at most a bounded amount, grow with what actually arrives.
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOCATE));
-        let n = self.models.len() as u64;
+        let n = self.models.len() as u128;
         let mut used = 0usize;
         let mut prev = Previous::default();
-        type Wire = (u64, i64, u64, i64, [u8; 8], serde_bytes::ByteBuf);
+        type Wire = (u64, i64, u128, i64, [u8; 8], serde_bytes::ByteBuf);
         while let Some((seq_delta, time_delta, meta, high_delta, id_low, data)) =
             seq.next_element::<Wire>()?
         {
@@ -284,7 +276,7 @@ mod tests {
     }
 
     /// One change as its raw wire fields.
-    type RawChange<'a> = (u64, i64, u64, i64, [u8; 8], &'a [u8]);
+    type RawChange<'a> = (u64, i64, u128, i64, [u8; 8], &'a [u8]);
 
     /// Encodes a run by hand: `(models, changes)` with raw change tuples.
     fn raw(models: &[&str], changes: &[RawChange<'_>]) -> Vec<u8> {
