@@ -53,7 +53,10 @@ impl MemState {
             }
             StorageCommand::AppendLog(entries) => {
                 for e in entries {
-                    self.merge_shared(&e.to_record());
+                    self.shared
+                        .entry(e.key())
+                        .or_insert_with_key(empty_record)
+                        .apply(&e);
                     self.vv.raise(e.origin, e.seq);
                     self.log.insert((e.origin, e.seq), e);
                 }

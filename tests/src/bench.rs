@@ -204,7 +204,7 @@ pub fn apply_shared(n: usize, rounds: usize) -> Throughput {
                 for c in cs {
                     map.entry((c.model.clone(), c.record))
                         .or_insert_with(|| SharedRecord::empty(&c.model, c.record))
-                        .merge(&c.to_record());
+                        .apply(&c);
                 }
             }
         }
