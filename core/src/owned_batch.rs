@@ -100,8 +100,7 @@ impl Serialize for Changes<'_> {
                 model = (&c.model, index.unwrap_or_default() as u128);
             }
             // counter < 2^32 and index < n < 2^64: cannot overflow.
-            let meta =
-                ((u128::from(c.counter) * n + model.1) << 1) | u128::from(c.data.is_none());
+            let meta = ((u128::from(c.counter) * n + model.1) << 1) | u128::from(c.data.is_none());
             let (id_high, id_low) = split_id(&c.uuid);
             seq.serialize_element(&(
                 c.seq.wrapping_sub(prev.seq),
