@@ -39,6 +39,8 @@ commands:
   list                 records of every member, and the shared tags
   peers                connected peers and members
   add-member TICKET    pair with a device (run it on both sides)
+  remove-member DEVICE remove a member (its full id, as `peers` prints it); its later
+                       messages are refused and it is no longer dialed
   status               engine state and content digest
   ticket               print this device's ticket
   quit                 stop";
@@ -101,7 +103,18 @@ fn save_peer(dir: &Path, ticket: &Ticket) -> anyhow::Result<()> {
         .filter(|t| t.device != ticket.device)
         .collect();
     peers.push(ticket.clone());
-    let text: String = peers.iter().map(|t| format!("{t}\n")).collect();
+    write_peers(dir, peers.into_iter())
+}
+
+/// Drops `device` from the saved peers, so a restarted node no longer dials it.
+fn forget_peer(dir: &Path, device: DeviceId) -> anyhow::Result<()> {
+    let peers: Vec<Ticket> = load_peers(dir)?;
+    write_peers(dir, peers.into_iter().filter(|t| t.device != device))
+}
+
+/// Replaces the saved peers (write to a temporary file, then rename: never half a file).
+fn write_peers(dir: &Path, peers: impl Iterator<Item = Ticket>) -> anyhow::Result<()> {
+    let text: String = peers.map(|t| format!("{t}\n")).collect();
     let tmp = dir.join("peers.txt.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, dir.join("peers.txt"))?;
@@ -216,6 +229,16 @@ impl Session {
                 save_peer(&self.dir, &t)?;
                 self.registry.insert(t.device, t.addr.clone());
                 self.node.add_member(t.device).await?;
+            }
+            ("remove-member", [device]) => {
+                let device = DeviceId(
+                    device
+                        .parse()
+                        .with_context(|| format!("{device:?} is not a device id"))?,
+                );
+                self.node.remove_member(device).await?;
+                forget_peer(&self.dir, device)?;
+                self.registry.remove(device);
             }
             ("status", []) => {
                 let s = self.node.status().await?;

@@ -149,3 +149,50 @@ fn two_nodes_pair_and_sync_through_stdin_commands() {
     a.quit();
     b.quit();
 }
+
+#[test]
+fn removed_member_is_forgotten_and_not_dialed_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = Proc::start(&da);
+    let mut b = Proc::start(&db);
+    a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    let device_b = b.expect("device ");
+    let ticket_b = b.expect("ticket ");
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    b.run("put before yes");
+    a.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("before = yes"))
+    });
+    let saved = std::fs::read_to_string(da.join("peers.txt")).unwrap();
+    assert!(saved.contains(&ticket_b), "{saved}");
+
+    let peers = a.run("peers");
+    assert!(peers.iter().any(|l| l.contains(&device_b)), "{peers:?}");
+
+    // A bad id is a clear error.
+    writeln!(a.stdin, "remove-member not-a-device").unwrap();
+    let error = a.expect("error:");
+    assert!(error.contains("not a device id"), "{error}");
+
+    a.run(&format!("remove-member {device_b}"));
+    let peers = a.run("peers");
+    assert!(!peers.iter().any(|l| l.contains(&device_b)), "{peers:?}");
+    let status = a.run("status");
+    assert!(status.iter().any(|l| l == "members 1"), "{status:?}");
+    // (That a removed member's messages are refused is tested over iroh, adapters/iroh.)
+    a.quit();
+
+    // Restarted, A neither lists nor dials B.
+    let mut a = Proc::start(&da);
+    a.expect("ticket ");
+    std::thread::sleep(Duration::from_secs(1));
+    let peers = a.run("peers");
+    assert!(!peers.iter().any(|l| l.contains(&device_b)), "{peers:?}");
+    let saved = std::fs::read_to_string(da.join("peers.txt")).unwrap();
+    assert!(!saved.contains(&ticket_b), "{saved}");
+    a.quit();
+    b.quit();
+}
