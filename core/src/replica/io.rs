@@ -101,6 +101,10 @@ pub enum Command {
     /// and pushed as `StateBatch` / `SharedChangeBatch`. Only write commands may be batched.
     Batch(Vec<Command>),
     /// Fetches `owner`'s device-owned records from `peer`; done when the last page is applied.
+    ///
+    /// If the engine is already catching up that stream from `peer` on its own and `since` is
+    /// `None`, the command joins that catch-up. Any other overlap fails with
+    /// [`CommandError::AlreadyFetching`](crate::CommandError::AlreadyFetching).
     RequestState {
         /// The connected peer to ask.
         peer: DeviceId,
@@ -110,6 +114,9 @@ pub enum Command {
         since: Option<u64>,
     },
     /// Fetches shared changes from `peer`; done when the last page is applied.
+    ///
+    /// Joins the engine's own catch-up from `peer` if one is running and `since` is `None`;
+    /// any other running shared catch-up makes it fail with `AlreadyFetching`.
     RequestSharedChanges {
         /// The connected peer to ask.
         peer: DeviceId,

@@ -329,7 +329,9 @@ impl Replica {
         );
     }
 
-    /// `Command::RequestState`.
+    /// `Command::RequestState`. A request for the stream the engine is already catching up
+    /// from that peer (from the watermark, with no command attached) joins that catch-up: the
+    /// command completes when it does.
     pub(super) fn request_state(
         &mut self,
         id: CommandId,
@@ -337,6 +339,12 @@ impl Replica {
         owner: DeviceId,
         since: Option<u64>,
     ) {
+        if let Some(f) = self.owned_fetches.get_mut(&owner) {
+            if f.peer == peer && f.command.is_none() && since.is_none() {
+                f.command = Some(id);
+                return;
+            }
+        }
         let reason = if !self.peers.contains_key(&peer) {
             Some(CommandError::PeerNotConnected(peer))
         } else if owner == self.config.device {

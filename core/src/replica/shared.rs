@@ -468,13 +468,21 @@ impl Replica {
         self.send_log_request(peer, since);
     }
 
-    /// `Command::RequestSharedChanges`.
+    /// `Command::RequestSharedChanges`. A request to the peer the engine is already catching up
+    /// from (from this device's version vector, with no command attached) joins that catch-up:
+    /// the command completes when it does.
     pub(super) fn request_shared(
         &mut self,
         id: CommandId,
         peer: DeviceId,
         since: Option<VersionVector>,
     ) {
+        if let Some(f) = self.shared_fetch.as_mut() {
+            if f.peer == peer && f.command.is_none() && since.is_none() {
+                f.command = Some(id);
+                return;
+            }
+        }
         let reason = if !self.peers.contains_key(&peer) {
             Some(CommandError::PeerNotConnected(peer))
         } else if self.shared_fetch.is_some() {

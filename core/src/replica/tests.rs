@@ -1233,3 +1233,100 @@ fn next_catch_up_request_goes_out_before_the_page_is_stored() {
         "{outputs:?}"
     );
 }
+
+/// Delivers queued messages one at a time until `until` holds.
+fn deliver_until(net: &mut Net, until: impl Fn(&Net) -> bool) {
+    while !until(net) {
+        let (from, to, bytes) = net.queue.pop_front().expect("condition reached");
+        let msg = decode(&bytes).expect("engine output decodes");
+        net.input(to, Input::Message { from, msg });
+    }
+}
+
+fn failures(net: &Net, d: DeviceId, id: CommandId) -> Vec<CommandError> {
+    net.node(d)
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CommandFailed { id: i, reason } if *i == id => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn request_state_joins_the_engines_own_catch_up_of_that_stream() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for k in 1..=7 {
+        net.put(b, k, b"offline");
+    }
+    net.connect(a, b);
+    let asked = |net: &Net| {
+        net.node(a)
+            .sent
+            .iter()
+            .any(|(_, m)| matches!(m, SyncMessage::StateRequest { owner, .. } if *owner == b))
+    };
+    deliver_until(&mut net, asked);
+    // The engine is catching up b's records from b: a request for the same range joins it...
+    let joined = net.cmd(
+        a,
+        Command::RequestState {
+            peer: b,
+            owner: b,
+            since: None,
+        },
+    );
+    assert_eq!(failures(&net, a, joined), []);
+    // ...one for another range of that stream cannot.
+    let other = net.cmd(
+        a,
+        Command::RequestState {
+            peer: b,
+            owner: b,
+            since: Some(0),
+        },
+    );
+    assert_eq!(failures(&net, a, other), [CommandError::AlreadyFetching]);
+    net.settle();
+    assert!(net.node(a).events.contains(&Event::CommandDone(joined)));
+    assert_eq!(net.node(a).replica.watermark(b), 7);
+    assert_eq!(net.digest(a), net.digest(b));
+}
+
+#[test]
+fn request_shared_changes_joins_the_engines_own_catch_up() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for k in 1..=5 {
+        net.tag(b, k, ChangeKind::Insert, "offline");
+    }
+    net.connect(a, b);
+    let asked = |net: &Net| {
+        net.node(a)
+            .sent
+            .iter()
+            .any(|(_, m)| matches!(m, SyncMessage::SharedChangeRequest { .. }))
+    };
+    deliver_until(&mut net, asked);
+    let joined = net.cmd(
+        a,
+        Command::RequestSharedChanges {
+            peer: b,
+            since: None,
+        },
+    );
+    assert_eq!(failures(&net, a, joined), []);
+    let other = net.cmd(
+        a,
+        Command::RequestSharedChanges {
+            peer: b,
+            since: Some(VersionVector::new()),
+        },
+    );
+    assert_eq!(failures(&net, a, other), [CommandError::AlreadyFetching]);
+    net.settle();
+    assert!(net.node(a).events.contains(&Event::CommandDone(joined)));
+    assert_eq!(net.digest(a), net.digest(b));
+}
