@@ -40,7 +40,7 @@ pub use hlc::{ClockError, Hlc, HlcClock};
 pub use id::DeviceId;
 pub use memstore::MemStore;
 pub use message::{ErrorCode, SyncMessage};
-pub use model::{ModelKind, ModelRegistry, MEMBER_MODEL};
+pub use model::{ModelKind, ModelRegistry, MAX_MODEL_NAME, MEMBER_MODEL};
 pub use owned::{OwnedChange, OwnedRecord};
 pub use replica::{
     Command, CommandError, CommandId, Config, Event, Input, Output, Refusal, Replica, Stream,

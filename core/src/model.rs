@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 /// removes one. It replicates through the shared log like every shared model.
 pub const MEMBER_MODEL: &str = "hybridsync.member";
 
+/// The longest model name, in bytes. A decoded run of device-owned changes copies its model
+/// names into every change, so the cap bounds what a hostile frame can make a peer allocate.
+pub const MAX_MODEL_NAME: usize = 128;
+
 /// How a model replicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ModelKind {
@@ -51,7 +55,17 @@ impl ModelRegistry {
     }
 
     /// Adds (or redefines) a model.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is longer than [`MAX_MODEL_NAME`] bytes (peers refuse such names in
+    /// device-owned runs, so records of the model could never be sent).
     pub fn with(mut self, name: &str, kind: ModelKind) -> Self {
+        assert!(
+            name.len() <= MAX_MODEL_NAME,
+            "model name of {} bytes, longer than MAX_MODEL_NAME ({MAX_MODEL_NAME})",
+            name.len()
+        );
         self.models.insert(name.to_owned(), kind);
         self
     }

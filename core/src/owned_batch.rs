@@ -21,13 +21,18 @@
 //! deltas are wrapping, so a run that is not in seq order only costs more bytes.
 //!
 //! Decoding accepts only the canonical form: models distinct, each first used in table order,
-//! none unused, a tombstone with no data, a counter that fits its `u32`. So each run has exactly
-//! one encoding, and re-encoding what a peer sent is never longer than what it sent.
+//! none unused, none longer than [`MAX_MODEL_NAME`], a tombstone with no data, a counter that
+//! fits its `u32`. So a run has one canonical encoding (postcard itself also accepts over-long
+//! varints, which re-encode shorter), and re-encoding what a peer sent is never longer than what
+//! it sent. Decoding allocates in proportion to the input: a bounded reservation up front, and
+//! each change's copy of its model name at most [`MAX_MODEL_NAME`] bytes.
 
+use crate::model::MAX_MODEL_NAME;
 use crate::owned::OwnedChange;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserializer, Serialize, Serializer};
+use std::collections::BTreeSet;
 use std::fmt;
 use uuid::Uuid;
 
@@ -134,10 +139,14 @@ impl<'de> Visitor<'de> for RunVisitor {
         let models: Vec<String> = run
             .next_element()?
             .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-        for (i, m) in models.iter().enumerate() {
-            if models[..i].contains(m) {
-                return Err(de::Error::custom("a model is listed twice"));
-            }
+        // Every change gets its own copy of its model name: a long name would let a small
+        // frame of many tiny changes claim memory quadratic in its size.
+        if models.iter().any(|m| m.len() > MAX_MODEL_NAME) {
+            return Err(de::Error::custom("model name too long"));
+        }
+        let mut distinct = BTreeSet::new();
+        if !models.iter().all(|m| distinct.insert(m.as_str())) {
+            return Err(de::Error::custom("a model is listed twice"));
         }
         let (changes, used) = run
             .next_element_seed(ChangesSeed { models: &models })?
@@ -308,6 +317,26 @@ mod tests {
         // A change with no model table, and a counter beyond u32.
         assert!(decodes(&raw(&[], &[(1, 1, 0, 1, [0; 8], b"")])).is_err());
         assert!(decodes(&raw(&["a"], &[(1, 1, 1 << 34, 1, [0; 8], b"")])).is_err());
+    }
+
+    #[test]
+    fn model_names_past_the_cap_are_refused() {
+        let name = "m".repeat(MAX_MODEL_NAME);
+        assert!(decodes(&raw(&[&name], &[(1, 1, 0, 1, [0; 8], b"")])).is_ok());
+        // One long name and many tiny changes would be copied into every change.
+        let long = "m".repeat(MAX_MODEL_NAME + 1);
+        let tiny: Vec<RawChange<'_>> = (0..1000).map(|_| (1, 0, 0, 0, [0; 8], &b""[..])).collect();
+        assert!(decodes(&raw(&[&long], &tiny)).is_err());
+    }
+
+    #[test]
+    fn large_model_tables_are_checked_for_duplicates() {
+        let names: Vec<String> = (0..40_000).map(|i| format!("m{i}")).collect();
+        let mut refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Distinct but unused: refused (canonical form), after an n log n duplicate check.
+        assert!(decodes(&raw(&refs, &[])).is_err());
+        refs.push("m17");
+        assert!(decodes(&raw(&refs, &[])).is_err());
     }
 
     #[test]

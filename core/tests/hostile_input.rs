@@ -13,7 +13,7 @@ use hybridsync_core::{
     decode, encode, encode_frame, ChangeKind, CodecError, Config, DeviceId, ErrorCode, Event,
     FrameDecoder, FrameError, Hlc, Input, Instant, MemStore, ModelRegistry, Now, Output,
     OwnedRecord, Refusal, Register, Replica, Restored, SharedChange, SharedRecord, StorageCommand,
-    StorageDone, SyncMessage, Value, VersionVector,
+    StorageDone, SyncMessage, Value, VersionVector, MAX_MODEL_NAME,
 };
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -373,6 +373,29 @@ fn unknown_variants_anywhere_in_a_message_are_typed_decode_errors() {
         decode(&trailing),
         Err(CodecError::TrailingBytes(1))
     ));
+}
+
+#[test]
+fn state_batch_naming_an_overlong_model_is_a_typed_decode_error() {
+    // `StateBatch` (variant 1), one model name past the cap, then 10,000 minimal changes:
+    // decoded, every change would hold its own copy of the name.
+    let long = "m".repeat(MAX_MODEL_NAME + 1);
+    let change = (
+        1u64,
+        0i64,
+        0u128,
+        0i64,
+        [0u8; 8],
+        serde_bytes::Bytes::new(b""),
+    );
+    let mut bytes = vec![1u8];
+    bytes.extend(postcard::to_stdvec(&(vec![long.as_str()], vec![change; 10_000])).unwrap());
+    assert!(matches!(decode(&bytes), Err(CodecError::Malformed(_))));
+    // At the cap it decodes: the refusal is the cap, not the shape of the frame.
+    let name = "m".repeat(MAX_MODEL_NAME);
+    let mut ok = vec![1u8];
+    ok.extend(postcard::to_stdvec(&(vec![name.as_str()], vec![change; 10_000])).unwrap());
+    assert!(matches!(decode(&ok), Ok(SyncMessage::StateBatch(cs)) if cs.len() == 10_000));
 }
 
 #[test]

@@ -10,6 +10,8 @@ use crate::storage::StorageCommand;
 impl Replica {
     /// Checks one incoming device-owned record; `Err` means the sender misbehaved.
     fn check_owned(&self, r: &OwnedRecord) -> Result<bool, Refusal> {
+        // Unreachable from the wire today (a push's owner is its sender, and this device never
+        // fetches its own stream); kept so no future path can overwrite this device's records.
         if r.owner == self.config.device {
             return Err(Refusal::ForeignVersionOfOwnRecord);
         }
@@ -162,7 +164,11 @@ impl Replica {
                 owner,
                 since,
                 through,
-                records: records.into_iter().map(OwnedChange::from).collect(),
+                records: records
+                    .into_iter()
+                    .inspect(|r| debug_assert_eq!(r.owner, owner, "storage served another owner"))
+                    .map(OwnedChange::from)
+                    .collect(),
                 has_more,
             },
         );

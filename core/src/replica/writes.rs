@@ -162,6 +162,7 @@ impl Replica {
 
     /// Pushes own device-owned changes to every connected peer, in byte-bounded batches.
     fn push_owned(&mut self, records: Vec<OwnedRecord>) {
+        debug_assert!(records.iter().all(|r| r.owner == self.config.device));
         let budget = self.config.page_bytes;
         for mut chunk in chunks(records, budget, OwnedRecord::budget_size) {
             let msg = if chunk.len() == 1 {
