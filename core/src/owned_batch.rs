@@ -4,25 +4,30 @@
 //! consecutive changes share most of what they carry. A run is encoded as
 //!
 //! ```text
-//! run   = models: [string]          distinct models, in order of first use
-//!         changes: [change]
-//! change = seq_delta: varint        seq − previous seq (wrapping; 1 in a contiguous run)
-//!          time_delta: zigzag       time_ms − previous time_ms (wrapping)
-//!          meta: varint             ((counter × models.len() + model index) × 2) + tombstone
-//!          id_high_delta: zigzag    first 8 bytes of the id (big-endian) − previous (wrapping)
-//!          id_low: 8 bytes          last 8 bytes of the id
-//!          data: bytes              the payload (empty for a tombstone)
+//! run    = models: [string]          distinct models, in order of first use
+//!          changes: [change]
+//! change = Next(                     seq = previous seq + 1, counter 0, previous model, live
+//!              time_delta, id_high_delta, id_low, data)
+//!        | Any(seq_delta, time_delta, meta, id_high_delta, id_low, data)
+//!
+//! seq_delta: varint      seq − previous seq (wrapping)
+//! time_delta: zigzag     time_ms − previous time_ms (wrapping)
+//! meta: varint           ((counter × models.len() + model index) × 2) + tombstone
+//! id_high_delta: zigzag  first 8 bytes of the id (big-endian) − previous (wrapping)
+//! id_low: 8 bytes        last 8 bytes of the id
+//! data: bytes            the payload (empty for a tombstone)
 //! ```
 //!
-//! where "previous" starts at 0 for the first change. For an `entry` record in a run of UUIDv7
-//! ids this is about 13 bytes of protocol per change instead of ~51 (the id's timestamp half
-//! and the stamp are deltas, the model is an index folded into one byte with the counter and
-//! the tombstone flag). Every value round-trips exactly, in any order and at any magnitude:
-//! deltas are wrapping, so a run that is not in seq order only costs more bytes.
+//! where "previous" starts at 0 (and model index 0) for the first change, and the variant is
+//! one byte. In a catch-up run nearly every change is a `Next`: for an `entry` record with a
+//! UUIDv7 id that is about 12 bytes of protocol per change instead of ~51 (the id's timestamp
+//! half and the stamp are deltas, seq and model are implied). Every value round-trips exactly,
+//! in any order and at any magnitude: deltas are wrapping, so a run that is not in seq order
+//! only costs more bytes.
 //!
 //! Decoding accepts only the canonical form: models distinct, each first used in table order,
 //! none unused, none longer than [`MAX_MODEL_NAME`], a tombstone with no data, a counter that
-//! fits its `u32`. So a run has one canonical encoding (postcard itself also accepts over-long
+//! fits its `u32`, and `Any` only where `Next` does not apply. So a run has one canonical encoding (postcard itself also accepts over-long
 //! varints, which re-encode shorter), and re-encoding what a peer sent is never longer than what
 //! it sent. Decoding allocates in proportion to the input: a bounded reservation up front, and
 //! each change's copy of its model name at most [`MAX_MODEL_NAME`] bytes.
@@ -31,7 +36,7 @@ use crate::model::MAX_MODEL_NAME;
 use crate::owned::OwnedChange;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
-use serde::{Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeSet;
 use std::fmt;
 use uuid::Uuid;
@@ -67,6 +72,30 @@ struct Previous {
     seq: u64,
     time_ms: u64,
     id_high: u64,
+    model: usize,
+}
+
+/// Whether a change is encoded as `Next`: the seq after the previous one, stamp counter 0,
+/// live, and the previous change's model.
+fn is_next(seq_delta: u64, counter: u32, tombstone: bool, model: usize, prev_model: usize) -> bool {
+    seq_delta == 1 && counter == 0 && !tombstone && model == prev_model
+}
+
+/// One change as encoded (borrowed; the variants mirror [`WireChange`]).
+#[derive(Serialize)]
+enum WireChangeRef<'a> {
+    /// `(time_delta, id_high_delta, id_low, data)`: the next seq, counter 0, the previous
+    /// change's model, live.
+    Next(i64, i64, [u8; 8], &'a serde_bytes::Bytes),
+    /// `(seq_delta, time_delta, meta, id_high_delta, id_low, data)`.
+    Any(u64, i64, u128, i64, [u8; 8], &'a serde_bytes::Bytes),
+}
+
+/// One change as decoded (the variants mirror [`WireChangeRef`]).
+#[derive(Deserialize)]
+enum WireChange {
+    Next(i64, i64, [u8; 8], serde_bytes::ByteBuf),
+    Any(u64, i64, u128, i64, [u8; 8], serde_bytes::ByteBuf),
 }
 
 /// The id's two halves: the big-endian first 8 bytes and the last 8 bytes.
@@ -98,28 +127,35 @@ impl Serialize for Changes<'_> {
         let n = self.models.len() as u128;
         let mut seq = s.serialize_seq(Some(self.changes.len()))?;
         let mut prev = Previous::default();
-        let mut model = (self.models.first().copied().unwrap_or_default(), 0u128);
+        // The previous change's model name (its index is `prev.model`).
+        let mut prev_name = self.models.first().copied().unwrap_or_default();
         for c in self.changes {
-            if c.model != model.0 {
-                let index = self.models.iter().position(|m| *m == c.model);
-                model = (&c.model, index.unwrap_or_default() as u128);
-            }
-            // counter < 2^32 and index < n < 2^64: cannot overflow.
-            let meta = ((u128::from(c.counter) * n + model.1) << 1) | u128::from(c.data.is_none());
+            let index = if c.model == prev_name {
+                prev.model
+            } else {
+                self.models.iter().position(|m| *m == c.model).unwrap_or(0)
+            };
             let (id_high, id_low) = split_id(&c.uuid);
-            seq.serialize_element(&(
-                c.seq.wrapping_sub(prev.seq),
-                c.time_ms.wrapping_sub(prev.time_ms) as i64,
-                meta,
-                id_high.wrapping_sub(prev.id_high) as i64,
-                id_low,
-                serde_bytes::Bytes::new(c.data.as_deref().unwrap_or_default()),
-            ))?;
+            let seq_delta = c.seq.wrapping_sub(prev.seq);
+            let time_delta = c.time_ms.wrapping_sub(prev.time_ms) as i64;
+            let high_delta = id_high.wrapping_sub(prev.id_high) as i64;
+            let data = serde_bytes::Bytes::new(c.data.as_deref().unwrap_or_default());
+            let change = if is_next(seq_delta, c.counter, c.data.is_none(), index, prev.model) {
+                WireChangeRef::Next(time_delta, high_delta, id_low, data)
+            } else {
+                // counter < 2^32 and index < n < 2^64: cannot overflow.
+                let meta = ((u128::from(c.counter) * n + index as u128) << 1)
+                    | u128::from(c.data.is_none());
+                WireChangeRef::Any(seq_delta, time_delta, meta, high_delta, id_low, data)
+            };
+            seq.serialize_element(&change)?;
             prev = Previous {
                 seq: c.seq,
                 time_ms: c.time_ms,
                 id_high,
+                model: index,
             };
+            prev_name = &c.model;
         }
         seq.end()
     }
@@ -184,18 +220,33 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
         let n = self.models.len() as u128;
         let mut used = 0usize;
         let mut prev = Previous::default();
-        type Wire = (u64, i64, u128, i64, [u8; 8], serde_bytes::ByteBuf);
-        while let Some((seq_delta, time_delta, meta, high_delta, id_low, data)) =
-            seq.next_element::<Wire>()?
-        {
-            let tombstone = meta & 1 == 1;
-            let rest = meta >> 1;
-            let (index, counter) = match rest.checked_rem(n) {
-                Some(index) => (index as usize, rest / n),
-                None => return Err(de::Error::custom("a change without a model")),
-            };
-            let counter = u32::try_from(counter)
-                .map_err(|_| de::Error::custom("stamp counter out of range"))?;
+        while let Some(wire) = seq.next_element::<WireChange>()? {
+            let (seq_delta, time_delta, counter, tombstone, index, high_delta, id_low, data) =
+                match wire {
+                    WireChange::Next(time_delta, high_delta, id_low, data) => (
+                        1, time_delta, 0, false, prev.model, high_delta, id_low, data,
+                    ),
+                    WireChange::Any(seq_delta, time_delta, meta, high_delta, id_low, data) => {
+                        let tombstone = meta & 1 == 1;
+                        let rest = meta >> 1;
+                        let Some(index) = rest.checked_rem(n) else {
+                            return Err(de::Error::custom("a change without a model"));
+                        };
+                        let counter = u32::try_from(rest / n)
+                            .map_err(|_| de::Error::custom("stamp counter out of range"))?;
+                        let index = index as usize;
+                        if is_next(seq_delta, counter, tombstone, index, prev.model) {
+                            return Err(de::Error::custom("`Any` where `Next` applies"));
+                        }
+                        (
+                            seq_delta, time_delta, counter, tombstone, index, high_delta, id_low,
+                            data,
+                        )
+                    }
+                };
+            if index >= self.models.len() {
+                return Err(de::Error::custom("a change without a model"));
+            }
             match index.cmp(&used) {
                 std::cmp::Ordering::Less => {}
                 std::cmp::Ordering::Equal => used += 1,
@@ -206,18 +257,20 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
             if tombstone && !data.is_empty() {
                 return Err(de::Error::custom("a tombstone with data"));
             }
+            let id_high = prev.id_high.wrapping_add(high_delta as u64);
             let c = OwnedChange {
                 seq: prev.seq.wrapping_add(seq_delta),
                 time_ms: prev.time_ms.wrapping_add(time_delta as u64),
                 counter,
                 model: self.models[index].clone(),
-                uuid: join_id(prev.id_high.wrapping_add(high_delta as u64), id_low),
+                uuid: join_id(id_high, id_low),
                 data: (!tombstone).then(|| data.into_vec()),
             };
             prev = Previous {
                 seq: c.seq,
                 time_ms: c.time_ms,
-                id_high: prev.id_high.wrapping_add(high_delta as u64),
+                id_high,
+                model: index,
             };
             out.push(c);
         }
@@ -229,7 +282,6 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde::Deserialize;
 
     /// A `StateBatch`-like wrapper to encode a run on its own.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -265,8 +317,8 @@ mod tests {
             .collect();
         let run = Run(changes);
         let bytes = postcard::to_stdvec(&run).expect("encodes");
-        // seq 1 + time 1 + meta 1 + id high 1 + id low 8 + length 1 + payload 20.
-        assert!(bytes.len() <= 1000 * 33 + 32, "{} bytes", bytes.len());
+        // Variant 1 + time 1 + id high 1 + id low 8 + length 1 + payload 20.
+        assert!(bytes.len() <= 1000 * 32 + 32, "{} bytes", bytes.len());
         assert_eq!(round_trip(&run), run);
     }
 
@@ -286,11 +338,13 @@ mod tests {
     /// One change as its raw wire fields.
     type RawChange<'a> = (u64, i64, u128, i64, [u8; 8], &'a [u8]);
 
-    /// Encodes a run by hand: `(models, changes)` with raw change tuples.
+    /// Encodes a run by hand: `(models, changes)` with every change as an `Any`.
     fn raw(models: &[&str], changes: &[RawChange<'_>]) -> Vec<u8> {
         let changes: Vec<_> = changes
             .iter()
-            .map(|&(a, b, c, d, e, f)| (a, b, c, d, e, serde_bytes::Bytes::new(f)))
+            .map(|&(a, b, c, d, e, f)| {
+                WireChangeRef::Any(a, b, c, d, e, serde_bytes::Bytes::new(f))
+            })
             .collect();
         postcard::to_stdvec(&(models, changes)).expect("encodes")
     }
@@ -301,31 +355,38 @@ mod tests {
 
     #[test]
     fn non_canonical_runs_are_refused() {
-        let ok = raw(&["a"], &[(1, 1, 0, 1, [0; 8], b"x")]);
+        // (A seq step of 2: `Next` does not apply, `Any` is the canonical form.)
+        let ok = raw(&["a"], &[(2, 1, 0, 1, [0; 8], b"x")]);
         assert!(decodes(&ok).is_ok());
+        // `Any` for a change `Next` encodes (seq + 1, counter 0, same model, live).
+        assert!(decodes(&raw(&["a"], &[(1, 1, 0, 1, [0; 8], b"x")])).is_err());
         // A tombstone carrying data.
-        assert!(decodes(&raw(&["a"], &[(1, 1, 1, 1, [0; 8], b"x")])).is_err());
+        assert!(decodes(&raw(&["a"], &[(2, 1, 1, 1, [0; 8], b"x")])).is_err());
         // A model listed twice, or never used.
-        assert!(decodes(&raw(&["a", "a"], &[(1, 1, 0, 1, [0; 8], b"")])).is_err());
-        assert!(decodes(&raw(&["a", "b"], &[(1, 1, 0, 1, [0; 8], b"")])).is_err());
+        assert!(decodes(&raw(&["a", "a"], &[(2, 1, 0, 1, [0; 8], b"")])).is_err());
+        assert!(decodes(&raw(&["a", "b"], &[(2, 1, 0, 1, [0; 8], b"")])).is_err());
         // Second model used before the first.
         assert!(decodes(&raw(
             &["a", "b"],
-            &[(1, 1, 2, 1, [0; 8], b""), (1, 1, 0, 1, [0; 8], b"")]
+            &[(2, 1, 2, 1, [0; 8], b""), (2, 1, 0, 1, [0; 8], b"")]
         ))
         .is_err());
-        // A change with no model table, and a counter beyond u32.
-        assert!(decodes(&raw(&[], &[(1, 1, 0, 1, [0; 8], b"")])).is_err());
+        // A change with no model table (either variant), and a counter beyond u32.
+        assert!(decodes(&raw(&[], &[(2, 1, 0, 1, [0; 8], b"")])).is_err());
+        let next = WireChangeRef::Next(1, 1, [0; 8], serde_bytes::Bytes::new(b""));
+        let empty: &[&str] = &[];
+        let bytes = postcard::to_stdvec(&(empty, vec![next])).expect("encodes");
+        assert!(decodes(&bytes).is_err());
         assert!(decodes(&raw(&["a"], &[(1, 1, 1 << 34, 1, [0; 8], b"")])).is_err());
     }
 
     #[test]
     fn model_names_past_the_cap_are_refused() {
         let name = "m".repeat(MAX_MODEL_NAME);
-        assert!(decodes(&raw(&[&name], &[(1, 1, 0, 1, [0; 8], b"")])).is_ok());
+        assert!(decodes(&raw(&[&name], &[(2, 1, 0, 1, [0; 8], b"")])).is_ok());
         // One long name and many tiny changes would be copied into every change.
         let long = "m".repeat(MAX_MODEL_NAME + 1);
-        let tiny: Vec<RawChange<'_>> = (0..1000).map(|_| (1, 0, 0, 0, [0; 8], &b""[..])).collect();
+        let tiny: Vec<RawChange<'_>> = (0..1000).map(|_| (0, 0, 0, 0, [0; 8], &b""[..])).collect();
         assert!(decodes(&raw(&[&long], &tiny)).is_err());
     }
 

@@ -380,8 +380,10 @@ fn state_batch_naming_an_overlong_model_is_a_typed_decode_error() {
     // `StateBatch` (variant 1), one model name past the cap, then 10,000 minimal changes:
     // decoded, every change would hold its own copy of the name.
     let long = "m".repeat(MAX_MODEL_NAME + 1);
+    // Each change an `Any` (variant 1) with a seq step of 0.
     let change = (
-        1u64,
+        1u8,
+        0u64,
         0i64,
         0u128,
         0i64,
@@ -389,13 +391,20 @@ fn state_batch_naming_an_overlong_model_is_a_typed_decode_error() {
         serde_bytes::Bytes::new(b""),
     );
     let mut bytes = vec![1u8];
-    bytes.extend(postcard::to_stdvec(&(vec![long.as_str()], vec![change; 10_000])).unwrap());
+    bytes.extend(
+        postcard::to_stdvec(&(vec![long.as_str()], vec![change; 10_000])).expect("encodes"),
+    );
     assert!(matches!(decode(&bytes), Err(CodecError::Malformed(_))));
     // At the cap it decodes: the refusal is the cap, not the shape of the frame.
     let name = "m".repeat(MAX_MODEL_NAME);
     let mut ok = vec![1u8];
-    ok.extend(postcard::to_stdvec(&(vec![name.as_str()], vec![change; 10_000])).unwrap());
-    assert!(matches!(decode(&ok), Ok(SyncMessage::StateBatch(cs)) if cs.len() == 10_000));
+    ok.extend(postcard::to_stdvec(&(vec![name.as_str()], vec![change; 10_000])).expect("encodes"));
+    let decoded = decode(&ok);
+    assert!(
+        matches!(&decoded, Ok(SyncMessage::StateBatch(cs)) if cs.len() == 10_000),
+        "{:?}",
+        decoded.err()
+    );
 }
 
 #[test]

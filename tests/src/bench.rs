@@ -40,6 +40,10 @@ pub struct WireSize {
     pub batched_postcard: f64,
     /// Per change inside a JSON array of 1,000.
     pub batched_json: f64,
+    /// Per change inside a `StateBatch` of 1,000 whose ids are UUIDv7 with random bits (the
+    /// 12 `rand_a` and 62 `rand_b` bits drawn from a fixed-seed generator; 16 ids per
+    /// millisecond), postcard.
+    pub batched_postcard_random_v7: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -243,6 +247,21 @@ pub fn wire_size() -> WireSize {
         records.iter().cloned().map(Into::into).collect(),
     ))
     .len();
+    let mut rng = hybridsync_core::conformance::SplitMix64::new(7);
+    let random_ids: Vec<hybridsync_core::OwnedChange> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let ms = u128::from(T0 + i as u64 / 16);
+            let rand_a = u128::from(rng.next_u64() & 0xfff);
+            let rand_b = u128::from(rng.next_u64() >> 2);
+            let mut c = hybridsync_core::OwnedChange::from(r.clone());
+            c.uuid =
+                Uuid::from_u128((ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b);
+            c
+        })
+        .collect();
+    let batch_random = encode(&SyncMessage::StateBatch(random_ids)).len();
     let batch_json = serde_json::json!({"StateBatch": records
         .iter()
         .enumerate()
@@ -255,5 +274,6 @@ pub fn wire_size() -> WireSize {
         single_json,
         batched_postcard: batch as f64 / 1000.0,
         batched_json: batch_json as f64 / 1000.0,
+        batched_postcard_random_v7: batch_random as f64 / 1000.0,
     }
 }

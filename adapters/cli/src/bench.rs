@@ -351,6 +351,13 @@ fn targets(r: &Report) -> Vec<Target> {
             "<= 65 B",
             w.batched_postcard <= 65.0,
         );
+        add(
+            "wire: per change in a batch, random-bit UUIDv7 ids".into(),
+            w.batched_postcard_random_v7,
+            "B",
+            "<= 65 B",
+            w.batched_postcard_random_v7 <= 65.0,
+        );
     }
     if let Some(s) = &r.sync {
         let n = s.records;
@@ -441,6 +448,10 @@ fn print_table(r: &Report) {
         println!(
             "  {:<34} {:>8.1} B {:>8.1} B",
             "per change, StateBatch of 1,000", w.batched_postcard, w.batched_json
+        );
+        println!(
+            "  {:<34} {:>8.1} B",
+            "  same, random-bit UUIDv7 ids", w.batched_postcard_random_v7
         );
     }
     if let Some(s) = &r.sync {
