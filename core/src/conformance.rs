@@ -553,6 +553,11 @@ pub fn large_put_batch_with_repeated_keys_keeps_highest_seq<B: StorageBackend>(b
             }
             let data = (!rng.percent(15)).then(|| seq.to_be_bytes().to_vec());
             batch.push(owned(owner, model, id, seq, data.as_deref()));
+            if rng.percent(5) {
+                // The same version twice (a duplicated delivery), and a rival with its seq.
+                batch.push(owned(owner, model, id, seq, data.as_deref()));
+                batch.push(owned(owner, model, id, seq, Some(b"rival")));
+            }
         }
         h.apply(vec![StorageCommand::PutOwned(batch)]);
         h.check_state();

@@ -14,6 +14,7 @@ use rusqlite::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Page cache size: `PRAGMA cache_size = -65536` (64 MiB); random-key inserts gain ~30 %.
@@ -553,9 +554,11 @@ fn put_owned(tx: &Transaction<'_>, ids: &mut Ids, records: &[OwnedRecord]) -> Tx
         };
         rows.push((owner, model, hlc_device, r));
     }
+    static UPSERT_CHUNK: LazyLock<String> = LazyLock::new(|| upsert_owned_sql(ROWS_PER_UPSERT));
+    static UPSERT_ONE: LazyLock<String> = LazyLock::new(|| upsert_owned_sql(1));
     let mut chunks = rows.chunks_exact(ROWS_PER_UPSERT);
     if chunks.len() > 0 {
-        let mut stmt = tx.prepare_cached(&upsert_owned_sql(ROWS_PER_UPSERT))?;
+        let mut stmt = tx.prepare_cached(&UPSERT_CHUNK)?;
         for chunk in chunks.by_ref() {
             let mut p = 0;
             for &(owner, model, hlc_device, r) in chunk {
@@ -574,7 +577,7 @@ fn put_owned(tx: &Transaction<'_>, ids: &mut Ids, records: &[OwnedRecord]) -> Tx
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut stmt = tx.prepare_cached(&upsert_owned_sql(1))?;
+        let mut stmt = tx.prepare_cached(&UPSERT_ONE)?;
         for &(owner, model, hlc_device, r) in rest {
             stmt.execute(params![
                 owner,
