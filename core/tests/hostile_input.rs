@@ -650,22 +650,27 @@ fn far_future_owned_stamp_applies_by_seq_without_dragging_the_clock() {
     assert!(n.store.state().hlc.time_ms < T0 + HOUR_MS);
 }
 
-/// Drives a shared catch-up from B down to a snapshot request; returns its request id.
-fn snapshot_requested(n: &mut Node) -> u64 {
+/// B announces `head` shared changes of its own; returns the id of the log request it gets.
+fn log_requested(n: &mut Node, head: u64) -> u64 {
     let outs = n.from(
         B,
         SyncMessage::Heartbeat {
             heads: BTreeMap::new(),
-            vv: [(B, 5)].into_iter().collect(),
+            vv: [(B, head)].into_iter().collect(),
         },
     );
-    let log_request = sent_to(&outs, B)
+    sent_to(&outs, B)
         .into_iter()
         .find_map(|m| match m {
             SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
             _ => None,
         })
-        .expect("log requested");
+        .expect("log requested")
+}
+
+/// Drives a shared catch-up from B down to a snapshot request; returns its request id.
+fn snapshot_requested(n: &mut Node) -> u64 {
+    let log_request = log_requested(n, 5);
     let outs = n.from(
         B,
         SyncMessage::SharedChangeResponse {
@@ -1084,20 +1089,7 @@ fn after_disconnect(outs: &[Output], peer: DeviceId) -> Vec<&Output> {
 #[test]
 fn log_page_removing_its_sender_ends_the_fetch_without_asking_it_for_more() {
     let mut n = Node::connected(B);
-    let outs = n.from(
-        B,
-        SyncMessage::Heartbeat {
-            heads: BTreeMap::new(),
-            vv: [(B, 3)].into_iter().collect(),
-        },
-    );
-    let request_id = sent_to(&outs, B)
-        .into_iter()
-        .find_map(|m| match m {
-            SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
-            _ => None,
-        })
-        .expect("log requested");
+    let request_id = log_requested(&mut n, 3);
     let outs = n.from(
         B,
         SyncMessage::SharedChangeResponse {

@@ -169,6 +169,31 @@ impl Net {
         }
     }
 
+    /// `d` asks `peer` for `owner`'s records from 0; returns the request id. Everything in
+    /// flight is dropped, so the test answers the request itself.
+    fn request_state_held(&mut self, d: DeviceId, peer: DeviceId, owner: DeviceId) -> u64 {
+        self.cmd(
+            d,
+            Command::RequestState {
+                peer,
+                owner,
+                since: Some(0),
+            },
+        );
+        let rid = self
+            .node(d)
+            .sent
+            .iter()
+            .rev()
+            .find_map(|(_, m)| match m {
+                SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
+                _ => None,
+            })
+            .expect("request sent");
+        self.queue.clear();
+        rid
+    }
+
     fn cmd(&mut self, d: DeviceId, cmd: Command) -> CommandId {
         self.next_cmd += 1;
         let id = CommandId(self.next_cmd);
@@ -417,25 +442,7 @@ fn catch_up_page_can_never_hold_the_requesters_own_records() {
     net.put(a, 5, b"mine");
     net.settle();
     let before = net.digest(a);
-    net.cmd(
-        a,
-        Command::RequestState {
-            peer: b,
-            owner: b,
-            since: Some(0),
-        },
-    );
-    let rid = net
-        .node(a)
-        .sent
-        .iter()
-        .rev()
-        .find_map(|(_, m)| match m {
-            SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
-            _ => None,
-        })
-        .expect("request sent");
-    net.queue.clear();
+    let rid = net.request_state_held(a, b, b);
     // b answers a's request for b's records with a "newer" version of a's own record, as a
     // page of a's records: a fetches no such stream, so it is ignored...
     net.inject(
@@ -1090,25 +1097,7 @@ fn response_page_larger_than_requested_is_refused() {
     let mut net = Net::new(2);
     net.connect(a, b);
     net.settle();
-    net.cmd(
-        a,
-        Command::RequestState {
-            peer: b,
-            owner: b,
-            since: Some(0),
-        },
-    );
-    let rid = net
-        .node(a)
-        .sent
-        .iter()
-        .rev()
-        .find_map(|(_, m)| match m {
-            SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
-            _ => None,
-        })
-        .expect("request sent");
-    net.queue.clear();
+    let rid = net.request_state_held(a, b, b);
     let before = net.digest(a);
     let records: Vec<OwnedRecord> = (1..=4)
         .map(|s| rec(b, s, u128::from(s), Some(b"x")))
@@ -1156,25 +1145,7 @@ fn next_catch_up_request_goes_out_before_the_page_is_stored() {
     let mut net = Net::new(2);
     net.connect(a, b);
     net.settle();
-    net.cmd(
-        a,
-        Command::RequestState {
-            peer: b,
-            owner: b,
-            since: Some(0),
-        },
-    );
-    let rid = net
-        .node(a)
-        .sent
-        .iter()
-        .rev()
-        .find_map(|(_, m)| match m {
-            SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
-            _ => None,
-        })
-        .expect("request sent");
-    net.queue.clear();
+    let rid = net.request_state_held(a, b, b);
     let now = net.now;
     let node = net.nodes.get_mut(&a).expect("node a");
     // Stamps a little ahead of a's clock: a persists the clock it observed, after the request.
