@@ -231,13 +231,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args);
     let started = Instant::now();
     let tmp = tempfile::tempdir()?;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => tmp.path().to_path_buf(),
-    };
+    let dir = support::work_dir(args.dir.as_deref(), tmp.path())?;
     let mut report = Report {
         machine: Machine::probe(),
         quick: plan.quick,

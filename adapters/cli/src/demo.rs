@@ -54,12 +54,7 @@ impl Device {
     async fn new(name: &'static str, seed: u8, dir: &std::path::Path) -> anyhow::Result<Device> {
         // Fixed keys keep the demo reproducible; a real device uses SecretKey::generate().
         let key = SecretKey::from_bytes(&[seed; 32]);
-        let endpoint = offline_endpoint(key.clone(), "127.0.0.1:0".parse()?).await?;
-        let addr = *endpoint
-            .addr()
-            .ip_addrs()
-            .next()
-            .context("endpoint has no address")?;
+        let (endpoint, addr) = support::loopback_endpoint(key.clone()).await?;
         Ok(Device {
             name,
             id: support::device_id_for(&key.public()),
@@ -279,13 +274,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
     let tmp = tempfile::tempdir()?;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => tmp.path().to_path_buf(),
-    };
+    let dir = support::work_dir(args.dir.as_deref(), tmp.path())?;
     println!(
         "hybridsync demo: 3 devices, iroh QUIC on 127.0.0.1 (no relay, no discovery), SQLite in {}",
         dir.display()

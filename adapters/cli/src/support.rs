@@ -1,13 +1,39 @@
 //! Helpers shared by the subcommands: logging, runtime, identities, reading records back.
 
+use anyhow::Context;
 use hybridsync_core::digest::Fnv64;
 use hybridsync_core::{
     DeviceId, OwnedRecord, ReadId, SharedRecord, StorageBackend, StorageCommand, StorageDone,
 };
+use hybridsync_iroh::offline_endpoint;
 use hybridsync_sqlite::SqliteStore;
 use hybridsync_tokio::Node;
-use iroh::PublicKey;
+use iroh::{Endpoint, PublicKey, SecretKey};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use uuid::Uuid;
+
+/// An offline iroh endpoint on 127.0.0.1 (any port) and the address peers dial it at.
+pub async fn loopback_endpoint(key: SecretKey) -> anyhow::Result<(Endpoint, SocketAddr)> {
+    let endpoint = offline_endpoint(key, "127.0.0.1:0".parse()?).await?;
+    let addr = *endpoint
+        .addr()
+        .ip_addrs()
+        .next()
+        .context("endpoint has no address")?;
+    Ok((endpoint, addr))
+}
+
+/// The directory to work in: `given` (created if needed), else the temporary directory `tmp`.
+pub fn work_dir(given: Option<&Path>, tmp: &Path) -> std::io::Result<PathBuf> {
+    match given {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok(d.to_path_buf())
+        }
+        None => Ok(tmp.to_path_buf()),
+    }
+}
 
 /// Logs go to stderr; `RUST_LOG` overrides `default` (e.g. `RUST_LOG=hybridsync_iroh=debug`).
 pub fn init_tracing(default: &str) {

@@ -529,7 +529,7 @@ fn put_owned(tx: &Transaction<'_>, ids: &mut Ids, records: &[OwnedRecord]) -> Tx
     // Batches are usually one owner's records of a few models: skip the lookups for repeats.
     let mut last_owner: Option<(DeviceId, i64)> = None;
     let mut last_model: Option<(&str, i64)> = None;
-    let mut rows = Vec::with_capacity(records.len());
+    let mut rows: Vec<OwnedRow<'_>> = Vec::with_capacity(records.len());
     for r in records {
         let owner = match last_owner {
             Some((d, id)) if d == r.owner => id,
@@ -560,36 +560,39 @@ fn put_owned(tx: &Transaction<'_>, ids: &mut Ids, records: &[OwnedRecord]) -> Tx
     if chunks.len() > 0 {
         let mut stmt = tx.prepare_cached(&UPSERT_CHUNK)?;
         for chunk in chunks.by_ref() {
-            let mut p = 0;
-            for &(owner, model, hlc_device, r) in chunk {
-                stmt.raw_bind_parameter(p + 1, owner)?;
-                stmt.raw_bind_parameter(p + 2, model)?;
-                stmt.raw_bind_parameter(p + 3, r.uuid.as_bytes())?;
-                stmt.raw_bind_parameter(p + 4, enc_u64(r.seq))?;
-                stmt.raw_bind_parameter(p + 5, enc_u64(r.hlc.time_ms))?;
-                stmt.raw_bind_parameter(p + 6, r.hlc.counter)?;
-                stmt.raw_bind_parameter(p + 7, hlc_device)?;
-                stmt.raw_bind_parameter(p + 8, r.data.as_deref())?;
-                p += 8;
-            }
+            bind_owned_rows(&mut stmt, chunk)?;
             stmt.raw_execute()?;
         }
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut stmt = tx.prepare_cached(&UPSERT_ONE)?;
-        for &(owner, model, hlc_device, r) in rest {
-            stmt.execute(params![
-                owner,
-                model,
-                r.uuid.as_bytes(),
-                enc_u64(r.seq),
-                enc_u64(r.hlc.time_ms),
-                r.hlc.counter,
-                hlc_device,
-                r.data.as_deref(),
-            ])?;
+        for row in rest.chunks(1) {
+            bind_owned_rows(&mut stmt, row)?;
+            stmt.raw_execute()?;
         }
+    }
+    Ok(())
+}
+
+/// A record to upsert with its interned owner, model and stamp device.
+type OwnedRow<'a> = (i64, i64, i64, &'a OwnedRecord);
+
+/// Binds `rows` to the parameters of an [`upsert_owned_sql`] statement of as many rows.
+fn bind_owned_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    rows: &[OwnedRow<'_>],
+) -> TxResult<()> {
+    for (i, &(owner, model, hlc_device, r)) in rows.iter().enumerate() {
+        let p = i * 8;
+        stmt.raw_bind_parameter(p + 1, owner)?;
+        stmt.raw_bind_parameter(p + 2, model)?;
+        stmt.raw_bind_parameter(p + 3, r.uuid.as_bytes())?;
+        stmt.raw_bind_parameter(p + 4, enc_u64(r.seq))?;
+        stmt.raw_bind_parameter(p + 5, enc_u64(r.hlc.time_ms))?;
+        stmt.raw_bind_parameter(p + 6, r.hlc.counter)?;
+        stmt.raw_bind_parameter(p + 7, hlc_device)?;
+        stmt.raw_bind_parameter(p + 8, r.data.as_deref())?;
     }
     Ok(())
 }

@@ -268,8 +268,8 @@ fn missing_directory_is_an_io_error() {
     assert!(matches!(err, SqliteError::Io { .. }), "{err:?}");
 }
 
-#[test]
-fn damaged_register_row_fails_the_read_and_the_merge_but_not_the_store() {
+/// A store whose one shared record (written by the returned change) has damaged registers.
+fn store_with_damaged_register() -> (SqliteStore, SharedChange) {
     let mut store = SqliteStore::open_in_memory().expect("opens");
     let change = SharedChange {
         origin: ME,
@@ -287,6 +287,12 @@ fn damaged_register_row_fails_the_read_and_the_merge_but_not_the_store() {
         .connection()
         .execute("UPDATE shared SET registers = x'ffffffff'", [])
         .expect("damage");
+    (store, change)
+}
+
+#[test]
+fn damaged_register_row_fails_the_read_and_the_merge_but_not_the_store() {
+    let (mut store, change) = store_with_damaged_register();
     // A read of the damaged row fails only that read; the batch's writes still commit.
     let done = store
         .execute(vec![
@@ -413,23 +419,7 @@ fn catch_up_reads_are_index_range_scans() {
 
 #[test]
 fn failed_batch_does_not_leave_stale_interned_ids_behind() {
-    let mut store = SqliteStore::open_in_memory().expect("opens");
-    let seed = SharedChange {
-        origin: ME,
-        seq: 1,
-        hlc: Hlc::new(5, 0, ME),
-        model: "tag".into(),
-        record: uuid::Uuid::from_u128(9),
-        kind: hybridsync_core::ChangeKind::Insert,
-        fields: Default::default(),
-    };
-    store
-        .execute(vec![StorageCommand::AppendLog(vec![seed.clone()])])
-        .expect("append");
-    store
-        .connection()
-        .execute("UPDATE shared SET registers = x'ffffffff'", [])
-        .expect("damage");
+    let (mut store, seed) = store_with_damaged_register();
     let stranger = DeviceId::from_u128(0x5742);
     let record = |seq| hybridsync_core::OwnedRecord {
         owner: stranger,

@@ -15,7 +15,7 @@ use super::counting::{Counter, Counting, Sent};
 use crate::support::{self, Store};
 use anyhow::{bail, Context};
 use hybridsync_core::{Config, DeviceId, Event, ModelRegistry, Stream};
-use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport};
+use hybridsync_iroh::{DeviceRegistry, IrohConfig, IrohTransport};
 use hybridsync_tokio::Node;
 use iroh::{EndpointAddr, SecretKey};
 use serde::{Deserialize, Serialize};
@@ -195,12 +195,7 @@ async fn start(
 ) -> anyhow::Result<Device> {
     let (secret, me) = identity(key);
     let (peer_secret, peer) = identity(peer_key);
-    let endpoint = offline_endpoint(secret, "127.0.0.1:0".parse()?).await?;
-    let addr = *endpoint
-        .addr()
-        .ip_addrs()
-        .next()
-        .context("endpoint has no address")?;
+    let (endpoint, addr) = support::loopback_endpoint(secret).await?;
     let registry = DeviceRegistry::new();
     let mut peer_endpoint = EndpointAddr::new(peer_secret.public());
     if let Some(a) = peer_addr {

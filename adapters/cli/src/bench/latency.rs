@@ -5,10 +5,10 @@
 use super::child::{config, identity};
 use super::median;
 use super::sync::remove_db;
-use crate::support::Store;
-use anyhow::{bail, Context};
+use crate::support::{self, Store};
+use anyhow::bail;
 use hybridsync_core::{DeviceId, Event};
-use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport};
+use hybridsync_iroh::{DeviceRegistry, IrohConfig, IrohTransport};
 use hybridsync_sim::bench::{entry_payload, v7_like};
 use hybridsync_tokio::Node;
 use iroh::EndpointAddr;
@@ -83,12 +83,7 @@ async fn start(
 )> {
     let (secret, me) = identity(key);
     let (_, peer) = identity(peer_key);
-    let endpoint = offline_endpoint(secret.clone(), "127.0.0.1:0".parse()?).await?;
-    let addr = *endpoint
-        .addr()
-        .ip_addrs()
-        .next()
-        .context("endpoint has no address")?;
+    let (endpoint, addr) = support::loopback_endpoint(secret.clone()).await?;
     let registry = DeviceRegistry::new();
     let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
     transport.spawn_router();
