@@ -44,6 +44,7 @@ pub use model::{ModelKind, ModelRegistry, MAX_MODEL_NAME, MEMBER_MODEL};
 pub use owned::{OwnedChange, OwnedRecord};
 pub use replica::{
     Command, CommandError, CommandId, Config, Event, Input, Output, Refusal, Replica, Stream,
+    FRAME_ENVELOPE,
 };
 pub use shared::{ChangeKind, Register, SharedChange, SharedRecord};
 pub use storage::{ReadId, Restored, StorageBackend, StorageCommand, StorageDone};

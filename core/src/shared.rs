@@ -243,6 +243,20 @@ impl SharedRecord {
         )
     }
 
+    /// The record without its hidden field registers (older than the latest `Insert`).
+    ///
+    /// Dropping them loses nothing: a hidden register can never become visible again (only a
+    /// newer write to that field could, and it replaces the register), and any register the
+    /// receiver holds for that field that is older than `last_insert` is hidden there too once
+    /// it merges `last_insert`. Snapshots send records in this form, so re-inserting a record
+    /// with other large fields does not make it grow beyond what the application sees.
+    pub fn without_hidden(mut self) -> Self {
+        if let Some(since) = self.last_insert {
+            self.fields.retain(|_, r| r.hlc >= since);
+        }
+        self
+    }
+
     /// The size this record counts against a snapshot page's byte budget.
     pub fn budget_size(&self) -> usize {
         96 + self.model.len() + fields_size(self.fields.iter().map(|(k, r)| (k, &r.value)))
@@ -252,6 +266,12 @@ impl SharedRecord {
     pub fn devices(&self) -> impl Iterator<Item = DeviceId> + '_ {
         self.fields.values().map(|r| r.hlc.device)
     }
+}
+
+/// The largest budget size a shared write of `fields` can take on any path: as a change in a
+/// push or log page, or as the snapshot record it builds (the larger of the two).
+pub(crate) fn write_budget(model: &str, fields: &BTreeMap<String, Value>) -> usize {
+    96 + model.len() + fields_size(fields.iter())
 }
 
 fn fields_size<'a>(fields: impl Iterator<Item = (&'a String, &'a Value)>) -> usize {

@@ -1311,6 +1311,9 @@ fn seeded_world(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         late_join: u.arbitrary()?,
         removal: u.arbitrary()?,
         storage_delay: u.arbitrary()?,
+        topology: *u.choose(&crate::Topology::SHAPES)?,
+        large_writes: u.arbitrary()?,
+        rolling_upgrade: u.arbitrary()?,
         trace: false,
     };
     let seed: u64 = u.arbitrary()?;

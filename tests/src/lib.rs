@@ -53,6 +53,14 @@ pub struct SimConfig {
     pub removal: bool,
     /// Storage completions arrive late.
     pub storage_delay: bool,
+    /// Which devices are paired (connect at all); see [`Topology`].
+    pub topology: Topology,
+    /// Some writes are large: near, at and beyond the frame limit the simulated network
+    /// enforces (it enforces it always: an engine message above it is a failed check).
+    pub large_writes: bool,
+    /// Rolling upgrade: some devices start without the models `album` and `volume`, which the
+    /// others write; a crash-restart may upgrade them.
+    pub rolling_upgrade: bool,
     /// Record a human-readable trace.
     pub trace: bool,
 }
@@ -73,6 +81,9 @@ impl SimConfig {
             late_join: true,
             removal: true,
             storage_delay: true,
+            topology: Topology::Random,
+            large_writes: true,
+            rolling_upgrade: true,
             trace: false,
         }
     }
@@ -92,9 +103,46 @@ impl SimConfig {
             late_join: false,
             removal: false,
             storage_delay: false,
+            topology: Topology::FullMesh,
+            large_writes: false,
+            rolling_upgrade: false,
             trace: false,
         }
     }
+}
+
+/// The pairing graph: devices connect only along its edges, as real devices connect only to
+/// devices they were paired with. A device that joins during the run is paired with its
+/// sponsor (and knows only it); a removed device's neighbours are paired with each other so the
+/// graph stays connected, as a user would re-pair them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// Each seed draws one of the shapes below.
+    Random,
+    /// Every pair of devices.
+    FullMesh,
+    /// `0 - 1 - 2 - ...`
+    Chain,
+    /// Everyone paired with device 0 only.
+    Star,
+    /// A chain closed into a cycle.
+    Ring,
+    /// A random spanning tree.
+    Tree,
+    /// A random spanning tree plus a few random extra pairs.
+    Sparse,
+}
+
+impl Topology {
+    /// The concrete shapes [`Topology::Random`] draws from.
+    pub const SHAPES: [Topology; 6] = [
+        Topology::FullMesh,
+        Topology::Chain,
+        Topology::Star,
+        Topology::Ring,
+        Topology::Tree,
+        Topology::Sparse,
+    ];
 }
 
 /// The outcome of one seed.

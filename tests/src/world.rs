@@ -2,13 +2,13 @@
 
 use crate::reference::Reference;
 use crate::rng::Rng;
-use crate::{SeedReport, SimConfig};
+use crate::{SeedReport, SimConfig, Topology};
 use hybridsync_core::digest::Fnv64;
 use hybridsync_core::memstore::MemState;
 use hybridsync_core::{
-    decode, encode, Command, CommandId, Config, DeviceId, Event, Hlc, Input, Instant, MemStore,
-    ModelRegistry, Now, Output, Replica, Restored, StorageCommand, StorageDone, SyncMessage, Value,
-    MEMBER_MODEL,
+    decode, encode, Command, CommandError, CommandId, Config, DeviceId, Event, Hlc, Input, Instant,
+    MemStore, ModelKind, ModelRegistry, Now, Output, Replica, Restored, StorageCommand,
+    StorageDone, SyncMessage, Value, FRAME_ENVELOPE, MEMBER_MODEL,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -19,6 +19,11 @@ const T0: u64 = 1_750_000_000_000;
 const MAX_DRIFT_MS: u64 = 5 * 60_000;
 const FUTURE_SKEW_MS: i64 = 8 * 60_000;
 const SECOND: u64 = 1_000_000;
+/// The simulated network's frame limit, small so that large writes reach it cheaply. A
+/// message above it is dropped, as the iroh transport drops it, and fails the seed.
+pub const MAX_FRAME: usize = 16 * 1024;
+/// The largest write the engine must accept under [`MAX_FRAME`].
+const MAX_WRITE: usize = MAX_FRAME - FRAME_ENVELOPE;
 
 #[derive(Debug)]
 enum Ev {
@@ -57,6 +62,11 @@ enum Ev {
     },
     Links,
     Join,
+    /// Two devices pair during the run (a new edge of the pairing graph).
+    Pair {
+        a: usize,
+        b: usize,
+    },
 }
 
 struct Dev {
@@ -77,6 +87,8 @@ struct Dev {
     max_wall: u64,
     owned_seqs: Vec<u64>,
     shared_seqs: Vec<u64>,
+    /// Knows the models `album` and `volume` (rolling upgrade).
+    upgraded: bool,
 }
 
 /// One simulation run.
@@ -88,6 +100,10 @@ pub(crate) struct World {
     queue: BTreeMap<(u64, u64), Ev>,
     devs: Vec<Dev>,
     links: BTreeMap<(usize, usize), u64>,
+    /// The pairing graph: devices connect only along these edges.
+    edges: BTreeSet<(usize, usize)>,
+    /// Payload bytes of the large writes issued, by command id.
+    large: BTreeMap<u64, usize>,
     next_conn: u64,
     cut: BTreeSet<usize>,
     faults: bool,
@@ -105,12 +121,70 @@ pub(crate) struct World {
     stats: BTreeMap<&'static str, u64>,
 }
 
-fn engine_config(id: DeviceId) -> Config {
-    let mut c = Config::new(id, ModelRegistry::spacedrive());
+fn engine_config(id: DeviceId, upgraded: bool) -> Config {
+    let models = if upgraded {
+        ModelRegistry::spacedrive()
+    } else {
+        // The previous release: it does not know `volume` (device-owned) nor `album` (shared).
+        ModelRegistry::new()
+            .with("location", ModelKind::DeviceOwned)
+            .with("entry", ModelKind::DeviceOwned)
+            .with("tag", ModelKind::Shared)
+            .with("user_metadata", ModelKind::Shared)
+    };
+    let mut c = Config::new(id, models);
     c.max_clock_drift = Duration::from_millis(MAX_DRIFT_MS);
     c.page_records = 16;
     c.page_bytes = 4096;
+    c.max_frame = MAX_FRAME;
     c
+}
+
+/// Draws the pairing graph of `n` devices.
+fn pairing_graph(rng: &mut Rng, topology: Topology, n: usize) -> BTreeSet<(usize, usize)> {
+    let shape = match topology {
+        Topology::Random => *rng.pick(&Topology::SHAPES).unwrap_or(&Topology::FullMesh),
+        t => t,
+    };
+    let mut edges = BTreeSet::new();
+    match shape {
+        Topology::Random | Topology::FullMesh => {
+            for a in 0..n {
+                for b in a + 1..n {
+                    edges.insert((a, b));
+                }
+            }
+        }
+        Topology::Chain | Topology::Ring => {
+            for a in 1..n {
+                edges.insert((a - 1, a));
+            }
+            if shape == Topology::Ring && n > 2 {
+                edges.insert((0, n - 1));
+            }
+        }
+        Topology::Star => {
+            for a in 1..n {
+                edges.insert((0, a));
+            }
+        }
+        Topology::Tree | Topology::Sparse => {
+            for a in 1..n {
+                let parent = rng.below(a as u64) as usize;
+                edges.insert((parent, a));
+            }
+            if shape == Topology::Sparse {
+                for _ in 0..n / 2 {
+                    let a = rng.below(n as u64) as usize;
+                    let b = rng.below(n as u64) as usize;
+                    if a != b {
+                        edges.insert(pair(a, b));
+                    }
+                }
+            }
+        }
+    }
+    edges
 }
 
 impl World {
@@ -118,6 +192,7 @@ impl World {
         let mut rng = Rng::new(seed);
         let total = cfg.peers + usize::from(cfg.late_join);
         let initial: Vec<DeviceId> = (0..cfg.peers).map(device).collect();
+        let edges = pairing_graph(&mut rng, cfg.topology, cfg.peers);
         let mut devs = Vec::new();
         for i in 0..total {
             let future = cfg.future_clock && i == 0 && total > 2;
@@ -143,6 +218,8 @@ impl World {
                 max_wall: 0,
                 owned_seqs: Vec::new(),
                 shared_seqs: Vec::new(),
+                // Device 0 always runs the new release, so the new models are written.
+                upgraded: !cfg.rolling_upgrade || i == 0 || rng.chance(0.5),
             });
         }
         let mut w = World {
@@ -153,6 +230,8 @@ impl World {
             queue: BTreeMap::new(),
             devs,
             links: BTreeMap::new(),
+            edges,
+            large: BTreeMap::new(),
             next_conn: 0,
             cut: BTreeSet::new(),
             faults: true,
@@ -193,10 +272,15 @@ impl World {
     fn start(&mut self, d: usize, restored: Restored) {
         let now = self.now_for(d);
         let id = self.devs[d].id;
-        self.devs[d].replica = Some(Replica::new(engine_config(id), restored, now));
+        let config = engine_config(id, self.devs[d].upgraded);
+        self.devs[d].replica = Some(Replica::new(config, restored, now));
         self.devs[d].started = true;
         self.devs[d].wake = None;
+        // What the engine writes of its own while starting (bootstrap member entries) is a
+        // write of this device like any command's.
+        self.in_command = true;
         self.drain(d);
+        self.in_command = false;
     }
 
     fn schedule(&mut self) {
@@ -371,10 +455,20 @@ impl World {
             ));
         }
         if let Event::CommandFailed { id, reason } = &e {
-            self.failures.push(format!(
-                "{}: command {id:?} failed: {reason}",
-                self.devs[d].id
-            ));
+            // Only a write that really is beyond the limit may be refused as too large (the
+            // budget adds less than 512 bytes to the payload).
+            let beyond = self
+                .large
+                .get(&id.0)
+                .is_some_and(|len| len + 512 > MAX_WRITE);
+            if beyond && matches!(reason, CommandError::TooLarge { .. }) {
+                self.count("refused_too_large");
+            } else {
+                self.failures.push(format!(
+                    "{}: command {id:?} failed: {reason}",
+                    self.devs[d].id
+                ));
+            }
         }
     }
 
@@ -390,6 +484,17 @@ impl World {
             return;
         };
         let bytes = encode(&msg);
+        if bytes.len() > MAX_FRAME {
+            // The iroh transport refuses to send it; so does this network. Any such message
+            // is an engine bug: something accepted can no longer travel.
+            self.failures.push(format!(
+                "{} emitted a {} of {} bytes, above the {MAX_FRAME}-byte frame limit",
+                self.devs[from].id,
+                msg.kind(),
+                bytes.len()
+            ));
+            return;
+        }
         self.messages += 1;
         self.bytes += bytes.len() as u64;
         self.trace_hash.write(&self.now_us.to_le_bytes());
@@ -442,6 +547,7 @@ impl World {
             && self.alive(b)
             && !self.stop_links_to.contains(&a)
             && !self.stop_links_to.contains(&b)
+            && self.edges.contains(&pair(a, b))
             && (self.cut.contains(&a) == self.cut.contains(&b))
     }
 
@@ -476,16 +582,16 @@ impl World {
     }
 
     fn maintain_links(&mut self) {
-        let n = self.devs.len();
-        for a in 0..n {
-            for b in a + 1..n {
-                let up = self.links.contains_key(&pair(a, b));
-                let allowed = self.may_link(a, b);
-                if up && !allowed {
-                    self.close_link(a, b);
-                } else if !up && allowed {
-                    self.open_link(a, b);
-                }
+        let up: Vec<(usize, usize)> = self.links.keys().copied().collect();
+        for (a, b) in up {
+            if !self.may_link(a, b) {
+                self.close_link(a, b);
+            }
+        }
+        let edges: Vec<(usize, usize)> = self.edges.iter().copied().collect();
+        for (a, b) in edges {
+            if !self.links.contains_key(&(a, b)) && self.may_link(a, b) {
+                self.open_link(a, b);
             }
         }
     }
@@ -524,6 +630,10 @@ impl World {
         if self.alive(d) || !self.devs[d].started {
             return;
         }
+        if self.cfg.rolling_upgrade && !self.devs[d].upgraded && self.rng.chance(0.5) {
+            self.count("upgrades");
+            self.devs[d].upgraded = true;
+        }
         let restored = self.devs[d].store.restored();
         self.start(d, restored);
     }
@@ -547,33 +657,83 @@ impl World {
         };
         self.ops_done += 1;
         let roll = self.rng.below(100);
+        // Upgraded devices write the models older ones do not know, under their own keys (the
+        // model is part of the key).
+        let new_model = self.devs[d].upgraded && self.cfg.rolling_upgrade && self.rng.chance(0.3);
+        let (owned_model, shared_model) = if new_model {
+            ("volume", "album")
+        } else {
+            ("entry", "tag")
+        };
         let owned_uuid = Uuid::from_u128(((d as u128) << 64) | u128::from(self.rng.below(20)));
         let shared_uuid = Uuid::from_u128(0xAB00 + u128::from(self.rng.below(15)));
+        if self.cfg.large_writes && self.rng.chance(0.04) {
+            return self.large_write(d, owned_model, owned_uuid, shared_model, shared_uuid);
+        }
         let cmd = match roll {
             0..=29 => Command::PutOwned {
-                model: "entry".into(),
+                model: owned_model.into(),
                 uuid: owned_uuid,
                 data: self.rng.next_u64().to_le_bytes().to_vec(),
             },
             30..=39 => Command::DeleteOwned {
-                model: "entry".into(),
+                model: owned_model.into(),
                 uuid: owned_uuid,
             },
             40..=64 => Command::InsertShared {
-                model: "tag".into(),
+                model: shared_model.into(),
                 uuid: shared_uuid,
                 fields: self.fields(),
             },
             65..=89 => Command::UpdateShared {
-                model: "tag".into(),
+                model: shared_model.into(),
                 uuid: shared_uuid,
                 fields: self.fields(),
             },
             _ => Command::DeleteShared {
-                model: "tag".into(),
+                model: shared_model.into(),
                 uuid: shared_uuid,
             },
         };
+        self.command(d, cmd);
+    }
+
+    /// A write near, at or beyond the frame limit: accepted writes must reach everyone, larger
+    /// ones must be refused up front. Large shared values go in by `Insert` under one of two
+    /// field names, so a record re-inserted with the other name carries a large hidden
+    /// register while the application sees one large field.
+    fn large_write(
+        &mut self,
+        d: usize,
+        owned_model: &str,
+        owned_uuid: Uuid,
+        shared_model: &str,
+        shared_uuid: Uuid,
+    ) {
+        let len = self.rng.range(MAX_WRITE as u64 / 2, MAX_WRITE as u64 + 512) as usize;
+        let byte = self.rng.below(256) as u8;
+        let cmd = if self.rng.chance(0.5) {
+            Command::PutOwned {
+                model: owned_model.into(),
+                uuid: owned_uuid,
+                data: vec![byte; len],
+            }
+        } else {
+            let name = if self.rng.chance(0.5) {
+                "blob"
+            } else {
+                "cover"
+            };
+            let mut fields = self.fields();
+            fields.insert(name.to_owned(), Value::Bytes(vec![byte; len]));
+            Command::InsertShared {
+                model: shared_model.into(),
+                uuid: shared_uuid,
+                fields,
+            }
+        };
+        self.count("large_writes");
+        self.large.insert(self.next_cmd + 1, len);
         self.command(d, cmd);
     }
 
@@ -614,8 +774,18 @@ impl World {
             return;
         }
         self.count("joins");
-        let all: Vec<DeviceId> = self.devs.iter().map(|d| d.id).collect();
-        self.start(joiner, Restored::bootstrap(all));
+        // Paired with its sponsor, the joiner knows only itself and the sponsor; it learns the
+        // rest of the library from the log. It may pair with another device later.
+        self.edges.insert(pair(joiner, sponsor));
+        let sponsor_id = self.devs[sponsor].id;
+        self.start(joiner, Restored::bootstrap([id, sponsor_id]));
+        let others: Vec<usize> = (0..self.cfg.peers).filter(|d| *d != sponsor).collect();
+        if let Some(&b) = self.rng.pick(&others) {
+            if self.rng.chance(0.5) {
+                let later = self.rng.range(SECOND, 20 * SECOND);
+                self.at(later, Ev::Pair { a: joiner, b });
+            }
+        }
     }
 
     // ------------------------------------------------------------------ main loop
@@ -694,6 +864,11 @@ impl World {
                 self.at(SECOND, Ev::Links);
             }
             Ev::Join => self.join(),
+            Ev::Pair { a, b } => {
+                self.count("pairings");
+                self.edges.insert(pair(a, b));
+                self.maintain_links();
+            }
         }
     }
 
@@ -780,6 +955,19 @@ impl World {
         self.command(sponsor, Command::RemoveMember(rid));
         self.devs[r].removed = true;
         self.stop_links_to.insert(r);
+        // The user re-pairs the removed device's neighbours so the library stays connected.
+        let neighbours: Vec<usize> = self
+            .edges
+            .iter()
+            .filter_map(|&(a, b)| match (a == r, b == r) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .collect();
+        for w in neighbours.windows(2) {
+            self.edges.insert(pair(w[0], w[1]));
+        }
         true
     }
 

@@ -1,8 +1,12 @@
 //! Engine configuration.
 
+use crate::codec::DEFAULT_MAX_FRAME;
 use crate::id::DeviceId;
 use crate::model::ModelRegistry;
 use std::time::Duration;
+
+/// Bytes of a frame kept for the message around the largest single change it carries.
+pub const FRAME_ENVELOPE: usize = 1024;
 
 /// How a [`crate::Replica`] behaves. Every limit here bounds memory or work per peer.
 #[derive(Clone, Debug)]
@@ -25,6 +29,11 @@ pub struct Config {
     pub max_page_records: u32,
     /// Byte budget of a served page (default 1 MiB, well below the 4 MiB frame limit).
     pub page_bytes: usize,
+    /// The transport's maximum frame size (default [`DEFAULT_MAX_FRAME`], the iroh
+    /// transport's). A local write whose change could not travel in one frame is refused up
+    /// front with [`CommandError::TooLarge`](crate::CommandError::TooLarge): every write the
+    /// engine accepts can reach every member. Set it to the limit of the transport in use.
+    pub max_frame: usize,
     /// Storage reads pending for one peer's requests before it is answered `Busy` (default 4).
     pub max_pending_reads_per_peer: usize,
     /// A member not heard from for this long stops pinning the shared log (default: never).
@@ -45,9 +54,20 @@ impl Config {
             page_records: 2048,
             max_page_records: 4096,
             page_bytes: 1024 * 1024,
+            max_frame: DEFAULT_MAX_FRAME,
             max_pending_reads_per_peer: 4,
             eviction_after: None,
         }
+    }
+
+    /// The largest change a local write may produce, in [`budget_size`] bytes: the frame
+    /// limit minus [`FRAME_ENVELOPE`] for the message around it (request ids, cursors, the
+    /// variant tag), so the change fits in any message that carries it alone — a push, a
+    /// catch-up page or, for a shared change, the snapshot record it builds.
+    ///
+    /// [`budget_size`]: crate::OwnedRecord::budget_size
+    pub fn max_write_bytes(&self) -> usize {
+        self.max_frame.saturating_sub(FRAME_ENVELOPE)
     }
 
     pub(crate) fn max_drift_ms(&self) -> u64 {

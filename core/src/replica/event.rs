@@ -67,6 +67,17 @@ pub enum CommandError {
     /// top of its range); nothing was written.
     #[error("this device's sequence counter is exhausted")]
     SequenceExhausted,
+    /// The write's change would not fit in one frame of the transport
+    /// ([`Config::max_write_bytes`](crate::Config::max_write_bytes)): it could never reach a
+    /// peer, so it is not stored. Split the value or raise `Config::max_frame` together with
+    /// the transport's limit.
+    #[error("the write is {bytes} bytes; at most {limit} fit in a frame")]
+    TooLarge {
+        /// The change's size (its page budget size).
+        bytes: usize,
+        /// The largest accepted.
+        limit: usize,
+    },
     /// The peer is not connected.
     #[error("peer {0} is not connected")]
     PeerNotConnected(DeviceId),

@@ -14,7 +14,7 @@ mod owned;
 mod shared;
 mod writes;
 
-pub use config::Config;
+pub use config::{Config, FRAME_ENVELOPE};
 pub use event::{CommandError, Event, Refusal, Stream};
 pub use io::{Command, CommandId, Input, Output};
 
@@ -574,7 +574,12 @@ impl Replica {
                 SyncMessage::SharedSnapshotResponse {
                     request_id: read.request_id,
                     vv,
-                    records,
+                    // Hidden registers carry nothing the requester can see or needs: without
+                    // them a record is never larger than its visible fields.
+                    records: records
+                        .into_iter()
+                        .map(SharedRecord::without_hidden)
+                        .collect(),
                     has_more: more,
                 },
             ),

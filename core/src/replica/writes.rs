@@ -26,6 +26,19 @@ enum Write {
     },
 }
 
+impl Write {
+    /// An upper bound of the bytes this write takes in any message that carries it alone.
+    fn budget_size(&self) -> usize {
+        match self {
+            // As `OwnedRecord::budget_size`, before the record exists.
+            Write::Owned { model, data, .. } => {
+                48 + model.len() + data.as_ref().map_or(0, Vec::len)
+            }
+            Write::Shared { model, fields, .. } => crate::shared::write_budget(model, fields),
+        }
+    }
+}
+
 impl Replica {
     /// Checks one command and turns it into a write; nothing changes on error.
     fn validate(&self, cmd: Command) -> Result<Write, CommandError> {
@@ -70,10 +83,16 @@ impl Replica {
             Write::Shared { .. } => ModelKind::Shared,
         };
         match self.config.models.kind(&model) {
-            None => Err(CommandError::UnknownModel(model)),
-            Some(kind) if kind != want => Err(CommandError::WrongModelKind(model)),
-            Some(_) => Ok(write),
+            None => return Err(CommandError::UnknownModel(model)),
+            Some(kind) if kind != want => return Err(CommandError::WrongModelKind(model)),
+            Some(_) => {}
         }
+        let bytes = write.budget_size();
+        let limit = self.config.max_write_bytes();
+        if bytes > limit {
+            return Err(CommandError::TooLarge { bytes, limit });
+        }
+        Ok(write)
     }
 
     /// Applies a group of writes: all are validated before any is applied.
