@@ -182,15 +182,19 @@ impl MemState {
     }
 
     /// A digest of the replicated content: every device-owned record (tombstones included)
-    /// and every shared register. Two replicas that converged have equal digests.
+    /// and every shared register that can matter (hidden ones are left out). Two replicas
+    /// that converged have equal digests.
     pub fn content_digest(&self) -> u64 {
         let mut h = Fnv64::default();
         for r in self.owned.values() {
             h.write(&postcard::to_stdvec(r).unwrap_or_default());
         }
         h.write(b"|shared|");
+        // Hidden registers are left out: they never affect what is visible, and a device that
+        // took a snapshot does not hold them (see `SharedRecord::without_hidden`).
         for r in self.shared.values() {
-            h.write(&postcard::to_stdvec(r).unwrap_or_default());
+            let canonical = r.clone().without_hidden();
+            h.write(&postcard::to_stdvec(&canonical).unwrap_or_default());
         }
         h.finish()
     }

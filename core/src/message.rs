@@ -115,6 +115,36 @@ pub enum SyncMessage {
         /// Human-readable detail.
         message: String,
     },
+    /// Other members' acknowledgements, relayed: per member, the entries of its cumulative
+    /// version vector that rose since the sender last told this peer. In a pairing graph that
+    /// is not a full mesh most members never talk to each other directly; relayed acks are
+    /// how every device learns that every member holds a change, and prunes it.
+    AckRelay(BTreeMap<DeviceId, VersionVector>),
+    /// The sender's connected peers: a device relays changes only to peers that are not
+    /// connected to the change's owner or origin (they get them first-hand). `pinned` asks the
+    /// receiver to relay every acknowledgement it knows again: the sender has held log entries
+    /// for a whole summary period without learning that every member has them.
+    Neighbours {
+        /// The sender's connected peers.
+        peers: Vec<DeviceId>,
+        /// The sender's log is pinned: resend relayed acks.
+        pinned: bool,
+    },
+    /// The sender's registers of the built-in member model, sent on connect. Members given at
+    /// bootstrap exist only as registers, never in the log: this is how a device that joined
+    /// through one sponsor and caught up from the log learns them. Merged register by
+    /// register, like a snapshot.
+    Members(Vec<SharedRecord>),
+    /// Device-owned changes of `owner`, relayed in real time by a device that just applied
+    /// them, to a peer not connected to `owner` (compact [`owned_batch`](crate::owned_batch)
+    /// form, seq order). Applied only where contiguous with the receiver's watermark.
+    StateRelay {
+        /// Whose records (never the receiver: a device never takes its own records back).
+        owner: DeviceId,
+        /// The changes, ordered by seq.
+        #[serde(with = "crate::owned_batch")]
+        records: Vec<OwnedChange>,
+    },
 }
 
 /// Machine-readable error codes carried by [`SyncMessage::Error`].
@@ -154,6 +184,10 @@ impl SyncMessage {
             SyncMessage::SharedSnapshotRequest { .. } => "SharedSnapshotRequest",
             SyncMessage::SharedSnapshotResponse { .. } => "SharedSnapshotResponse",
             SyncMessage::Error { .. } => "Error",
+            SyncMessage::AckRelay(_) => "AckRelay",
+            SyncMessage::Members(_) => "Members",
+            SyncMessage::Neighbours { .. } => "Neighbours",
+            SyncMessage::StateRelay { .. } => "StateRelay",
         }
     }
 
@@ -168,6 +202,9 @@ impl SyncMessage {
                 | SyncMessage::SharedChangeBatch(_)
                 | SyncMessage::AckSharedChanges { .. }
                 | SyncMessage::Heartbeat { .. }
+                | SyncMessage::AckRelay(_)
+                | SyncMessage::Neighbours { .. }
+                | SyncMessage::StateRelay { .. }
         )
     }
 }

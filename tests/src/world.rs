@@ -271,6 +271,7 @@ impl World {
 
     fn start(&mut self, d: usize, restored: Restored) {
         let now = self.now_for(d);
+        self.devs[d].max_wall = self.devs[d].max_wall.max(now.wall_ms);
         let id = self.devs[d].id;
         let config = engine_config(id, self.devs[d].upgraded);
         self.devs[d].replica = Some(Replica::new(config, restored, now));

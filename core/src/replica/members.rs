@@ -38,13 +38,61 @@ impl Replica {
         }
     }
 
-    /// Sends this device's whole version vector to every connected peer. Every entry it
-    /// covers was written before this send, so it is durable (write-ahead contract).
+    /// Sends each connected peer what it does not know yet: this device's version vector if
+    /// it rose since the peer last heard it (every entry it covers was written before this
+    /// send, so it is durable: write-ahead contract), and the acks of members the peer is
+    /// not connected to, as far as they rose beyond what the peer was told.
     pub(super) fn send_acks(&mut self) {
-        self.broadcast(SyncMessage::AckSharedChanges {
-            acker: self.config.device,
-            vv: self.vv.clone(),
-        });
+        let me = self.config.device;
+        let targets: Vec<DeviceId> = self.peers.keys().copied().collect();
+        for to in targets {
+            let Some(p) = self.peers.get(&to) else {
+                continue;
+            };
+            let own_new = p
+                .told
+                .get(&me)
+                .is_none_or(|t| self.vv.iter().any(|(o, s)| t.get(o) < s));
+            let mut relayed = std::collections::BTreeMap::new();
+            for (member, vv) in &self.acks {
+                if *member == to || *member == me || p.neighbours.contains(member) {
+                    continue;
+                }
+                if !self.is_member(*member) {
+                    continue;
+                }
+                let told = p.told.get(member);
+                let mut delta = VersionVector::new();
+                for (o, s) in vv.iter() {
+                    if told.is_none_or(|t| t.get(o) < s) {
+                        delta.set(o, s);
+                    }
+                }
+                if !delta.is_empty() {
+                    relayed.insert(*member, delta);
+                }
+            }
+            if let Some(p) = self.peers.get_mut(&to) {
+                if own_new {
+                    p.told.entry(me).or_default().merge(&self.vv);
+                }
+                for (m, d) in &relayed {
+                    p.told.entry(*m).or_default().merge(d);
+                }
+            }
+            if own_new {
+                self.send(
+                    to,
+                    SyncMessage::AckSharedChanges {
+                        acker: me,
+                        vv: self.vv.clone(),
+                    },
+                );
+            }
+            if !relayed.is_empty() {
+                self.send(to, SyncMessage::AckRelay(relayed));
+            }
+        }
         self.recompute_pruning();
     }
 
@@ -53,12 +101,117 @@ impl Replica {
         if acker != from {
             return self.misbehaved(from, Refusal::AckerMismatch);
         }
-        let entry = self.acks.entry(from).or_default();
-        if entry.merge(&vv) {
-            let vv = entry.clone();
-            self.store(StorageCommand::SetAck { member: from, vv });
-            self.recompute_pruning();
+        if let Some(p) = self.peers.get_mut(&from) {
+            p.told.entry(from).or_default().merge(&vv);
         }
+        self.merge_ack(from, &vv);
+    }
+
+    /// Merges what `member` is known to hold into its ack, keeping only origins this device
+    /// can name (members, or origins it holds entries of), so no peer can grow the table
+    /// without bound. Returns whether the ack rose (then it is persisted, and relayed).
+    fn merge_ack(&mut self, member: DeviceId, vv: &VersionVector) -> bool {
+        let mut risen = false;
+        for (origin, seq) in vv.iter() {
+            if !self.is_member(origin) && self.vv.get(origin) == 0 {
+                continue;
+            }
+            risen |= self.acks.entry(member).or_default().raise(origin, seq);
+        }
+        if risen {
+            let vv = self.acks.get(&member).cloned().unwrap_or_default();
+            self.store(StorageCommand::SetAck { member, vv });
+            self.recompute_pruning();
+            self.schedule_ack();
+        }
+        risen
+    }
+
+    /// Acks of other members relayed by `from`. Acks only rise, and only members' count, so a
+    /// relay can make pruning wait but cannot name anyone else's state into existence; an ack
+    /// about this device itself is ignored (it knows its own state).
+    pub(super) fn on_ack_relay(
+        &mut self,
+        from: DeviceId,
+        acks: std::collections::BTreeMap<DeviceId, VersionVector>,
+    ) {
+        let me = self.config.device;
+        for (member, vv) in acks {
+            if member == me || member == from || !self.is_member(member) {
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.told.entry(member).or_default().merge(&vv);
+            }
+            if self.merge_ack(member, &vv) {
+                // A member whose acks still rise is alive, even if it is not a neighbour.
+                self.last_seen.insert(member, self.now.mono);
+            }
+        }
+    }
+
+    /// Member registers from a peer, merged like snapshot registers. Anything but member
+    /// registers refuses the message; a register stamped beyond the drift bound is skipped
+    /// (the logged change it reflects arrives by catch-up once time allows; bootstrap
+    /// registers, which only this message carries, are stamped zero and always pass).
+    pub(super) fn on_members(&mut self, from: DeviceId, records: Vec<SharedRecord>) {
+        let wall = self.now.wall_ms;
+        let bad = records
+            .iter()
+            .any(|r| r.model != crate::model::MEMBER_MODEL || !r.fields.is_empty());
+        if bad {
+            return self.misbehaved(from, Refusal::MalformedResponse);
+        }
+        let news: Vec<SharedRecord> = records
+            .into_iter()
+            .filter(|r| self.clock.check_drift(r.max_hlc(), wall).is_ok())
+            .filter(|r| {
+                let mut mine = self
+                    .member_records
+                    .get(&r.uuid)
+                    .cloned()
+                    .unwrap_or_else(|| SharedRecord::empty(&r.model, r.uuid));
+                mine.merge(r)
+            })
+            .collect();
+        if news.is_empty() {
+            return;
+        }
+        if let Some(h) = news.iter().map(SharedRecord::max_hlc).max() {
+            let _ = self.clock.observe(h, wall);
+            self.store(StorageCommand::SetHlc(self.clock.last()));
+        }
+        for r in &news {
+            self.merge_member(r);
+        }
+        self.store(StorageCommand::MergeShared(news));
+    }
+
+    /// The peer's connected peers; `pinned` asks for every known ack again.
+    pub(super) fn on_neighbours(&mut self, from: DeviceId, peers: Vec<DeviceId>, pinned: bool) {
+        let members: std::collections::BTreeSet<DeviceId> =
+            peers.into_iter().filter(|d| self.is_member(*d)).collect();
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let changed = p.neighbours != members;
+        p.neighbours = members;
+        if pinned {
+            // Forget what we believed it knows, except its own ack (it knows that best).
+            p.told.retain(|m, _| *m == from);
+        }
+        if changed || pinned {
+            self.schedule_ack();
+        }
+    }
+
+    /// Tells every peer which peers this device is connected to.
+    pub(super) fn send_neighbours(&mut self, pinned: bool) {
+        let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        self.broadcast(SyncMessage::Neighbours { peers, pinned });
     }
 
     /// Members whose acks pin the log: every durable member but this device, minus members

@@ -25,7 +25,7 @@ use crate::shared::{SharedKey, SharedRecord};
 use crate::storage::{ReadId, Restored, StorageCommand, StorageDone};
 use crate::time::{Instant, Now};
 use crate::version_vector::VersionVector;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use uuid::Uuid;
 
 /// What this device knows about a connected peer.
@@ -37,6 +37,14 @@ struct Peer {
     vv: VersionVector,
     /// Storage reads pending to answer this peer's requests.
     pending_reads: usize,
+    /// The peer's connected peers, from its last `Neighbours`.
+    neighbours: BTreeSet<DeviceId>,
+    /// What this device knows the peer knows of each member's acks (what it sent the peer,
+    /// what the peer sent it): relayed acks carry only what rose beyond it.
+    told: BTreeMap<DeviceId, VersionVector>,
+    /// The owner last fetched from this peer: the planner starts after it, so one stream
+    /// that keeps failing never starves the owners after it.
+    last_owner: Option<DeviceId>,
 }
 
 /// A running catch-up of one owner's device-owned records.
@@ -114,6 +122,9 @@ pub struct Replica {
     next_read: u64,
     next_request: u64,
     heartbeat_due: Instant,
+    /// The version vector at the previous summary: log entries it covers that are still
+    /// unpruned have waited a whole period (the log is pinned; see `Neighbours`).
+    vv_at_heartbeat: VersionVector,
     ack_due: Option<Instant>,
     prune_due: bool,
     outputs: VecDeque<Output>,
@@ -143,6 +154,7 @@ impl Replica {
             reads: BTreeMap::new(),
             next_read: 0,
             next_request: 0,
+            vv_at_heartbeat: VersionVector::new(),
             ack_due: None,
             prune_due: false,
             outputs: VecDeque::new(),
@@ -356,6 +368,18 @@ impl Replica {
                 vv: self.vv.clone(),
             },
         );
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.told.insert(self.config.device, self.vv.clone());
+        }
+        // The member registers, bootstrap ones included: those exist only as registers (never
+        // in the log), so a device that catches up from the log would otherwise never learn
+        // them, and refuse their connections.
+        let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
+        self.send(peer, SyncMessage::Members(members));
+        // The new peer learns who this device reaches; the others, that it reaches one more.
+        self.send_neighbours(false);
+        // And every ack this device knows that the new peer may not.
+        self.schedule_ack();
     }
 
     fn on_peer_down(&mut self, peer: DeviceId) {
@@ -364,6 +388,7 @@ impl Replica {
         }
         self.last_seen.insert(peer, self.now.mono);
         self.event(Event::PeerDisconnected(peer));
+        self.send_neighbours(false);
         let owners: Vec<DeviceId> = self
             .owned_fetches
             .iter()
@@ -465,6 +490,13 @@ impl Replica {
                 code,
                 message,
             } => self.on_error(from, request_id, code, message),
+            SyncMessage::AckRelay(acks) => self.on_ack_relay(from, acks),
+            SyncMessage::Members(records) => self.on_members(from, records),
+            SyncMessage::Neighbours { peers, pinned } => self.on_neighbours(from, peers, pinned),
+            SyncMessage::StateRelay { owner, records } => {
+                let records = records.into_iter().map(|c| c.into_record(owner)).collect();
+                self.on_owned_relay(from, owner, records)
+            }
         }
     }
 
@@ -638,6 +670,16 @@ impl Replica {
             self.heartbeat_due = now + self.config.heartbeat_interval;
             let hb = self.heartbeat();
             self.broadcast(hb);
+            // Entries held since the previous summary and still unpruned: some ack did not
+            // arrive (a relayed one may have been lost); ask the peers to relay them all again.
+            let pinned = self
+                .vv_at_heartbeat
+                .iter()
+                .any(|(o, s)| self.horizon.get(o) < s);
+            if pinned {
+                self.send_neighbours(true);
+            }
+            self.vv_at_heartbeat = self.vv.clone();
             self.recompute_pruning();
         }
         let expired: Vec<DeviceId> = self

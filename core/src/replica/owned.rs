@@ -6,22 +6,78 @@ use crate::message::{ErrorCode, SyncMessage};
 use crate::model::ModelKind;
 use crate::owned::{OwnedChange, OwnedRecord};
 use crate::storage::StorageCommand;
+use std::ops::Bound;
 
 impl Replica {
-    /// Checks one incoming device-owned record; `Err` means the sender misbehaved.
+    /// Checks one incoming device-owned record; `Err` means the sender misbehaved, `Ok(false)`
+    /// that the record names a model this device knows as shared (refused, not stored).
+    ///
+    /// A model this device does not know at all is kept: device-owned payloads are opaque to
+    /// the engine, so the record is stored, relayed and acknowledged like any other, and the
+    /// application finds it once it registers the model (rolling upgrades). Refusing it would
+    /// stop the owner's whole stream at this device, and every device behind it.
     fn check_owned(&self, r: &OwnedRecord) -> Result<bool, Refusal> {
         // Unreachable from the wire today (a push's owner is its sender, and this device never
         // fetches its own stream); kept so no future path can overwrite this device's records.
         if r.owner == self.config.device {
             return Err(Refusal::ForeignVersionOfOwnRecord);
         }
-        Ok(self.config.models.kind(&r.model) == Some(ModelKind::DeviceOwned))
+        if r.model.len() > crate::MAX_MODEL_NAME {
+            return Err(Refusal::MalformedResponse);
+        }
+        Ok(self.config.models.kind(&r.model) != Some(ModelKind::Shared))
     }
 
     /// Real-time pushes of the sender's own records (their owner is `from` by construction),
     /// applied by seq, watermark advanced when contiguous; a gap triggers catch-up from the
     /// owner.
     pub(super) fn on_owned_push(&mut self, from: DeviceId, records: Vec<OwnedRecord>) {
+        self.apply_owned_realtime(from, from, records);
+    }
+
+    /// Real-time changes of `owner` relayed by `from`. Only the part contiguous with this
+    /// device's watermark is applied (a relay may not skip ahead of what it proves); what
+    /// lies beyond a gap is fetched by catch-up. This device's own records are never taken
+    /// back, and a non-member's are not taken at all.
+    pub(super) fn on_owned_relay(
+        &mut self,
+        from: DeviceId,
+        owner: DeviceId,
+        mut records: Vec<OwnedRecord>,
+    ) {
+        if owner == self.config.device || !self.is_member(owner) {
+            return;
+        }
+        if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
+            return self.misbehaved(from, Refusal::MalformedResponse);
+        }
+        let mut next = self.watermark(owner);
+        let contiguous = records
+            .iter()
+            .take_while(|r| {
+                let ok = r.seq <= next || next.checked_add(1) == Some(r.seq);
+                next = next.max(r.seq);
+                ok
+            })
+            .count();
+        let beyond = records.len() > contiguous;
+        let head = records.last().map_or(0, |r| r.seq);
+        records.truncate(contiguous);
+        if beyond {
+            if let Some(p) = self.peers.get_mut(&from) {
+                let h = p.heads.entry(owner).or_insert(0);
+                *h = (*h).max(head);
+            }
+        }
+        self.apply_owned_realtime(from, owner, records);
+        if beyond {
+            self.plan_owned(from);
+        }
+    }
+
+    /// Applies real-time changes of `owner` received from `from` (the owner itself or a
+    /// relay), then relays the newly contiguous ones onwards.
+    fn apply_owned_realtime(&mut self, from: DeviceId, owner: DeviceId, records: Vec<OwnedRecord>) {
         for r in &records {
             match self.check_owned(r) {
                 Err(reason) => return self.misbehaved(from, reason),
@@ -37,7 +93,7 @@ impl Replica {
                 Ok(true) => {}
             }
         }
-        let mut wm = self.watermark(from);
+        let mut wm = self.watermark(owner);
         let start = wm;
         let mut gap = 0u64;
         for r in &records {
@@ -59,20 +115,69 @@ impl Replica {
                 by: r.owner,
             });
         }
+        let relay: Vec<OwnedRecord> = if wm > start && self.relay_targets(from, owner, wm) {
+            fresh.iter().filter(|r| r.seq <= wm).cloned().collect()
+        } else {
+            Vec::new()
+        };
         self.store(StorageCommand::PutOwned(fresh));
         if wm > start {
-            self.watermarks.insert(from, wm);
-            self.store(StorageCommand::SetWatermark {
-                owner: from,
-                seq: wm,
-            });
+            self.watermarks.insert(owner, wm);
+            self.store(StorageCommand::SetWatermark { owner, seq: wm });
         }
+        self.relay_owned(from, owner, relay);
         if gap > wm {
             if let Some(p) = self.peers.get_mut(&from) {
-                let h = p.heads.entry(from).or_insert(0);
+                let h = p.heads.entry(owner).or_insert(0);
                 *h = (*h).max(gap);
             }
             self.plan_owned(from);
+        }
+    }
+
+    /// The peers a real-time change of `owner` up to `seq`, received from `from`, is relayed
+    /// to: connected peers other than the sender and the owner that are not connected to the
+    /// owner themselves (they get it first-hand) and are not known to hold it already.
+    pub(super) fn relay_peers(
+        &self,
+        from: DeviceId,
+        owner: DeviceId,
+        held: impl Fn(&super::Peer) -> bool,
+    ) -> Vec<DeviceId> {
+        self.peers
+            .iter()
+            .filter(|(p, peer)| {
+                **p != from && **p != owner && !peer.neighbours.contains(&owner) && !held(peer)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    fn relay_targets(&self, from: DeviceId, owner: DeviceId, seq: u64) -> bool {
+        !self
+            .relay_peers(from, owner, |p| {
+                p.heads.get(&owner).is_some_and(|h| *h >= seq)
+            })
+            .is_empty()
+    }
+
+    /// Relays newly contiguous changes of `owner` (written before this send: write-ahead).
+    fn relay_owned(&mut self, from: DeviceId, owner: DeviceId, records: Vec<OwnedRecord>) {
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return;
+        };
+        let targets = self.relay_peers(from, owner, |p| {
+            p.heads.get(&owner).is_some_and(|h| *h >= last)
+        });
+        let budget = self.config.page_bytes;
+        for chunk in super::writes::chunks(records, budget, OwnedRecord::budget_size) {
+            let msg = SyncMessage::StateRelay {
+                owner,
+                records: chunk.into_iter().map(OwnedChange::from).collect(),
+            };
+            for to in &targets {
+                self.send(*to, msg.clone());
+            }
         }
     }
 
@@ -293,12 +398,23 @@ impl Replica {
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
-        let next = p.heads.iter().find(|(owner, head)| {
+        // Round robin over owners, starting after the last one fetched from this peer.
+        let (after, upto) = match p.last_owner {
+            Some(last) => (
+                p.heads.range((Bound::Excluded(last), Bound::Unbounded)),
+                p.heads.range(..=last),
+            ),
+            None => (p.heads.range(..), p.heads.range(..DeviceId::NIL)),
+        };
+        let next = after.chain(upto).find(|(owner, head)| {
             **owner != me
                 && **head > self.watermark(**owner)
                 && !self.owned_fetches.contains_key(owner)
         });
         if let Some((&owner, _)) = next {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.last_owner = Some(owner);
+            }
             let since = self.watermark(owner);
             self.start_owned_fetch(peer, owner, since, None);
         }

@@ -27,7 +27,7 @@ enum Accepted {
 fn misbehaviour(c: &SharedChange) -> Option<Refusal> {
     if c.origin != c.hlc.device {
         Some(Refusal::OriginMismatch)
-    } else if c.seq == 0 {
+    } else if c.seq == 0 || c.model.len() > crate::MAX_MODEL_NAME {
         Some(Refusal::MalformedResponse)
     } else {
         None
@@ -41,7 +41,10 @@ impl Replica {
         if let Some(reason) = misbehaviour(&c) {
             return Err(reason);
         }
-        if self.config.models.kind(&c.model) != Some(ModelKind::Shared) {
+        // A model this device does not know is kept (registers merge without interpreting
+        // the fields): refusing it would stop the origin's stream here. A model known as
+        // device-owned cannot be a shared change.
+        if self.config.models.kind(&c.model) == Some(ModelKind::DeviceOwned) {
             self.event(Event::ChangeRefused {
                 from,
                 origin: c.origin,
@@ -78,10 +81,12 @@ impl Replica {
     }
 
     /// Applies a list of changes; returns whether a gap was seen, or `Err` on misbehaviour.
+    /// With `relay`, the changes it logs are relayed onwards (real-time pushes only).
     fn apply_shared(
         &mut self,
         from: DeviceId,
         changes: Vec<SharedChange>,
+        relay: bool,
     ) -> Result<bool, Refusal> {
         // Refuse the whole message before applying any of it: a refusal halfway through left
         // the version vector (and member set) ahead of what was stored.
@@ -124,6 +129,11 @@ impl Replica {
         if !merged.is_empty() {
             self.store(StorageCommand::MergeShared(merged));
         }
+        let relayed = if relay {
+            self.relay_plan(from, &logged)
+        } else {
+            Vec::new()
+        };
         if !logged.is_empty() {
             self.store(StorageCommand::AppendLog(logged));
             self.schedule_ack();
@@ -133,13 +143,61 @@ impl Replica {
         if stored {
             self.store(StorageCommand::SetHlc(self.clock.last()));
         }
+        // After the writes: a relay advertises what this device now holds (write-ahead).
+        for (to, changes) in relayed {
+            let budget = self.config.page_bytes;
+            for mut chunk in super::writes::chunks(changes, budget, SharedChange::budget_size) {
+                let msg = if chunk.len() == 1 {
+                    match chunk.pop() {
+                        Some(c) => SyncMessage::SharedChange(c),
+                        None => continue,
+                    }
+                } else {
+                    SyncMessage::SharedChangeBatch(chunk)
+                };
+                self.send(to, msg);
+            }
+        }
         Ok(gap)
+    }
+
+    /// Which of the just-logged `changes` go to which peer: real-time changes cross relays,
+    /// so in a chain A - B - C a change of A reaches C when B gets it, not at C's next
+    /// catch-up. A peer gets a change if it is not its sender or origin, is not connected to
+    /// the origin (it gets it first-hand) and is not known to hold it.
+    fn relay_plan(
+        &self,
+        from: DeviceId,
+        changes: &[SharedChange],
+    ) -> Vec<(DeviceId, Vec<SharedChange>)> {
+        if self.peers.len() < 2 {
+            return Vec::new();
+        }
+        let mut plan: Vec<(DeviceId, Vec<SharedChange>)> = Vec::new();
+        for (to, peer) in &self.peers {
+            if *to == from {
+                continue;
+            }
+            let wanted: Vec<SharedChange> = changes
+                .iter()
+                .filter(|c| {
+                    c.origin != *to
+                        && !peer.neighbours.contains(&c.origin)
+                        && peer.vv.get(c.origin) < c.seq
+                })
+                .cloned()
+                .collect();
+            if !wanted.is_empty() {
+                plan.push((*to, wanted));
+            }
+        }
+        plan
     }
 
     /// Real-time shared pushes (from any member: relays keep the original origin).
     pub(super) fn on_shared_push(&mut self, from: DeviceId, changes: Vec<SharedChange>) {
         let heads: Vec<(DeviceId, u64)> = changes.iter().map(|c| (c.origin, c.seq)).collect();
-        match self.apply_shared(from, changes) {
+        match self.apply_shared(from, changes, true) {
             Err(reason) => self.misbehaved(from, reason),
             Ok(true) => {
                 if let Some(p) = self.peers.get_mut(&from) {
@@ -246,7 +304,7 @@ impl Replica {
         }
         let before = self.vv.clone();
         let count = entries.len();
-        if let Err(reason) = self.apply_shared(from, entries) {
+        if let Err(reason) = self.apply_shared(from, entries, false) {
             return self.misbehaved(from, reason);
         }
         if !self.current_shared_fetch(from, request_id) {
@@ -367,7 +425,7 @@ impl Replica {
         }
         let known = records
             .iter()
-            .all(|r| self.config.models.kind(&r.model) == Some(ModelKind::Shared));
+            .all(|r| self.config.models.kind(&r.model) != Some(ModelKind::DeviceOwned));
         let newest = records.iter().map(SharedRecord::max_hlc).max();
         let drift = newest.map(|h| self.clock.check_drift(h, self.now.wall_ms));
         if !known || matches!(drift, Some(Err(_))) {

@@ -104,6 +104,15 @@ impl Replica {
                 Err(reason) => return self.event(Event::CommandFailed { id, reason }),
             }
         }
+        match self.commit_writes(writes) {
+            Ok(()) => self.event(Event::CommandDone(id)),
+            Err(reason) => self.event(Event::CommandFailed { id, reason }),
+        }
+    }
+
+    /// Stamps, numbers, stores and pushes validated writes; fails only when this device's
+    /// counters cannot number them (nothing changes then).
+    fn commit_writes(&mut self, writes: Vec<Write>) -> Result<(), CommandError> {
         let me = self.config.device;
         // Peers can raise this device's own counters (lost-database recovery): refuse the batch
         // rather than overflow them.
@@ -115,8 +124,7 @@ impl Replica {
         if self.watermark(me).checked_add(n_owned).is_none()
             || self.vv.get(me).checked_add(n_shared).is_none()
         {
-            let reason = CommandError::SequenceExhausted;
-            return self.event(Event::CommandFailed { id, reason });
+            return Err(CommandError::SequenceExhausted);
         }
         let mut owned = Vec::new();
         let mut changes = Vec::new();
@@ -174,9 +182,9 @@ impl Replica {
         for c in changes.iter().filter(|c| c.model == MEMBER_MODEL) {
             self.merge_member(&c.to_record());
         }
-        self.event(Event::CommandDone(id));
         self.push_owned(owned);
         self.push_shared(changes);
+        Ok(())
     }
 
     /// Pushes own device-owned changes to every connected peer, in byte-bounded batches.
@@ -252,7 +260,7 @@ fn member(d: DeviceId, kind: ChangeKind) -> (String, Write) {
 }
 
 /// Splits `items` into runs whose sizes sum to at most `budget` (at least one item each).
-fn chunks<T>(items: Vec<T>, budget: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+pub(super) fn chunks<T>(items: Vec<T>, budget: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
     let mut out: Vec<Vec<T>> = Vec::new();
     let mut used = 0;
     for item in items {
