@@ -28,6 +28,9 @@ use crate::version_vector::VersionVector;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use uuid::Uuid;
 
+/// Every this many summaries, the member registers go out again (once a minute by default).
+const MEMBERS_EVERY: u64 = 12;
+
 /// What this device knows about a connected peer.
 #[derive(Debug, Default)]
 struct Peer {
@@ -125,6 +128,8 @@ pub struct Replica {
     /// The version vector at the previous summary: log entries it covers that are still
     /// unpruned have waited a whole period (the log is pinned; see `Neighbours`).
     vv_at_heartbeat: VersionVector,
+    /// Summaries sent; every [`MEMBERS_EVERY`]th also carries the member registers again.
+    heartbeats: u64,
     ack_due: Option<Instant>,
     prune_due: bool,
     outputs: VecDeque<Output>,
@@ -155,6 +160,7 @@ impl Replica {
             next_read: 0,
             next_request: 0,
             vv_at_heartbeat: VersionVector::new(),
+            heartbeats: 0,
             ack_due: None,
             prune_due: false,
             outputs: VecDeque::new(),
@@ -670,6 +676,12 @@ impl Replica {
             self.heartbeat_due = now + self.config.heartbeat_interval;
             let hb = self.heartbeat();
             self.broadcast(hb);
+            self.heartbeats += 1;
+            if self.heartbeats % MEMBERS_EVERY == 0 && !self.peers.is_empty() {
+                // Anti-entropy for the member registers (a lost `Members` is repaired).
+                let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
+                self.broadcast(SyncMessage::Members(members));
+            }
             // Entries held since the previous summary and still unpruned: some ack did not
             // arrive (a relayed one may have been lost); ask the peers to relay them all again.
             let pinned = self
