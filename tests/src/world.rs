@@ -711,7 +711,7 @@ impl World {
         shared_model: &str,
         shared_uuid: Uuid,
     ) {
-        let len = self.rng.range(MAX_WRITE as u64 / 2, MAX_WRITE as u64 + 512) as usize;
+        let len = self.rng.range(MAX_WRITE as u64 / 2, MAX_FRAME as u64 + 2048) as usize;
         let byte = self.rng.below(256) as u8;
         let cmd = if self.rng.chance(0.5) {
             Command::PutOwned {

@@ -57,7 +57,7 @@ impl Device {
         let (endpoint, addr) = support::loopback_endpoint(key.clone()).await?;
         Ok(Device {
             name,
-            id: support::device_id_for(&key.public()),
+            id: hybridsync_iroh::device_id_for(&key.public()),
             key,
             addr,
             db: dir.join(format!("{name}.db")),
@@ -82,7 +82,7 @@ impl Device {
         };
         let registry = DeviceRegistry::new();
         for (id, addr) in peers.iter().filter(|(id, _)| *id != self.id) {
-            registry.insert(*id, addr.clone());
+            registry.insert(*id, addr.clone())?;
         }
         let transport = IrohTransport::new(endpoint, registry, IrohConfig::default());
         transport.spawn_router();

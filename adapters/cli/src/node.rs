@@ -4,11 +4,19 @@
 //! Pairing is mutual: each side runs `add-member <the other's ticket>` (the ticket carries the
 //! device id, the endpoint id and the addresses). Then records written on one side show up in
 //! `list` on the other.
+//!
+//! A device's id is derived from its key ([`hybridsync_iroh::device_id_for`]), so a ticket whose
+//! device id does not match its key is refused, and `add-member` never re-binds a paired device
+//! to another key (it only updates the addresses of the same key). To pair a device id with
+//! another key anyway, `remove-member` it first.
 
 use crate::support::{self, Dump, Store};
 use anyhow::Context;
 use hybridsync_core::{Config, DeviceId, Event, ModelRegistry, Value};
-use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, Ticket};
+use hybridsync_iroh::{
+    device_id_for, offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, RegistryError,
+    Ticket,
+};
 use hybridsync_tokio::Node;
 use iroh::SecretKey;
 use std::collections::BTreeMap;
@@ -38,7 +46,9 @@ commands:
   untag NAME           delete a shared tag
   list                 records of every member, and the shared tags
   peers                connected peers and members
-  add-member TICKET    pair with a device (run it on both sides)
+  add-member TICKET    pair with a device (run it on both sides); refuses a ticket whose
+                       device id does not match its key, and never re-binds a paired
+                       device to another key (remove-member it first)
   remove-member DEVICE remove a member (its full id, as `peers` prints it); its later
                        messages are refused and it is no longer dialed
   status               engine state and content digest
@@ -89,10 +99,16 @@ fn load_peers(dir: &Path) -> anyhow::Result<Vec<Ticket>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            l.parse::<Ticket>()
-                .with_context(|| format!("bad ticket in {}", path.display()))
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            l.parse::<Ticket>().with_context(|| {
+                format!(
+                    "bad ticket in {} line {} (remove the line, then add-member the device again)",
+                    path.display(),
+                    n + 1
+                )
+            })
         })
         .collect()
 }
@@ -226,8 +242,11 @@ impl Session {
             }
             ("add-member", [ticket]) => {
                 let t: Ticket = ticket.parse()?;
+                // Refused before anything is saved: a paired device keeps its key.
+                self.registry
+                    .insert(t.device, t.addr.clone())
+                    .map_err(refusal)?;
                 save_peer(&self.dir, &t)?;
-                self.registry.insert(t.device, t.addr.clone());
                 self.node.add_member(t.device).await?;
             }
             ("remove-member", [device]) => {
@@ -261,21 +280,34 @@ impl Session {
     }
 }
 
+/// Explains a refused pairing.
+fn refusal(e: RegistryError) -> anyhow::Error {
+    match e {
+        RegistryError::DeviceBound { device, .. } => anyhow::anyhow!(
+            "{e}: is the ticket mistyped? If device {device:#} really has a new key, run \
+             `remove-member {device:#}` first, then `add-member` again"
+        ),
+        RegistryError::EndpointBound { .. } => anyhow::anyhow!(e),
+    }
+}
+
 async fn node(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
     let key = load_key(&args.data)?;
-    let me = support::device_id_for(&key.public());
-    let endpoint = offline_endpoint(key.clone(), args.bind).await?;
-    let registry = DeviceRegistry::new();
+    let me = device_id_for(&key.public());
     let peers = load_peers(&args.data)?;
+    let registry = DeviceRegistry::new();
     for t in &peers {
-        registry.insert(t.device, t.addr.clone());
+        registry.insert(t.device, t.addr.clone()).with_context(|| {
+            format!(
+                "conflicting tickets in {} (remove the wrong line)",
+                args.data.join("peers.txt").display()
+            )
+        })?;
     }
-    let ticket = Ticket {
-        device: me,
-        addr: endpoint.addr(),
-    };
+    let endpoint = offline_endpoint(key.clone(), args.bind).await?;
+    let ticket = Ticket::new(endpoint.addr());
     let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
     transport.spawn_router();
     let db = args.data.join("sync.db");

@@ -8,7 +8,7 @@ use hybridsync_core::{
 use hybridsync_iroh::offline_endpoint;
 use hybridsync_sqlite::SqliteStore;
 use hybridsync_tokio::Node;
-use iroh::{Endpoint, PublicKey, SecretKey};
+use iroh::{Endpoint, SecretKey};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -50,13 +50,6 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-/// The device id of an endpoint key: its first 16 bytes (stable, no randomness needed).
-pub fn device_id_for(key: &PublicKey) -> DeviceId {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&key.as_bytes()[..16]);
-    DeviceId(Uuid::from_bytes(b))
 }
 
 /// A stable record id for a human name (two FNV-1a hashes; not cryptographic).

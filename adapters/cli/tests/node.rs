@@ -78,6 +78,21 @@ impl Proc {
         }
     }
 
+    /// Sends a command that must fail; returns its error message (panics on `ok`).
+    fn run_err(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap();
+            assert_ne!(line, "ok", "{cmd}: accepted");
+            if let Some(e) = line.strip_prefix("error:") {
+                return e.trim().to_owned();
+            }
+        }
+    }
+
     /// Runs `cmd` until its output satisfies `f`.
     fn poll(&mut self, cmd: &str, f: impl Fn(&[String]) -> bool) -> Vec<String> {
         let deadline = Instant::now() + T;
@@ -195,4 +210,105 @@ fn removed_member_is_forgotten_and_not_dialed_after_restart() {
     assert!(!saved.contains(&ticket_b), "{saved}");
     a.quit();
     b.quit();
+}
+
+/// The three parts of a ticket: device id, endpoint key, addresses.
+fn ticket_parts(ticket: &str) -> (String, String, String) {
+    let mut parts = ticket.splitn(3, '@').map(str::to_owned);
+    let (Some(device), Some(key), Some(addrs)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("not a ticket: {ticket}");
+    };
+    (device, key, addrs)
+}
+
+/// `key` (hex) with the digit at `at` changed so that it is still a valid endpoint key.
+fn typo(key: &str, at: usize) -> String {
+    for c in "0123456789abcdef".chars() {
+        let mut t: Vec<char> = key.chars().collect();
+        if t[at] == c {
+            continue;
+        }
+        t[at] = c;
+        let t: String = t.into_iter().collect();
+        if t.parse::<iroh::PublicKey>().is_ok() {
+            return t;
+        }
+    }
+    panic!("no valid one-digit typo at {at} of {key}");
+}
+
+#[test]
+fn add_member_refuses_forged_and_mistyped_tickets_and_keeps_the_pairing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = Proc::start(&da);
+    let mut b = Proc::start(&db);
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    let (device, key, addrs) = ticket_parts(&ticket_b);
+
+    // B's device id with an attacker's key.
+    let attacker = iroh::SecretKey::from_bytes(&[9; 32]).public();
+    let error = a.run_err(&format!("add-member {device}@{attacker}@{addrs}"));
+    assert!(error.contains("does not match"), "{error}");
+    // One mistyped digit of B's key: in the half the device id comes from, and in the other
+    // half (same device id, another key: never re-binds the paired device).
+    for at in [3, 50] {
+        let error = a.run_err(&format!("add-member {device}@{}@{addrs}", typo(&key, at)));
+        assert!(
+            error.contains("does not match") || error.contains("already paired"),
+            "typo at {at}: {error}"
+        );
+    }
+    let saved = std::fs::read_to_string(da.join("peers.txt")).unwrap();
+    assert_eq!(saved.trim(), ticket_b, "{saved}");
+
+    // The pairing with B is intact: B's writes still reach A.
+    b.run("put still paired");
+    a.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("still = paired"))
+    });
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn node_refuses_to_start_with_a_forged_ticket_in_its_peers_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let attacker = iroh::SecretKey::from_bytes(&[9; 32]).public();
+    std::fs::write(
+        dir.path().join("peers.txt"),
+        format!("hybridsync:0123456789abcdef0123456789abcdef@{attacker}@127.0.0.1:9\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
+        .args(["node", "--data"])
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let Some(status) = status else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("the node started with a forged ticket in peers.txt");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(stderr.contains("does not match"), "{stderr}");
 }

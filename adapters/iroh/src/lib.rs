@@ -18,7 +18,7 @@
 //!
 //! let me = DeviceId::from_u128(1);
 //! let endpoint = offline_endpoint(iroh::SecretKey::generate(), "127.0.0.1:0".parse()?).await?;
-//! let registry = DeviceRegistry::new(); // insert paired devices: registry.insert(id, addr)
+//! let registry = DeviceRegistry::new(); // insert paired devices: registry.insert(id, addr)?
 //! let transport = IrohTransport::new(endpoint, registry, IrohConfig::default());
 //! let _router = transport.spawn_router();
 //! let node = Node::builder(Config::new(me, ModelRegistry::spacedrive()))
@@ -32,7 +32,7 @@
 mod registry;
 mod transport;
 
-pub use registry::{DeviceRegistry, Ticket, TicketError};
+pub use registry::{device_id_for, DeviceRegistry, RegistryError, Ticket, TicketError};
 pub use transport::{close_code, IrohConfig, IrohTransport, SyncProtocol, DEFAULT_ALPN};
 
 use iroh::endpoint::{

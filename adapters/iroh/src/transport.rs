@@ -673,12 +673,16 @@ impl Transport for IrohTransport {
                     _ = shutdown.changed() => return,
                 }
                 shared.reconcile_dialers();
-                // Close connections of devices that left the registry.
+                // Close connections of devices that left the registry or were re-bound to
+                // another key.
                 let gone: Vec<Connection> = {
                     let st = lock(&shared.state);
                     st.conns
                         .iter()
-                        .filter(|(d, _)| shared.registry.addr_of(**d).is_none())
+                        .filter(|(d, a)| {
+                            shared.registry.addr_of(**d).map(|addr| addr.id)
+                                != Some(a.conn.remote_id())
+                        })
                         .map(|(_, a)| a.conn.clone())
                         .collect()
                 };

@@ -34,8 +34,8 @@ async fn simultaneous_dials_settle_on_one_connection() {
             hybridsync_iroh::DeviceRegistry::new(),
             hybridsync_iroh::DeviceRegistry::new(),
         );
-        ra.insert(db, eb.addr());
-        rb.insert(da, ea.addr());
+        ra.insert(db, eb.addr()).unwrap();
+        rb.insert(da, ea.addr()).unwrap();
         // No grace delay and no backoff: both sides dial at once.
         let cfg = IrohConfig {
             backoff_min: Duration::from_millis(1),

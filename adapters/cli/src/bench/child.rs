@@ -164,7 +164,7 @@ pub fn run(role: Role, args: &ChildArgs) -> anyhow::Result<()> {
 /// The secret key and device id of key seed `seed`.
 pub fn identity(seed: u8) -> (SecretKey, DeviceId) {
     let key = SecretKey::from_bytes(&[seed; 32]);
-    let id = support::device_id_for(&key.public());
+    let id = hybridsync_iroh::device_id_for(&key.public());
     (key, id)
 }
 
@@ -201,7 +201,7 @@ async fn start(
     if let Some(a) = peer_addr {
         peer_endpoint = peer_endpoint.with_ip_addr(a);
     }
-    registry.insert(peer, peer_endpoint);
+    registry.insert(peer, peer_endpoint)?;
     let iroh_config = IrohConfig {
         // Only the sink dials: no reason to let the other side go first.
         dial_grace: Duration::ZERO,

@@ -109,8 +109,8 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
     let (a, _a_events, a_registry, a_addr) = start(&dir.join("latency-a.db"), a_key, b_key).await?;
     let (b, mut b_events, b_registry, b_addr) =
         start(&dir.join("latency-b.db"), b_key, a_key).await?;
-    a_registry.insert(b_id, b_addr);
-    b_registry.insert(a_id, a_addr);
+    a_registry.insert(b_id, b_addr)?;
+    b_registry.insert(a_id, a_addr)?;
     wait_peer(&a, b_id).await?;
     wait_peer(&b, a_id).await?;
 

@@ -144,7 +144,7 @@ pub fn iroh_config() -> IrohConfig {
 pub fn registry(peers: &[&Dev]) -> DeviceRegistry {
     let r = DeviceRegistry::new();
     for p in peers {
-        r.insert(p.id, p.endpoint_addr());
+        r.insert(p.id, p.endpoint_addr()).unwrap();
     }
     r
 }
