@@ -4,8 +4,13 @@
 //! ([`ChannelNetwork::link`] / [`ChannelNetwork::unlink`]) so a test can partition and heal the
 //! network. Identity is the `DeviceId` the transport was created for: there is no
 //! authentication, so use it only between replicas the program itself created.
+//!
+//! It enforces the same maximum frame size as the iroh transport, with the same outcome: a
+//! message whose encoding exceeds it is not sent (an error is logged). Give every engine on
+//! the network the same limit (`Config::max_frame`), and it never emits such a message.
 
 use crate::transport::{BoxFuture, EventSink, Transport};
+use hybridsync_core::codec::DEFAULT_MAX_FRAME;
 use hybridsync_core::{DeviceId, Refusal, SyncMessage};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +28,8 @@ struct Hub {
     inboxes: BTreeMap<DeviceId, mpsc::UnboundedSender<Delivery>>,
     /// Links as ordered pairs `(min, max)`.
     links: BTreeSet<(DeviceId, DeviceId)>,
+    /// Largest message body sent; `None` means [`DEFAULT_MAX_FRAME`].
+    max_frame: Option<usize>,
 }
 
 fn pair(a: DeviceId, b: DeviceId) -> (DeviceId, DeviceId) {
@@ -54,9 +61,22 @@ impl std::fmt::Debug for ChannelNetwork {
 }
 
 impl ChannelNetwork {
-    /// An empty network.
+    /// An empty network with the iroh transport's default frame limit.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty network that refuses to send messages whose encoding is larger than
+    /// `max_frame` bytes (as `IrohConfig::max_frame` does).
+    pub fn with_max_frame(max_frame: usize) -> Self {
+        let network = Self::default();
+        network.hub().max_frame = Some(max_frame);
+        network
+    }
+
+    /// The frame limit messages are checked against.
+    pub fn max_frame(&self) -> usize {
+        self.hub().max_frame.unwrap_or(DEFAULT_MAX_FRAME)
     }
 
     fn hub(&self) -> MutexGuard<'_, Hub> {
@@ -185,9 +205,16 @@ impl Transport for ChannelTransport {
 
     fn send(&mut self, to: DeviceId, msg: SyncMessage) {
         let hub = self.network.hub();
-        if hub.links.contains(&pair(self.me, to)) {
-            hub.deliver(to, Delivery::Msg(self.me, msg));
+        if !hub.links.contains(&pair(self.me, to)) {
+            return;
         }
+        let max = hub.max_frame.unwrap_or(DEFAULT_MAX_FRAME);
+        let bytes = hybridsync_core::encode(&msg).len();
+        if bytes > max {
+            tracing::error!(me = %self.me, peer = %to, kind = msg.kind(), bytes, max, "message exceeds the maximum frame size: not sent");
+            return;
+        }
+        hub.deliver(to, Delivery::Msg(self.me, msg));
     }
 
     fn disconnect(&mut self, peer: DeviceId, reason: Refusal) {
@@ -211,5 +238,47 @@ impl Transport for ChannelTransport {
             hub.deliver(p, Delivery::Down(self.me));
         }
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{EventSink, TransportEvent};
+
+    fn error(len: usize) -> SyncMessage {
+        SyncMessage::Error {
+            request_id: None,
+            code: hybridsync_core::ErrorCode::Busy,
+            message: "x".repeat(len),
+        }
+    }
+
+    #[tokio::test]
+    async fn message_above_the_frame_limit_is_not_sent_as_over_iroh() {
+        let (a, b) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
+        let net = ChannelNetwork::with_max_frame(1024);
+        assert_eq!(net.max_frame(), 1024);
+        let mut ta = net.transport(a);
+        let mut tb = net.transport(b);
+        let (sink_a, _source_a) = EventSink::channel();
+        let (sink_b, mut source_b) = EventSink::channel();
+        ta.start(sink_a);
+        tb.start(sink_b);
+        net.link(a, b);
+        assert!(matches!(
+            source_b.recv().await,
+            Some(TransportEvent::PeerUp(p)) if p == a
+        ));
+        ta.send(b, error(2000));
+        ta.send(b, error(10));
+        // Only the small message arrives; the large one was dropped at the sender.
+        match source_b.recv().await {
+            Some(TransportEvent::Message { from, msg }) => {
+                assert_eq!(from, a);
+                assert_eq!(msg, error(10));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }
