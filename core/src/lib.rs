@@ -34,6 +34,7 @@ pub mod storage;
 pub mod time;
 pub mod value;
 pub mod version_vector;
+pub mod write_ahead;
 
 pub use codec::{decode, encode, encode_frame, CodecError, FrameDecoder, FrameError};
 pub use hlc::{ClockError, Hlc, HlcClock};

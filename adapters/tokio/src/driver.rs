@@ -3,7 +3,8 @@
 //!
 //! # Write-ahead and group commit
 //!
-//! Outputs are drained after every `handle`. Storage commands accumulate into the next batch;
+//! The ordering is core's [`WriteAhead`] (the simulator runs the same one): outputs are
+//! drained into it after every `handle`. Storage commands accumulate into the next batch;
 //! every other output (sends, disconnects, events) is *deferred* behind the storage commands
 //! emitted before it. At most one batch is in flight on the storage thread: while it commits,
 //! the engine keeps running and the commands of later steps accumulate into the next batch
@@ -21,9 +22,9 @@
 use crate::node::{NodeError, Progress, Status};
 use crate::storage::{BatchResult, Job};
 use crate::transport::{EventSource, Transport, TransportEvent};
+use hybridsync_core::write_ahead::WriteAhead;
 use hybridsync_core::{
-    Command, CommandError, CommandId, DeviceId, Event, Input, Instant, Now, Output, Refusal,
-    Replica, StorageCommand, Stream, SyncMessage,
+    Command, CommandError, CommandId, DeviceId, Event, Input, Instant, Now, Output, Replica, Stream,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc as std_mpsc;
@@ -46,13 +47,6 @@ pub(crate) enum Request {
     Status(oneshot::Sender<Status>),
     /// Flush, stop the transport, hand the storage backend back.
     Shutdown(oneshot::Sender<()>),
-}
-
-/// An output other than a storage command, performed once the writes before it are durable.
-pub(crate) enum Action {
-    Send { to: DeviceId, msg: SyncMessage },
-    Disconnect { peer: DeviceId, reason: Refusal },
-    Event(Event),
 }
 
 /// Which catch-up a pending fetch command follows, to route its progress.
@@ -102,12 +96,8 @@ pub(crate) struct Driver<S> {
     pub(crate) jobs: std_mpsc::Sender<Job<S>>,
     pub(crate) batch_done: mpsc::UnboundedReceiver<BatchResult>,
     pub(crate) events: broadcast::Sender<Event>,
-    pub(crate) in_flight: Option<Vec<Action>>,
-    pub(crate) queued_commands: Vec<StorageCommand>,
-    /// Sends and disconnects emitted after the batch in flight but before any queued command.
-    pub(crate) ready_actions: Vec<Action>,
-    /// Actions emitted after a queued command: they go with the next batch.
-    pub(crate) queued_actions: Vec<Action>,
+    /// The write-ahead ordering of the engine's outputs.
+    pub(crate) wal: WriteAhead,
     pub(crate) up: BTreeSet<DeviceId>,
     pub(crate) pending: BTreeMap<CommandId, Pending>,
     pub(crate) next_command: u64,
@@ -127,7 +117,7 @@ impl<S: Send + 'static> Driver<S> {
                 .poll_timeout()
                 .map(|t| self.clock.deadline(t))
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-            let accept_input = transport_open && self.queued_commands.len() < MAX_QUEUED_COMMANDS;
+            let accept_input = transport_open && self.wal.queued_commands() < MAX_QUEUED_COMMANDS;
             tokio::select! {
                 biased;
                 Some(result) = self.batch_done.recv() => {
@@ -154,9 +144,7 @@ impl<S: Send + 'static> Driver<S> {
         }
         let result = match failure {
             Some(e) => {
-                self.ready_actions.clear();
-                self.queued_actions.clear();
-                self.queued_commands.clear();
+                self.wal.abandon();
                 let _ = self.finish().await;
                 Err(e)
             }
@@ -171,7 +159,7 @@ impl<S: Send + 'static> Driver<S> {
     /// Commits everything queued, then stops the transport.
     async fn finish(&mut self) -> Result<(), NodeError> {
         let mut result = Ok(());
-        while self.in_flight.is_some() {
+        while self.wal.is_committing() {
             match self.batch_done.recv().await {
                 Some(r) => {
                     if let Err(e) = self.on_batch_done(r) {
@@ -208,51 +196,25 @@ impl<S: Send + 'static> Driver<S> {
 
     fn collect(&mut self) {
         while let Some(out) = self.replica.poll_output() {
-            let action = match out {
-                Output::Storage(cmd) => {
-                    self.queued_commands.push(cmd);
-                    continue;
-                }
-                Output::Send { to, msg } => Action::Send { to, msg },
-                Output::Disconnect { peer, reason } => Action::Disconnect { peer, reason },
-                Output::Event(e) => Action::Event(e),
-            };
-            // A message emitted before any queued command waits only for the batch in
-            // flight, not for the next one. Events always wait for the writes of their step
-            // (the engine reports a change before it emits its write), so the application
-            // hears of nothing that is not durable yet.
-            let message = matches!(action, Action::Send { .. } | Action::Disconnect { .. });
-            if message && self.queued_commands.is_empty() {
-                self.ready_actions.push(action);
-            } else {
-                self.queued_actions.push(action);
-            }
+            self.wal.push(out);
         }
     }
 
-    /// Performs the actions that wait for nothing but the batch in flight, then starts the
-    /// next batch (or performs the queued actions if no command is pending before them).
+    /// Performs what waits for nothing more, then starts the next batch.
     fn flush(&mut self) {
-        if self.in_flight.is_some() {
+        let flush = self.wal.flush();
+        self.perform(flush.actions);
+        let Some(batch) = flush.batch else {
             return;
-        }
-        let ready = std::mem::take(&mut self.ready_actions);
-        self.perform(ready);
-        let actions = std::mem::take(&mut self.queued_actions);
-        if self.queued_commands.is_empty() {
-            self.perform(actions);
-            return;
-        }
-        let batch = std::mem::take(&mut self.queued_commands);
+        };
         if self.jobs.send(Job::Batch(batch)).is_err() {
             tracing::error!("the storage thread is gone; actions dropped");
-            return;
+            self.wal.abandon();
         }
-        self.in_flight = Some(actions);
     }
 
     fn on_batch_done(&mut self, result: BatchResult) -> Result<(), NodeError> {
-        let actions = self.in_flight.take().unwrap_or_default();
+        let actions = self.wal.committed();
         let reads = match result {
             Ok(reads) => reads,
             Err(e) => {
@@ -269,18 +231,20 @@ impl<S: Send + 'static> Driver<S> {
         Ok(())
     }
 
-    fn perform(&mut self, actions: Vec<Action>) {
+    fn perform(&mut self, actions: Vec<Output>) {
         for action in actions {
             match action {
-                Action::Send { to, msg } => {
+                Output::Send { to, msg } => {
                     tracing::trace!(to = %to, kind = msg.kind(), "send");
                     self.transport.send(to, msg);
                 }
-                Action::Disconnect { peer, reason } => {
+                Output::Disconnect { peer, reason } => {
                     tracing::warn!(peer = %peer, %reason, "disconnecting peer");
                     self.transport.disconnect(peer, reason);
                 }
-                Action::Event(e) => self.on_event(e),
+                Output::Event(e) => self.on_event(e),
+                // The write-ahead ordering never hands a storage command back as an action.
+                Output::Storage(_) => {}
             }
         }
     }
