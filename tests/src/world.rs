@@ -5,6 +5,7 @@ use crate::rng::Rng;
 use crate::{SeedReport, SimConfig, Topology};
 use hybridsync_core::digest::Fnv64;
 use hybridsync_core::memstore::MemState;
+use hybridsync_core::write_ahead::WriteAhead;
 use hybridsync_core::{
     decode, encode, Command, CommandError, CommandId, Config, DeviceId, Event, Hlc, Input, Instant,
     MemStore, ModelKind, ModelRegistry, Now, Output, Replica, Restored, StorageCommand,
@@ -33,10 +34,11 @@ enum Ev {
         conn: u64,
         bytes: Vec<u8>,
     },
-    Storage {
+    /// The batch a device is committing is durable.
+    Commit {
         dev: usize,
         epoch: u64,
-        done: StorageDone,
+        batch: Batch,
     },
     Wake {
         dev: usize,
@@ -62,6 +64,10 @@ enum Ev {
     },
     Links,
     Join,
+    /// The sponsor's `AddMember` had time to commit: start the joiner if it is durable.
+    JoinCheck {
+        sponsor: usize,
+    },
     /// Two devices pair during the run (a new edge of the pairing graph).
     Pair {
         a: usize,
@@ -69,17 +75,28 @@ enum Ev {
     },
 }
 
+/// A batch executed on a device's store and not yet durable.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Read results, fed to the engine once the batch is durable.
+    reads: Vec<StorageDone>,
+    /// The device's own writes in it (recorded in the reference once durable).
+    own: Vec<StorageCommand>,
+}
+
 struct Dev {
     id: DeviceId,
     replica: Option<Replica>,
     store: MemStore,
+    /// The write-ahead ordering the tokio driver runs too.
+    wal: WriteAhead,
     epoch: u64,
     skew_ms: i64,
     future: bool,
     started: bool,
     removed: bool,
     wake: Option<u64>,
-    /// Crash after this many storage commands of the next step.
+    /// Crash after this many storage commands of the next batch (the batch is lost).
     crash_after: Option<usize>,
     /// Stamps this device issued, in issue order, with the highest wall time the device had
     /// seen when it issued them (clocks step backwards; the bound is against the maximum).
@@ -109,7 +126,6 @@ pub(crate) struct World {
     faults: bool,
     reference: Reference,
     next_cmd: u64,
-    in_command: bool,
     messages: u64,
     bytes: u64,
     trace_hash: Fnv64,
@@ -207,6 +223,7 @@ impl World {
                 id: device(i),
                 replica: None,
                 store: MemStore::new(),
+                wal: WriteAhead::new(),
                 epoch: 0,
                 skew_ms,
                 future,
@@ -237,7 +254,6 @@ impl World {
             faults: true,
             reference: Reference::default(),
             next_cmd: 0,
-            in_command: false,
             messages: 0,
             bytes: 0,
             trace_hash: Fnv64::default(),
@@ -277,11 +293,7 @@ impl World {
         self.devs[d].replica = Some(Replica::new(config, restored, now));
         self.devs[d].started = true;
         self.devs[d].wake = None;
-        // What the engine writes of its own while starting (bootstrap member entries) is a
-        // write of this device like any command's.
-        self.in_command = true;
         self.drain(d);
-        self.in_command = false;
     }
 
     fn schedule(&mut self) {
@@ -340,60 +352,52 @@ impl World {
         self.drain(d);
     }
 
+    /// Takes the engine's outputs into the write-ahead ordering and runs it: actions go as
+    /// soon as the writes before them are durable; a batch commits at once or, with storage
+    /// delays, later (while the engine keeps running).
     fn drain(&mut self, d: usize) {
-        let mut executed = 0usize;
-        while let Some(out) = self.devs[d].replica.as_mut().and_then(Replica::poll_output) {
-            match out {
-                Output::Storage(cmd) => {
-                    if let Some(limit) = self.devs[d].crash_after {
-                        if executed >= limit {
-                            return self.crash(d);
-                        }
-                    }
-                    executed += 1;
-                    self.record_own_writes(d, &cmd);
-                    if let Some(done) = self.devs[d].store.execute(cmd) {
-                        let delay = if self.cfg.storage_delay {
-                            self.rng.range(0, 20_000)
-                        } else {
-                            0
-                        };
-                        let epoch = self.devs[d].epoch;
-                        self.at(
-                            delay,
-                            Ev::Storage {
-                                dev: d,
-                                epoch,
-                                done,
-                            },
-                        );
-                    }
+        loop {
+            while let Some(out) = self.devs[d].replica.as_mut().and_then(Replica::poll_output) {
+                self.devs[d].wal.push(out);
+            }
+            let flush = self.devs[d].wal.flush();
+            for action in flush.actions {
+                self.perform(d, action);
+            }
+            let Some(commands) = flush.batch else { break };
+            let mut batch = Batch::default();
+            for (i, cmd) in commands.into_iter().enumerate() {
+                if self.devs[d].crash_after.is_some_and(|k| i >= k) {
+                    // The process stops in the middle of the transaction: none of it is durable.
+                    return self.crash(d);
                 }
-                Output::Send { to, msg } => {
-                    if self.devs[d].crash_after.is_some() {
-                        return self.crash(d);
-                    }
-                    self.devs[d].store.sync();
-                    self.transmit(d, to, msg);
+                if own_write(self.devs[d].id, &cmd) {
+                    batch.own.push(cmd.clone());
                 }
-                Output::Disconnect { peer, reason } => {
-                    if self.cfg.trace {
-                        self.trace.push(format!(
-                            "{:>9} {} disconnects {peer}: {reason}",
-                            self.now_us, self.devs[d].id
-                        ));
-                    }
-                    if let Some(p) = self.index_of(peer) {
-                        self.close_link(d, p);
-                    }
-                }
-                Output::Event(e) => self.on_event(d, e),
+                batch.reads.extend(self.devs[d].store.execute(cmd));
+            }
+            if self.devs[d].crash_after.is_some() {
+                // Before the commit: the batch is lost, and whatever waited for it.
+                return self.crash(d);
+            }
+            if self.cfg.storage_delay {
+                let delay = self.rng.range(0, 20_000);
+                let epoch = self.devs[d].epoch;
+                self.at(
+                    delay,
+                    Ev::Commit {
+                        dev: d,
+                        epoch,
+                        batch,
+                    },
+                );
+                break;
+            }
+            self.commit(d, batch);
+            if self.devs[d].replica.is_none() {
+                return;
             }
         }
-        if self.devs[d].crash_after.is_some() {
-            return self.crash(d);
-        }
-        self.devs[d].store.sync();
         let timeout = self.devs[d]
             .replica
             .as_ref()
@@ -409,10 +413,44 @@ impl World {
         }
     }
 
-    fn record_own_writes(&mut self, d: usize, cmd: &StorageCommand) {
-        if !self.in_command {
-            return;
+    /// The committing batch of `d` is durable: perform what waited for it, then feed its reads.
+    fn commit(&mut self, d: usize, batch: Batch) {
+        self.devs[d].store.sync();
+        for cmd in &batch.own {
+            self.record_own_writes(d, cmd);
         }
+        let actions = self.devs[d].wal.committed();
+        for action in actions {
+            self.perform(d, action);
+        }
+        let now = self.now_for(d);
+        if let Some(r) = self.devs[d].replica.as_mut() {
+            for done in batch.reads {
+                r.handle(now, Input::Storage(done));
+            }
+        }
+    }
+
+    fn perform(&mut self, d: usize, action: Output) {
+        match action {
+            Output::Send { to, msg } => self.transmit(d, to, msg),
+            Output::Disconnect { peer, reason } => {
+                if self.cfg.trace {
+                    self.trace.push(format!(
+                        "{:>9} {} disconnects {peer}: {reason}",
+                        self.now_us, self.devs[d].id
+                    ));
+                }
+                if let Some(p) = self.index_of(peer) {
+                    self.close_link(d, p);
+                }
+            }
+            Output::Event(e) => self.on_event(d, e),
+            Output::Storage(_) => {}
+        }
+    }
+
+    fn record_own_writes(&mut self, d: usize, cmd: &StorageCommand) {
         let me = self.devs[d].id;
         let wall = self.devs[d].max_wall;
         match cmd {
@@ -609,10 +647,9 @@ impl World {
                 .push(format!("{:>9} {} crashes", self.now_us, self.devs[d].id));
         }
         let dev = &mut self.devs[d];
-        // What was executed of the interrupted step is durable (a per-command commit); the
-        // rest of the step, its sends included, never happened.
-        dev.store.sync();
+        // The batch that was committing, and everything that waited for it, never happened.
         dev.store.crash();
+        dev.wal.abandon();
         dev.crash_after = None;
         dev.replica = None;
         dev.epoch += 1;
@@ -644,9 +681,7 @@ impl World {
     fn command(&mut self, d: usize, cmd: Command) {
         self.next_cmd += 1;
         let id = CommandId(self.next_cmd);
-        self.in_command = true;
         self.step(d, Input::Command { id, cmd });
-        self.in_command = false;
     }
 
     fn op(&mut self) {
@@ -711,7 +746,9 @@ impl World {
         shared_model: &str,
         shared_uuid: Uuid,
     ) {
-        let len = self.rng.range(MAX_WRITE as u64 / 2, MAX_FRAME as u64 + 2048) as usize;
+        let len = self
+            .rng
+            .range(MAX_WRITE as u64 / 2, MAX_FRAME as u64 + 2048) as usize;
         let byte = self.rng.below(256) as u8;
         let cmd = if self.rng.chance(0.5) {
             Command::PutOwned {
@@ -761,8 +798,18 @@ impl World {
         };
         let id = self.devs[joiner].id;
         self.command(sponsor, Command::AddMember(id));
-        // A sponsor that crashes in the middle of the command may lose the change before it
-        // is durable: then the device is not a member and must not start as one. Retry later.
+        // Its batch may still be committing: look once it had the time.
+        self.at(30_000, Ev::JoinCheck { sponsor });
+    }
+
+    fn join_check(&mut self, sponsor: usize) {
+        let joiner = self.devs.len() - 1;
+        if self.devs[joiner].started {
+            return;
+        }
+        let id = self.devs[joiner].id;
+        // A sponsor that crashes before the change is durable loses it: then the device is
+        // not a member and must not start as one. Retry.
         let durable = self.devs[sponsor]
             .store
             .restored()
@@ -812,9 +859,10 @@ impl World {
                         .push(format!("engine sent undecodable bytes: {e}")),
                 }
             }
-            Ev::Storage { dev, epoch, done } => {
+            Ev::Commit { dev, epoch, batch } => {
                 if self.devs[dev].epoch == epoch {
-                    self.step(dev, Input::Storage(done));
+                    self.commit(dev, batch);
+                    self.drain(dev);
                 }
             }
             Ev::Wake { dev, epoch } => {
@@ -865,6 +913,7 @@ impl World {
                 self.at(SECOND, Ev::Links);
             }
             Ev::Join => self.join(),
+            Ev::JoinCheck { sponsor } => self.join_check(sponsor),
             Ev::Pair { a, b } => {
                 self.count("pairings");
                 self.edges.insert(pair(a, b));
@@ -919,6 +968,7 @@ impl World {
                 .replica
                 .as_ref()
                 .is_some_and(|r| !r.is_fetching() && r.pending_reads() == 0)
+                && self.devs[*d].wal.is_idle()
         });
         let pruned = active.iter().all(|d| self.state(*d).log.is_empty());
         digests.len() == 1 && idle && pruned
@@ -1158,4 +1208,14 @@ pub fn device(i: usize) -> DeviceId {
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
+}
+
+/// Whether `cmd` writes one of `me`'s own changes (the engine never stores another device's
+/// version of them, so these come only from local writes).
+fn own_write(me: DeviceId, cmd: &StorageCommand) -> bool {
+    match cmd {
+        StorageCommand::PutOwned(rs) => rs.iter().any(|r| r.owner == me),
+        StorageCommand::AppendLog(cs) => cs.iter().any(|c| c.origin == me),
+        _ => false,
+    }
 }
