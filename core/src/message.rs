@@ -125,6 +125,9 @@ pub enum SyncMessage {
     /// receiver to relay every acknowledgement it knows again: the sender has held log entries
     /// for a whole summary period without learning that every member has them.
     Neighbours {
+        /// Numbers the sender's lists on this connection: a receiver ignores a list older
+        /// than one it already has (messages may be reordered).
+        version: u64,
         /// The sender's connected peers.
         peers: Vec<DeviceId>,
         /// The sender's log is pinned: resend relayed acks.

@@ -202,7 +202,10 @@ mod tests {
         w.push(send(2));
         w.push(write());
         w.push(send(3));
-        assert!(w.flush().actions.is_empty(), "nothing leaves while a batch commits");
+        assert!(
+            w.flush().actions.is_empty(),
+            "nothing leaves while a batch commits"
+        );
         assert!(w.committed().is_empty());
         // ...goes out ahead of batch 2, and the send behind batch 2 waits for it.
         let f = w.flush();

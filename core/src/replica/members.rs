@@ -188,14 +188,24 @@ impl Replica {
     }
 
     /// The peer's connected peers; `pinned` asks for every known ack again.
-    pub(super) fn on_neighbours(&mut self, from: DeviceId, peers: Vec<DeviceId>, pinned: bool) {
+    pub(super) fn on_neighbours(
+        &mut self,
+        from: DeviceId,
+        version: u64,
+        peers: Vec<DeviceId>,
+        pinned: bool,
+    ) {
         let members: std::collections::BTreeSet<DeviceId> =
             peers.into_iter().filter(|d| self.is_member(*d)).collect();
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
-        let changed = p.neighbours != members;
-        p.neighbours = members;
+        let newer = version > p.neighbours_version;
+        let changed = newer && p.neighbours != members;
+        if newer {
+            p.neighbours_version = version;
+            p.neighbours = members;
+        }
         if pinned {
             // Forget what we believed it knows, except its own ack (it knows that best).
             p.told.retain(|m, _| *m == from);
@@ -211,7 +221,13 @@ impl Replica {
         if peers.is_empty() {
             return;
         }
-        self.broadcast(SyncMessage::Neighbours { peers, pinned });
+        self.neighbours_sent += 1;
+        let version = self.neighbours_sent;
+        self.broadcast(SyncMessage::Neighbours {
+            version,
+            peers,
+            pinned,
+        });
     }
 
     /// Members whose acks pin the log: every durable member but this device, minus members

@@ -40,8 +40,10 @@ struct Peer {
     vv: VersionVector,
     /// Storage reads pending to answer this peer's requests.
     pending_reads: usize,
-    /// The peer's connected peers, from its last `Neighbours`.
+    /// The peer's connected peers, from its newest `Neighbours`.
     neighbours: BTreeSet<DeviceId>,
+    /// The version of that list.
+    neighbours_version: u64,
     /// What this device knows the peer knows of each member's acks (what it sent the peer,
     /// what the peer sent it): relayed acks carry only what rose beyond it.
     told: BTreeMap<DeviceId, VersionVector>,
@@ -130,6 +132,8 @@ pub struct Replica {
     vv_at_heartbeat: VersionVector,
     /// Summaries sent; every [`MEMBERS_EVERY`]th also carries the member registers again.
     heartbeats: u64,
+    /// Versions this device's `Neighbours` lists.
+    neighbours_sent: u64,
     ack_due: Option<Instant>,
     prune_due: bool,
     outputs: VecDeque<Output>,
@@ -161,6 +165,7 @@ impl Replica {
             next_request: 0,
             vv_at_heartbeat: VersionVector::new(),
             heartbeats: 0,
+            neighbours_sent: 0,
             ack_due: None,
             prune_due: false,
             outputs: VecDeque::new(),
@@ -498,7 +503,11 @@ impl Replica {
             } => self.on_error(from, request_id, code, message),
             SyncMessage::AckRelay(acks) => self.on_ack_relay(from, acks),
             SyncMessage::Members(records) => self.on_members(from, records),
-            SyncMessage::Neighbours { peers, pinned } => self.on_neighbours(from, peers, pinned),
+            SyncMessage::Neighbours {
+                version,
+                peers,
+                pinned,
+            } => self.on_neighbours(from, version, peers, pinned),
             SyncMessage::StateRelay { owner, records } => {
                 let records = records.into_iter().map(|c| c.into_record(owner)).collect();
                 self.on_owned_relay(from, owner, records)

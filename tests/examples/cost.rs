@@ -1,0 +1,38 @@
+//! Messages and bytes per change on a perfect network (`cost [PEERS...]`), full mesh and a
+//! sparse pairing graph, 500 operations, 4 seeds each (issue: cost per change across devices).
+use hybridsync_sim::{run_seed, SimConfig, Topology};
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![3, 8, 16, 32]
+    } else {
+        sizes
+    };
+    println!("devices  topology  msgs/change  bytes/change  wall s/seed  failed");
+    for n in sizes {
+        for topology in [Topology::FullMesh, Topology::Sparse] {
+            let mut cfg = SimConfig::calm(n, 500);
+            cfg.topology = topology;
+            let (mut msgs, mut bytes, mut ops, mut wall, mut failed) = (0u64, 0u64, 0u64, 0u64, 0);
+            for seed in 880_000..880_004 {
+                let r = run_seed(&cfg, seed);
+                msgs += r.messages;
+                bytes += r.bytes;
+                ops += r.ops as u64;
+                wall += r.wall_ms;
+                failed += usize::from(!r.passed());
+            }
+            println!(
+                "{n:>7}  {:<8}  {:>11.1}  {:>12.0}  {:>11.2}  {failed}",
+                format!("{topology:?}"),
+                msgs as f64 / ops as f64,
+                bytes as f64 / ops as f64,
+                wall as f64 / 4000.0
+            );
+        }
+    }
+}
