@@ -106,6 +106,9 @@ struct Dev {
     shared_seqs: Vec<u64>,
     /// Knows the models `album` and `volume` (rolling upgrade).
     upgraded: bool,
+    /// The members it was paired with: like `Node`, a restart on a database that holds no
+    /// member (its first batch was lost) bootstraps again.
+    bootstrap: Vec<DeviceId>,
 }
 
 /// One simulation run.
@@ -237,6 +240,7 @@ impl World {
                 shared_seqs: Vec::new(),
                 // Device 0 always runs the new release, so the new models are written.
                 upgraded: !cfg.rolling_upgrade || i == 0 || rng.chance(0.5),
+                bootstrap: Vec::new(),
             });
         }
         let mut w = World {
@@ -265,6 +269,7 @@ impl World {
             stats: BTreeMap::new(),
         };
         for i in 0..w.cfg.peers {
+            w.devs[i].bootstrap = initial.clone();
             w.start(i, Restored::bootstrap(initial.clone()));
         }
         w
@@ -672,7 +677,10 @@ impl World {
             self.count("upgrades");
             self.devs[d].upgraded = true;
         }
-        let restored = self.devs[d].store.restored();
+        let mut restored = self.devs[d].store.restored();
+        if restored.members.is_empty() {
+            restored.members = Restored::bootstrap(self.devs[d].bootstrap.clone()).members;
+        }
         self.start(d, restored);
     }
 
@@ -826,6 +834,7 @@ impl World {
         // rest of the library from the log. It may pair with another device later.
         self.edges.insert(pair(joiner, sponsor));
         let sponsor_id = self.devs[sponsor].id;
+        self.devs[joiner].bootstrap = vec![id, sponsor_id];
         self.start(joiner, Restored::bootstrap([id, sponsor_id]));
         let others: Vec<usize> = (0..self.cfg.peers).filter(|d| *d != sponsor).collect();
         if let Some(&b) = self.rng.pick(&others) {

@@ -55,3 +55,16 @@ fn lost_acks_are_repaired_without_new_writes() {
 fn larger_clusters_converge() {
     run_range(&SimConfig::all_faults(5, 200), 2000..2030);
 }
+
+/// Simulator findings of the wider world (write-ahead batches with delayed commits): a device
+/// whose very first batch (its bootstrap members) was lost in a crash restarted with no member
+/// at all and refused everyone. `Node` bootstraps again when the database holds no member; the
+/// simulator now restarts such a device the same way.
+#[test]
+fn device_whose_first_batch_was_lost_bootstraps_again() {
+    let cfg = SimConfig::all_faults(3, 300);
+    for seed in [621, 1124, 2026, 3746] {
+        let r = run_seed(&cfg, seed);
+        assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
+    }
+}
