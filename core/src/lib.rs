@@ -14,7 +14,8 @@
 //!
 //! The engine never reads a clock, never draws a random number and never touches a socket or a
 //! file: time, messages and storage results are inputs; messages, storage commands and events are
-//! outputs. See the crate README for the run-loop contract.
+//! outputs. The documentation of [`Replica`] states the whole run-loop contract (the calls, the
+//! write-ahead rule for storage and sends, totality, the two clocks) with a complete host loop.
 #![forbid(unsafe_code)]
 
 pub mod codec;

@@ -106,6 +106,208 @@ enum ReadKind {
 }
 
 /// The sans-IO sync engine of one device.
+///
+/// A `Replica` performs no I/O and reads no clock. The host that embeds it (the
+/// `hybridsync-tokio` driver, the simulator, a fuzz target, your own loop) gives it every input
+/// together with the current time and carries out the outputs it emits. The rules below are the
+/// whole contract between the two; the [example](#example) is a complete host loop.
+///
+/// # Calls
+///
+/// 1. Create it with [`Replica::new`]`(config, restored, now)`, `restored` being the durable
+///    state loaded from storage ([`Restored::bootstrap`] for a device without a database), then
+///    drain [`poll_output`](Replica::poll_output) until it returns `None`: a new replica
+///    already has storage commands to run.
+/// 2. Give it each input with [`handle`](Replica::handle)`(now, input)`, then drain
+///    `poll_output` until `None`. The inputs are [`Input::PeerUp`] and [`Input::PeerDown`] from
+///    the transport, [`Input::Message`] (its `from` is the sender the transport
+///    *authenticated*, never something the message claims: every message is checked against
+///    it), [`Input::Storage`] with the completion of a read, [`Input::Command`] from the
+///    application, and [`Input::Tick`].
+/// 3. Call `handle(now, Input::Tick)` when the monotonic clock reaches
+///    [`poll_timeout`](Replica::poll_timeout), then drain again. Read `poll_timeout` again
+///    after every drain, as any input can move it; it may already be past (tick at once). A
+///    spurious tick, early, late or repeated, is harmless: a tick runs only the timers that are
+///    due at its `now`.
+///
+/// The outputs are [`Output::Storage`] (run it, see below), [`Output::Send`] (deliver the
+/// message to `to`, for example as an [`encode_frame`](crate::encode_frame)),
+/// [`Output::Disconnect`] (close the connection; the engine already counts the peer as gone, so
+/// a later `PeerDown` for it is optional and harmless) and [`Output::Event`] (tell the
+/// application).
+///
+/// # Storage and the write-ahead rule
+///
+/// - Storage commands are executed **in emission order**.
+/// - A read ([`StorageCommand::read_id`] is `Some`) **observes every write emitted before it**.
+///   Its [`StorageDone`] goes back through `handle(now, Input::Storage(done))`, as late as need
+///   be; [`StorageDone::Failed`] makes the engine answer the peer `Busy`, and a completion the
+///   engine no longer waits for (its peer left) is ignored.
+/// - A `Send`, `Disconnect` or `Event` is performed only once **every storage command emitted
+///   before it is durable**. This is what makes the engine's messages true: an acknowledgement
+///   or a summary never claims what a crash could take back, a change reaches peers only after
+///   it is stored together with the counters and the clock it was numbered and stamped from,
+///   and the application never hears of a write that could still be lost. An output emitted
+///   before a write does not wait for that write.
+///
+/// Committing each command on its own obeys the rule; committing them in groups is faster.
+/// [`WriteAhead`](crate::write_ahead::WriteAhead) implements exactly this ordering with group
+/// commit (one batch commits while the next one fills): push every output into it, perform the
+/// actions it releases, commit the batches it hands out. A crash loses the batch that was
+/// committing together with everything held behind it
+/// ([`abandon`](crate::write_ahead::WriteAhead::abandon)): nothing already performed depended
+/// on it.
+///
+/// # Totality
+///
+/// `handle` never panics and never returns an error, whatever it is fed: any message a peer
+/// can encode, inputs in any order, duplicated or stale completions, any `now`. Every failure
+/// is an output:
+///
+/// - A peer that breaks a protocol rule gets [`Event::PeerMisbehaved`] then
+///   [`Output::Disconnect`], both with a typed [`Refusal`] (not a member, a malformed page, a
+///   foreign version of one of this device's records, an acknowledgement naming another device
+///   than its sender, a change whose origin is not its stamp's device). Nothing the offending
+///   message carries is applied. A peer with too many reads pending is answered
+///   [`ErrorCode::Busy`] and reported as `PeerMisbehaved` with [`Refusal::Busy`], but stays
+///   connected.
+/// - A change that can be refused without blaming its sender (a model of the other kind, a
+///   stamp beyond the drift bound) gets [`Event::ChangeRefused`]; anti-entropy brings it again.
+/// - Every [`Input::Command`] ends in exactly one [`Event::CommandDone`] or
+///   [`Event::CommandFailed`] carrying its [`CommandId`] and, on failure, a typed
+///   [`CommandError`]. A write ends in the step that issued it, and a failed write changed
+///   nothing; a fetch ([`Command::RequestState`], [`Command::RequestSharedChanges`]) ends when
+///   its last page is applied, or fails when the peer disconnects, answers an error or times
+///   out.
+///
+/// # Time
+///
+/// `new` and every `handle` take a [`Now`] carrying two clocks, which the engine never compares:
+///
+/// - `now.mono`, an [`Instant`] on a monotonic clock (microseconds since any origin), times
+///   everything local: the periodic summary ([`Config::heartbeat_interval`]), the debounced
+///   acknowledgements ([`Config::ack_delay`]), catch-up request timeouts
+///   ([`Config::request_timeout`]) and how long a member has been silent
+///   ([`Config::eviction_after`]). Deadlines are absolute instants on this clock. It is never
+///   stored, so each process may use its own origin.
+/// - `now.wall_ms`, the wall clock in milliseconds since the Unix epoch, is the physical part
+///   of the hybrid logical clock ([`HlcClock`]) that stamps every change, and the reference
+///   against which remote stamps more than [`Config::max_clock_drift`] ahead are refused.
+///
+/// **The monotonic clock going backwards** only delays timers. The engine takes `now.mono` as
+/// given; a deadline set before the step stays where it was and fires when the clock reaches it
+/// again, so the next summary, a pending acknowledgement and catch-up timeouts come late by the
+/// size of the step, and a member's silence counts as zero until the clock passes the instant
+/// it was last heard from (which only postpones its eviction). Nothing fires early and nothing
+/// is stamped from this clock. A jump forward fires every timer it passes at the next tick:
+/// catch-ups in flight time out (their commands fail with [`CommandError::Interrupted`]) and,
+/// with `eviction_after`, silent members may stop pinning the shared log.
+///
+/// **The wall clock stepping back** does not make stamps go back: the clock keeps the time of
+/// its last stamp and counts up ([`HlcClock::tick`]) until the wall clock passes it again, so a
+/// write made after the step still wins over everything this device wrote or saw before it.
+/// The high-water mark is stored ([`StorageCommand::SetHlc`], ahead of what it stamps) and
+/// restored ([`Restored::hlc`]), so this holds across restarts too. Remote stamps are judged
+/// against the earlier wall time, though: after a step back larger than `max_clock_drift`,
+/// peers' new shared changes look too far ahead and are refused ([`Event::ClockSkew`] and
+/// `ChangeRefused` with [`Refusal::ClockDrift`], the clock left alone) until the wall clock
+/// has caught up, and catch-up brings them after that. Their device-owned records, ordered by
+/// sequence number, still apply; only their stamps are not adopted.
+///
+/// **The wall clock stepping forward** moves the stamps forward, and they stay ahead when the
+/// wall clock is set back (see above). Peers adopt stamps up to `max_clock_drift` ahead of
+/// their own wall clock, moving their clocks forward with them; shared changes stamped further
+/// ahead are refused with `ClockSkew`, neither applied nor adopted, until the peers' wall
+/// clocks are within the bound, so one device far in the future cannot drag the others' clocks
+/// along.
+///
+/// # Example
+///
+/// A complete host loop on [`MemStore`](crate::MemStore), one device, with `WriteAhead` for the
+/// ordering:
+///
+/// ```rust
+/// use hybridsync_core::write_ahead::WriteAhead;
+/// use hybridsync_core::*;
+///
+/// /// Performs released actions: sends and disconnects go to the transport, events to the app.
+/// fn perform(actions: Vec<Output>, events: &mut Vec<Event>) {
+///     for action in actions {
+///         match action {
+///             Output::Send { to: _, msg } => {
+///                 let _frame = encode_frame(&msg); // write it to the connection with `to`
+///             }
+///             Output::Disconnect { .. } => {} // close the connection with `peer`
+///             Output::Event(e) => events.push(e),
+///             Output::Storage(_) => {} // never: `WriteAhead` hands storage out in batches
+///         }
+///     }
+/// }
+///
+/// /// Drains `replica` in write-ahead order until it has nothing left to do at `now`.
+/// fn settle(
+///     replica: &mut Replica,
+///     wal: &mut WriteAhead,
+///     store: &mut MemStore,
+///     now: Now,
+///     events: &mut Vec<Event>,
+/// ) {
+///     loop {
+///         while let Some(out) = replica.poll_output() {
+///             wal.push(out);
+///         }
+///         let flush = wal.flush();
+///         perform(flush.actions, events);
+///         let Some(batch) = flush.batch else { return };
+///         // One transaction: run the commands in order (a read sees the writes before it)...
+///         let reads: Vec<StorageDone> =
+///             batch.into_iter().filter_map(|cmd| store.execute(cmd)).collect();
+///         store.sync(); // ...and commit: what waited for the batch may go now.
+///         perform(wal.committed(), events);
+///         for done in reads {
+///             replica.handle(now, Input::Storage(done));
+///         }
+///     }
+/// }
+///
+/// let me = DeviceId::from_u128(1);
+/// let mut now = Now::new(Instant::ZERO, 1_700_000_000_000);
+/// let (mut store, mut wal, mut events) = (MemStore::new(), WriteAhead::new(), Vec::new());
+///
+/// // 1. Start (a new device founding a library on its own) and drain.
+/// let config = Config::new(me, ModelRegistry::spacedrive());
+/// let mut replica = Replica::new(config, Restored::bootstrap([me]), now);
+/// settle(&mut replica, &mut wal, &mut store, now, &mut events);
+///
+/// // 2. An input (the application inserts a tag) and drain.
+/// let tag = uuid::Uuid::from_u128(7);
+/// let fields = [("name".to_owned(), Value::from("holiday"))].into_iter().collect();
+/// let cmd = Command::InsertShared { model: "tag".into(), uuid: tag, fields };
+/// replica.handle(now, Input::Command { id: CommandId(1), cmd });
+/// settle(&mut replica, &mut wal, &mut store, now, &mut events);
+///
+/// assert!(events.contains(&Event::CommandDone(CommandId(1))));
+/// let record = &store.state().shared[&("tag".to_owned(), tag)];
+/// assert_eq!(record.visible().unwrap()["name"], Value::from("holiday"));
+///
+/// // 3. Tick at the deadline (a real host sleeps until then, or until the next input).
+/// let due = replica.poll_timeout().expect("the summary timer is always set");
+/// let slept = due.saturating_duration_since(now.mono);
+/// now = Now::new(due, now.wall_ms + slept.as_millis() as u64);
+/// replica.handle(now, Input::Tick);
+/// settle(&mut replica, &mut wal, &mut store, now, &mut events);
+///
+/// // A spurious tick does nothing.
+/// replica.handle(now, Input::Tick);
+/// assert!(replica.poll_output().is_none());
+///
+/// // What the application was told survives a crash: it was durable first.
+/// assert!(wal.is_idle());
+/// store.crash();
+/// let config = Config::new(me, ModelRegistry::spacedrive());
+/// let restarted = Replica::new(config, store.restored(), now);
+/// assert_eq!(restarted.version_vector().get(me), 1);
+/// ```
 #[derive(Debug)]
 pub struct Replica {
     config: Config,
