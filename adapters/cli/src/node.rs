@@ -9,6 +9,10 @@
 //! device id does not match its key is refused, and `add-member` never re-binds a paired device
 //! to another key (it only updates the addresses of the same key). To pair a device id with
 //! another key anyway, `remove-member` it first.
+//!
+//! One node per data directory: the node holds its database's lock (`sync.db.lock`, see
+//! [`hybridsync_sqlite::SqliteStore::open`]) while it runs, so a second node on the same
+//! directory refuses to start; the lock of a killed node is released by the OS.
 
 use crate::support::{self, Dump, Store};
 use anyhow::Context;
@@ -17,6 +21,7 @@ use hybridsync_iroh::{
     device_id_for, offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, RegistryError,
     Ticket,
 };
+use hybridsync_sqlite::SqliteError;
 use hybridsync_tokio::Node;
 use iroh::SecretKey;
 use std::collections::BTreeMap;
@@ -29,7 +34,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory of the device: its secret key, its paired peers and its SQLite database
-    /// (created if missing).
+    /// (created if missing). One node per directory: a second node on a directory in use
+    /// refuses to start.
     #[arg(long)]
     pub data: PathBuf,
     /// Local UDP address to listen on (`0.0.0.0:PORT` to accept other machines).
@@ -291,9 +297,24 @@ fn refusal(e: RegistryError) -> anyhow::Error {
     }
 }
 
+/// Opens the device's database first: its lock keeps a second node off the directory before
+/// that node reads or creates anything else there.
+fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    let db = dir.join("sync.db");
+    Store::open(&db).map_err(|e| match e {
+        SqliteError::Locked { .. } => anyhow::anyhow!(
+            "{e}: is another `hybridsync node --data {}` running? Only one node may use a \
+             data directory at a time",
+            dir.display()
+        ),
+        e => anyhow::Error::new(e).context(format!("opening {}", db.display())),
+    })
+}
+
 async fn node(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
+    let store = open_store(&args.data)?;
     let key = load_key(&args.data)?;
     let me = device_id_for(&key.public());
     let peers = load_peers(&args.data)?;
@@ -310,8 +331,6 @@ async fn node(args: Args) -> anyhow::Result<()> {
     let ticket = Ticket::new(endpoint.addr());
     let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
     transport.spawn_router();
-    let db = args.data.join("sync.db");
-    let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
     let mut members = vec![me];
     members.extend(peers.iter().map(|t| t.device));
     let builder =

@@ -284,9 +284,19 @@ fn node_refuses_to_start_with_a_forged_ticket_in_its_peers_file() {
         format!("hybridsync:0123456789abcdef0123456789abcdef@{attacker}@127.0.0.1:9\n"),
     )
     .unwrap();
+    let Some((status, stderr)) = refused_start(dir.path()) else {
+        panic!("the node started with a forged ticket in peers.txt");
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(stderr.contains("does not match"), "{stderr}");
+}
+
+/// Starts `hybridsync node` on `dir` (stdin kept open) and waits for it to exit: its status
+/// and stderr, or `None` (and the process killed) if it was still running after [`T`].
+fn refused_start(dir: &Path) -> Option<(std::process::ExitStatus, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
         .args(["node", "--data"])
-        .arg(dir.path())
+        .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -295,20 +305,40 @@ fn node_refuses_to_start_with_a_forged_ticket_in_its_peers_file() {
     let deadline = Instant::now() + T;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
+            break status;
         }
         if Instant::now() > deadline {
-            break None;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let Some(status) = status else {
-        child.kill().unwrap();
-        child.wait().unwrap();
-        panic!("the node started with a forged ticket in peers.txt");
-    };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    Some((status, stderr))
+}
+
+#[test]
+fn second_node_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let mut a = Proc::start(&data);
+    let device = a.expect("device ");
+    a.run("put kept yes");
+    let Some((status, stderr)) = refused_start(&data) else {
+        panic!("a second node started on the same data directory");
+    };
     assert!(!status.success(), "{status:?}");
-    assert!(stderr.contains("does not match"), "{stderr}");
+    assert!(
+        stderr.contains("sync.db.lock") && stderr.contains("another `hybridsync node --data"),
+        "{stderr}"
+    );
+    // The first node is unharmed; once it stops, the directory can be used again.
+    let out = a.run("list");
+    assert!(out.iter().any(|l| l.ends_with("kept = yes")), "{out:?}");
+    a.quit();
+    let a = Proc::start(&data);
+    assert_eq!(a.expect("device "), device);
+    a.quit();
 }

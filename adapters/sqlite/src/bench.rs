@@ -274,6 +274,8 @@ fn remove_db(path: &Path) {
         path.to_path_buf(),
         wal_path(path, "-wal"),
         wal_path(path, "-shm"),
+        // The store's lock file (no store is open here).
+        wal_path(path, ".lock"),
     ] {
         // Missing files are fine: this only clears leftovers.
         let _ = std::fs::remove_file(p);

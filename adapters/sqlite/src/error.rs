@@ -70,6 +70,20 @@ pub enum SqliteError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Another open [`crate::SqliteStore`] holds the database, in this process or another
+    /// (for example a second `hybridsync node` on the same data directory): one store per
+    /// file at a time. The database is left untouched.
+    #[error(
+        "{}: the database is in use: its lock file {} is held by another open store (in this or another process)",
+        .path.display(),
+        .lock.display()
+    )]
+    Locked {
+        /// The database path.
+        path: PathBuf,
+        /// The lock file (`<database>.lock`, symbolic links resolved).
+        lock: PathBuf,
+    },
     /// The file system does not support write-ahead logging for this database.
     #[error("{}: cannot enable WAL journal mode (got `{mode}`)", .path.display())]
     NoWal {

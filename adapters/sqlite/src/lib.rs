@@ -15,7 +15,10 @@
 //!   the core's conformance suite runs against this backend unchanged;
 //! - the schema is versioned (`PRAGMA user_version`, [`SCHEMA_VERSION`]) and migrated on open;
 //!   foreign, newer, damaged or read-only files are refused with a typed [`SqliteError`] and
-//!   never overwritten.
+//!   never overwritten;
+//! - one store per file: an open store holds an exclusive lock on `<file>.lock`, and a second
+//!   open of the same file, from another process or from this one, is refused
+//!   ([`SqliteError::Locked`]) until the first store is dropped or its process dies.
 //!
 //! ```
 //! use hybridsync_core::{DeviceId, StorageCommand};

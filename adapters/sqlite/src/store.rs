@@ -13,6 +13,7 @@ use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub(crate) fn tune(conn: &Connection, fresh: bool, file: bool) -> rusqlite::Resu
 ///   shared records are merged with [`SharedRecord::merge`] in Rust and written back.
 /// - The schema (see [`crate::schema`]) is versioned with `PRAGMA user_version` and migrated on
 ///   open; a newer, foreign or damaged file is refused and never written.
+/// - One store per file: a database file is held through an exclusive lock on `<file>.lock`
+///   for the store's lifetime (see [`SqliteStore::open`]).
 ///
 /// # Durability
 ///
@@ -80,6 +83,9 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     ids: Ids,
+    /// The exclusive lock on `<file>.lock` (none in memory). Declared after `conn`: fields
+    /// drop in order, so the connection is closed before the lock is released.
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,9 +105,18 @@ impl SqliteStore {
     /// ([`SqliteError::ForeignDatabase`]), a database from a newer hybridsync
     /// ([`SqliteError::NewerSchema`]), a database or directory that is not writable
     /// ([`SqliteError::ReadOnly`]; WAL needs its `-wal` and `-shm` files beside the database).
+    ///
+    /// One store per file: the store holds an exclusive lock on `<path>.lock` (beside the
+    /// database once symbolic links are resolved; created if missing, empty, never deleted)
+    /// until it is dropped. While it lives, another open of the same file is refused with
+    /// [`SqliteError::Locked`], whether it comes from another process or from this one (the
+    /// lock belongs to the open file, not to the process), and under any path that resolves
+    /// to the same file (not through a hard link). The operating system releases the lock of
+    /// a process that dies, so a killed process never blocks the next open.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, SqliteError> {
         let path = path.as_ref().to_path_buf();
         check_writable(&path)?;
+        let lock = lock(&path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -116,17 +131,23 @@ impl SqliteStore {
                 reason: "SQLite opened the file read-only".to_owned(),
             });
         }
-        Self::init(conn, path, true)
+        Self::init(conn, path, Some(lock))
     }
 
     /// Opens a private in-memory database (tests, simulations). Nothing is durable.
     pub fn open_in_memory() -> Result<SqliteStore, SqliteError> {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory().map_err(|e| SqliteError::from_sqlite(&path, e))?;
-        Self::init(conn, path, false)
+        Self::init(conn, path, None)
     }
 
-    fn init(conn: Connection, path: PathBuf, file: bool) -> Result<SqliteStore, SqliteError> {
+    /// `lock`: the file lock of a database file (`None`: in memory).
+    fn init(
+        conn: Connection,
+        path: PathBuf,
+        lock: Option<File>,
+    ) -> Result<SqliteStore, SqliteError> {
+        let file = lock.is_some();
         let sql = |e| SqliteError::from_sqlite(&path, e);
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
         // Identify the file before writing anything to it.
@@ -169,6 +190,7 @@ impl SqliteStore {
             conn,
             path,
             ids: Ids::default(),
+            _lock: lock,
         };
         if version < schema::SCHEMA_VERSION {
             let path = store.path.clone();
@@ -240,7 +262,9 @@ impl SqliteStore {
         &mut self,
         commands: &[StorageCommand],
     ) -> Result<Vec<StorageDone>, SqliteError> {
-        let SqliteStore { conn, path, ids } = self;
+        let SqliteStore {
+            conn, path, ids, ..
+        } = self;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| SqliteError::from_sqlite(path, e))?;
@@ -271,7 +295,9 @@ impl SqliteStore {
     /// store holding the same records: every device-owned record (tombstones included) in key
     /// order, then every shared register set in key order.
     pub fn content_digest(&mut self) -> Result<u64, SqliteError> {
-        let SqliteStore { conn, path, ids } = self;
+        let SqliteStore {
+            conn, path, ids, ..
+        } = self;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .map_err(|e| SqliteError::from_sqlite(path, e))?;
@@ -336,6 +362,51 @@ fn check_writable(path: &Path) -> Result<(), SqliteError> {
         });
     }
     Ok(())
+}
+
+/// Takes the exclusive lock of the database at `path`: `<path>.lock`, beside the file its
+/// path resolves to (so two names of one file share one lock).
+fn lock(path: &Path) -> Result<File, SqliteError> {
+    let io = |p: &Path, source| SqliteError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A new database: resolve its directory instead.
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(io(path, e));
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir)
+                .map_err(|e| io(path, e))?
+                .join(name)
+        }
+        Err(e) => return Err(io(path, e)),
+    };
+    let mut lock = real.into_os_string();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| io(&lock, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(SqliteError::Locked {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(TryLockError::Error(e)) => Err(io(&lock, e)),
+    }
 }
 
 /// An error inside a transaction: an SQLite error (classified later with the path) or a row

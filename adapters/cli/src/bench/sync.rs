@@ -460,12 +460,14 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Removes a database and its WAL files (missing files are fine).
+/// Removes a database, its WAL files and its lock file (missing files are fine).
 pub fn remove_db(path: &Path) {
     for p in [
         path.to_path_buf(),
         sidecar(path, "-wal"),
         sidecar(path, "-shm"),
+        // The store's lock file (no store is open here).
+        sidecar(path, ".lock"),
     ] {
         let _ = std::fs::remove_file(p);
     }
