@@ -1,7 +1,7 @@
 //! `hybridsync sim`: runs the deterministic simulator over a range of seeds.
 
 use clap::Args as ClapArgs;
-use hybridsync_sim::{run_seed, SeedReport, SimConfig};
+use hybridsync_sim::{run_seed, SeedReport, SimConfig, Topology};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -49,9 +49,19 @@ pub struct Args {
     /// No member removal.
     #[arg(long)]
     no_removal: bool,
-    /// No delayed storage completions.
+    /// No delayed storage commits.
     #[arg(long)]
     no_storage_delay: bool,
+    /// No writes near or beyond the frame limit.
+    #[arg(long)]
+    no_large_writes: bool,
+    /// No rolling upgrade (every device knows every model).
+    #[arg(long)]
+    no_upgrade: bool,
+    /// Pairing graph: random (a shape per seed), mesh, chain, star, ring, tree or sparse
+    /// (default: random, or mesh with --calm).
+    #[arg(long, value_parser = parse_topology)]
+    topology: Option<Topology>,
     /// Turn every fault off (a perfect network).
     #[arg(long)]
     calm: bool,
@@ -82,11 +92,33 @@ impl Args {
             c.late_join = !self.no_join;
             c.removal = !self.no_removal;
             c.storage_delay = !self.no_storage_delay;
+            c.large_writes = !self.no_large_writes;
+            c.rolling_upgrade = !self.no_upgrade;
             c
         };
+        if let Some(t) = self.topology {
+            c.topology = t;
+        }
         c.trace = self.trace;
         c
     }
+}
+
+fn parse_topology(s: &str) -> Result<Topology, String> {
+    Ok(match s {
+        "random" => Topology::Random,
+        "mesh" => Topology::FullMesh,
+        "chain" => Topology::Chain,
+        "star" => Topology::Star,
+        "ring" => Topology::Ring,
+        "tree" => Topology::Tree,
+        "sparse" => Topology::Sparse,
+        other => {
+            return Err(format!(
+                "unknown topology {other:?}: random, mesh, chain, star, ring, tree or sparse"
+            ))
+        }
+    })
 }
 
 /// Runs the simulator; fails if any seed failed.

@@ -1,5 +1,6 @@
-//! Latency of one change: `put` on device A until `RecordChanged` on device B, over iroh on
-//! 127.0.0.1 with SQLite files on both sides (both nodes in this process), one change at a
+//! Latency of one change: `put` on device A until `RecordChanged` on device B (direct) and on
+//! device C (through B: C is paired with B only, as A and C were never paired), over iroh on
+//! 127.0.0.1 with SQLite files on every side (the three nodes in this process), one change at a
 //! time.
 
 use super::child::{config, identity};
@@ -25,7 +26,7 @@ const WARMUP: usize = 50;
 pub struct LatencyFigures {
     /// Changes timed.
     pub samples: usize,
-    /// Median put-to-event latency.
+    /// Median put-to-event latency, A to B (direct).
     pub p50_ms: f64,
     /// 90th percentile.
     pub p90_ms: f64,
@@ -33,6 +34,10 @@ pub struct LatencyFigures {
     pub p99_ms: f64,
     /// Slowest.
     pub max_ms: f64,
+    /// Median put-to-event latency, A to C through one relay (B).
+    pub relay_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub relay_p99_ms: f64,
     /// Median time for `put` to resolve on A (durable there, handed to the transport).
     pub put_p50_ms: f64,
     /// 99th percentile of the same.
@@ -70,11 +75,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-/// Starts a node for key seed `key` on `db`, knowing `peer` at `peer_addr`.
+/// Starts a node for key seed `key` on `db`, in a library of `keys`.
 async fn start(
     db: &Path,
     key: u8,
-    peer_key: u8,
+    keys: [u8; 3],
 ) -> anyhow::Result<(
     Node<Store>,
     broadcast::Receiver<Event>,
@@ -82,14 +87,14 @@ async fn start(
     EndpointAddr,
 )> {
     let (secret, me) = identity(key);
-    let (_, peer) = identity(peer_key);
+    let members = keys.map(|k| identity(k).1);
     let (endpoint, addr) = support::loopback_endpoint(secret.clone()).await?;
     let registry = DeviceRegistry::new();
     let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
     transport.spawn_router();
     remove_db(db);
     let builder = Node::builder(config(me))
-        .bootstrap_members([me, peer])
+        .bootstrap_members(members)
         .event_capacity(1 << 14);
     let events = builder.subscribe();
     let node = builder.start(Store::open(db)?, transport).await?;
@@ -101,20 +106,50 @@ async fn start(
     ))
 }
 
-/// Times `samples` changes from A to B (after a warm-up), one at a time.
+/// Waits for the `RecordChanged` of `uuid` by `by`.
+async fn arrival(
+    events: &mut broadcast::Receiver<Event>,
+    uuid: uuid::Uuid,
+    by: DeviceId,
+    who: &str,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(Event::RecordChanged { uuid: u, by: b, .. })) if u == uuid && b == by => {
+                return Ok(())
+            }
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) => bail!("{who} stopped"),
+            Err(_) => bail!("change {uuid} did not reach {who} within 10 s"),
+        }
+    }
+}
+
+/// Times `samples` changes from A to B and, through B, to C (after a warm-up), one at a time.
 pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
-    let (a_key, b_key) = (21u8, 22u8);
+    let keys = [21u8, 22u8, 23u8];
+    let [a_key, b_key, c_key] = keys;
     let (_, a_id) = identity(a_key);
     let (_, b_id) = identity(b_key);
-    let (a, _a_events, a_registry, a_addr) = start(&dir.join("latency-a.db"), a_key, b_key).await?;
+    let (_, c_id) = identity(c_key);
+    let (a, _a_events, a_registry, a_addr) = start(&dir.join("latency-a.db"), a_key, keys).await?;
     let (b, mut b_events, b_registry, b_addr) =
-        start(&dir.join("latency-b.db"), b_key, a_key).await?;
-    a_registry.insert(b_id, b_addr)?;
+        start(&dir.join("latency-b.db"), b_key, keys).await?;
+    let (c, mut c_events, c_registry, c_addr) =
+        start(&dir.join("latency-c.db"), c_key, keys).await?;
+    // Paired A - B and B - C only.
+    a_registry.insert(b_id, b_addr.clone())?;
     b_registry.insert(a_id, a_addr)?;
+    b_registry.insert(c_id, c_addr)?;
+    c_registry.insert(b_id, b_addr)?;
     wait_peer(&a, b_id).await?;
     wait_peer(&b, a_id).await?;
+    wait_peer(&b, c_id).await?;
+    wait_peer(&c, b_id).await?;
 
     let mut latencies = Vec::with_capacity(samples);
+    let mut relayed = Vec::with_capacity(samples);
     let mut puts = Vec::with_capacity(samples);
     for i in 0..(WARMUP + samples) as u64 {
         let uuid = v7_like(i);
@@ -123,26 +158,21 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
         let t = Instant::now();
         a.put("entry", uuid, data).await?;
         let put = t.elapsed();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout_at(deadline, b_events.recv()).await {
-                Ok(Ok(Event::RecordChanged { uuid: u, by, .. })) if u == uuid && by == a_id => {
-                    break
-                }
-                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
-                Ok(Err(broadcast::error::RecvError::Closed)) => bail!("B stopped"),
-                Err(_) => bail!("change {i} did not reach B within 10 s"),
-            }
-        }
+        arrival(&mut b_events, uuid, a_id, "B").await?;
         let total = t.elapsed();
         let waited = run_queue_wait_ns().saturating_sub(waited);
+        arrival(&mut c_events, uuid, a_id, "C").await?;
+        let through = t.elapsed();
         if i as usize >= WARMUP {
             latencies.push((total.as_secs_f64() * 1e3, waited as f64 / 1e6));
+            relayed.push(through.as_secs_f64() * 1e3);
             puts.push(put.as_secs_f64() * 1e3);
         }
     }
     a.shutdown().await?;
     b.shutdown().await?;
+    c.shutdown().await?;
+    relayed.sort_by(f64::total_cmp);
     latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
     puts.sort_by(f64::total_cmp);
     let waits: Vec<f64> = latencies.iter().map(|l| l.1).collect();
@@ -155,6 +185,8 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
         p90_ms: percentile(&latencies, 0.90),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
+        relay_p50_ms: median(&relayed),
+        relay_p99_ms: percentile(&relayed, 0.99),
         put_p50_ms: median(&puts),
         put_p99_ms: percentile(&puts, 0.99),
         tail_run_queue_wait_ms: mean(&waits[waits.len().saturating_sub(tail)..]),
