@@ -1156,7 +1156,8 @@ fn digest(tx: &Transaction<'_>, ids: &mut Ids) -> TxResult<u64> {
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let key = (row.get(0)?, dec_uuid("shared", blob(row, 1, "shared")?)?);
-        let record = decode_shared(blob(row, 2, "shared")?, &key)?;
+        // As the reference: hidden registers never affect what is visible, and are left out.
+        let record = decode_shared(blob(row, 2, "shared")?, &key)?.without_hidden();
         h.write(&postcard::to_stdvec(&record).map_err(|e| SqliteError::row("shared", e))?);
     }
     Ok(h.finish())

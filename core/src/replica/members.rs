@@ -38,8 +38,8 @@ impl Replica {
         }
     }
 
-    /// Sends each connected peer what it does not know yet: this device's version vector if
-    /// it rose since the peer last heard it (every entry it covers was written before this
+    /// Sends each connected peer what it does not know yet: the entries of this device's
+    /// version vector that rose since the peer last heard it (every entry was written before this
     /// send, so it is durable: write-ahead contract), and the acks of members the peer is
     /// not connected to, as far as they rose beyond what the peer was told.
     pub(super) fn send_acks(&mut self) {
@@ -49,10 +49,15 @@ impl Replica {
             let Some(p) = self.peers.get(&to) else {
                 continue;
             };
-            let own_new = p
-                .told
-                .get(&me)
-                .is_none_or(|t| self.vv.iter().any(|(o, s)| t.get(o) < s));
+            // Only the origins that rose since the peer last heard: acks merge by maximum,
+            // so a delta is as good as the whole vector and costs what changed.
+            let mut own = VersionVector::new();
+            for (o, s) in self.vv.iter() {
+                if p.told.get(&me).is_none_or(|t| t.get(o) < s) {
+                    own.set(o, s);
+                }
+            }
+            let own_new = !own.is_empty();
             let mut relayed = std::collections::BTreeMap::new();
             for (member, vv) in &self.acks {
                 if *member == to || *member == me || p.neighbours.contains(member) {
@@ -74,20 +79,14 @@ impl Replica {
             }
             if let Some(p) = self.peers.get_mut(&to) {
                 if own_new {
-                    p.told.entry(me).or_default().merge(&self.vv);
+                    p.told.entry(me).or_default().merge(&own);
                 }
                 for (m, d) in &relayed {
                     p.told.entry(*m).or_default().merge(d);
                 }
             }
             if own_new {
-                self.send(
-                    to,
-                    SyncMessage::AckSharedChanges {
-                        acker: me,
-                        vv: self.vv.clone(),
-                    },
-                );
+                self.send(to, SyncMessage::AckSharedChanges { acker: me, vv: own });
             }
             if !relayed.is_empty() {
                 self.send(to, SyncMessage::AckRelay(relayed));

@@ -888,7 +888,7 @@ impl Replica {
             let hb = self.heartbeat();
             self.broadcast(hb);
             self.heartbeats += 1;
-            if self.heartbeats % MEMBERS_EVERY == 0 && !self.peers.is_empty() {
+            if self.heartbeats.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
                 // Anti-entropy for the member registers (a lost `Members` is repaired).
                 let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
                 self.broadcast(SyncMessage::Members(members));

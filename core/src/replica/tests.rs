@@ -746,7 +746,7 @@ fn acks_are_cumulative_debounced_and_from_the_authenticated_sender() {
         net.tag(a, i, ChangeKind::Insert, "t");
     }
     net.run();
-    net.advance(100);
+    net.advance(1_100); // past the 1 s ack delay
     let acks = net.node(b).sent[mark..]
         .iter()
         .filter(|(_, m)| matches!(m, SyncMessage::AckSharedChanges { .. }))
@@ -1101,7 +1101,7 @@ fn single_member_library_prunes_its_own_log_after_the_append() {
     let mut net = Net::new(1);
     net.tag(a, 1, ChangeKind::Insert, "x");
     net.tag(a, 2, ChangeKind::Insert, "y");
-    net.advance(100); // the debounced ack step recomputes pruning
+    net.advance(1_100); // the debounced ack step (1 s) recomputes pruning
     assert!(net.node(a).store.state().log.is_empty());
     assert_eq!(net.node(a).replica.horizon().get(a), 2);
 }
