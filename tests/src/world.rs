@@ -810,6 +810,28 @@ impl World {
         self.at(30_000, Ev::JoinCheck { sponsor });
     }
 
+    /// The user pairs `a` and `b` as `hybridsync node`'s `add-member` does: each side learns
+    /// the other's address (a new edge) and adds it as a member (idempotent if it already is:
+    /// a device that joined through a sponsor may not know the other yet). A side that is down
+    /// is paired once it is back.
+    fn pair_devices(&mut self, a: usize, b: usize) {
+        if self.devs[a].removed || self.devs[b].removed {
+            return;
+        }
+        self.count("pairings");
+        self.edges.insert(pair(a, b));
+        for (x, y) in [(a, b), (b, a)] {
+            let other = self.devs[y].id;
+            let knows = self.devs[x].replica.as_ref().map(|r| r.is_member(other));
+            match knows {
+                Some(true) => {}
+                Some(false) => self.command(x, Command::AddMember(other)),
+                None => self.at(SECOND, Ev::Pair { a, b }),
+            }
+        }
+        self.maintain_links();
+    }
+
     fn join_check(&mut self, sponsor: usize) {
         let joiner = self.devs.len() - 1;
         if self.devs[joiner].started {
@@ -923,11 +945,7 @@ impl World {
             }
             Ev::Join => self.join(),
             Ev::JoinCheck { sponsor } => self.join_check(sponsor),
-            Ev::Pair { a, b } => {
-                self.count("pairings");
-                self.edges.insert(pair(a, b));
-                self.maintain_links();
-            }
+            Ev::Pair { a, b } => self.pair_devices(a, b),
         }
     }
 
@@ -1026,7 +1044,7 @@ impl World {
             })
             .collect();
         for w in neighbours.windows(2) {
-            self.edges.insert(pair(w[0], w[1]));
+            self.at(0, Ev::Pair { a: w[0], b: w[1] });
         }
         true
     }
