@@ -172,7 +172,7 @@ fn late_join_retries_when_its_sponsor_crashes_before_the_addition_is_durable() {
     let mut lost = 0;
     for seed in 0..400 {
         let report = run_seed(&cfg, seed);
-        if report.stats.get("joins_lost_to_crash").is_some() {
+        if report.stats.contains_key("joins_lost_to_crash") {
             lost += 1;
             assert!(report.passed(), "seed {seed}: {:#?}", report.failures);
             assert_eq!(report.stats.get("joins"), Some(&1), "seed {seed}");
