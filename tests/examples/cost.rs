@@ -25,6 +25,12 @@ fn main() {
                 ops += r.ops as u64;
                 wall += r.wall_ms;
                 failed += usize::from(!r.passed());
+                if let Some(f) = r.failures.first() {
+                    eprintln!(
+                        "seed {seed} ({n}, {topology:?}): {}",
+                        &f[..f.len().min(300)]
+                    );
+                }
             }
             println!(
                 "{n:>7}  {:<8}  {:>11.1}  {:>12.0}  {:>11.2}  {failed}",

@@ -68,3 +68,14 @@ fn device_whose_first_batch_was_lost_bootstraps_again() {
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
     }
 }
+
+/// Simulator finding (32 devices, sparse pairing graph, calm network): a device relaying the
+/// acks of 31 other members built one `AckRelay` above the 16 KiB frame limit, so it was never
+/// sent and logs stayed pinned. Relayed acks now go in byte-bounded chunks.
+#[test]
+fn relayed_acks_of_many_members_fit_the_frame() {
+    let mut cfg = SimConfig::calm(32, 500);
+    cfg.topology = hybridsync_sim::Topology::Sparse;
+    let r = run_seed(&cfg, 880_000);
+    assert!(r.passed(), "{:#?}", r.failures);
+}

@@ -88,8 +88,21 @@ impl Replica {
             if own_new {
                 self.send(to, SyncMessage::AckSharedChanges { acker: me, vv: own });
             }
-            if !relayed.is_empty() {
-                self.send(to, SyncMessage::AckRelay(relayed));
+            // Bounded like a page: with many members the table would outgrow a frame.
+            let budget = self.config.page_bytes;
+            let mut chunk = std::collections::BTreeMap::new();
+            let mut used = 0;
+            for (member, vv) in relayed {
+                let size = 32 + 32 * vv.len();
+                if used + size > budget && !chunk.is_empty() {
+                    self.send(to, SyncMessage::AckRelay(std::mem::take(&mut chunk)));
+                    used = 0;
+                }
+                used += size;
+                chunk.insert(member, vv);
+            }
+            if !chunk.is_empty() {
+                self.send(to, SyncMessage::AckRelay(chunk));
             }
         }
         self.recompute_pruning();
