@@ -8,6 +8,7 @@
 //! durable state and the wire.
 
 use hybridsync_core::codec::DEFAULT_MAX_FRAME;
+use hybridsync_core::replica::MAX_CLAIMED_OWN_HEAD;
 use hybridsync_core::value::MAX_NESTING;
 use hybridsync_core::{
     decode, encode, encode_frame, ChangeKind, CodecError, Config, DeviceId, ErrorCode, Event,
@@ -910,34 +911,48 @@ fn failed(outs: &[Output], id: u64) -> Option<hybridsync_core::CommandError> {
 }
 
 #[test]
-fn own_head_raised_to_the_top_of_its_range_fails_local_writes_with_a_typed_error() {
+fn own_head_claimed_at_the_top_of_its_range_is_refused_and_the_device_keeps_writing() {
     let mut n = Node::connected(B);
-    // B claims this device's own head is u64::MAX (the lost-database path trusts peer heads).
-    n.from(
+    // B claims this device's own head is u64::MAX (the lost-database path raises counters to
+    // what peers report): believing it would leave no sequence number to write with.
+    let outs = n.from(
         B,
         SyncMessage::Heartbeat {
             heads: [(ME, u64::MAX)].into(),
             vv: VersionVector::new(),
         },
     );
-    assert_eq!(n.replica.watermark(ME), u64::MAX);
-    let before = n.digest();
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Disconnect { peer, reason: Refusal::ClaimBeyondBound } if *peer == B
+    )));
+    assert_eq!(n.replica.watermark(ME), 0, "no raise");
     let outs = put(&mut n, 1);
-    assert_eq!(
-        failed(&outs, 1),
-        Some(hybridsync_core::CommandError::SequenceExhausted)
-    );
-    assert!(writes(&outs).is_empty());
-    assert!(sent_to(&outs, B).is_empty());
-    assert_eq!(n.digest(), before);
-    assert_eq!(n.replica.watermark(ME), u64::MAX, "never wrapped");
+    assert_eq!(failed(&outs, 1), None);
+    assert_eq!(n.replica.watermark(ME), 1, "the write took the next seq");
 }
 
 #[test]
-fn own_shared_head_claimed_at_the_top_by_a_snapshot_fails_shared_writes_with_a_typed_error() {
+fn own_head_claimed_at_the_bound_is_raised_and_the_device_keeps_writing() {
+    let mut n = Node::connected(B);
+    n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads: [(ME, MAX_CLAIMED_OWN_HEAD)].into(),
+            vv: VersionVector::new(),
+        },
+    );
+    assert_eq!(n.replica.watermark(ME), MAX_CLAIMED_OWN_HEAD);
+    let outs = put(&mut n, 1);
+    assert_eq!(failed(&outs, 1), None);
+    assert_eq!(n.replica.watermark(ME), MAX_CLAIMED_OWN_HEAD + 1);
+}
+
+#[test]
+fn own_shared_head_claimed_at_the_top_by_a_snapshot_is_refused_and_the_device_keeps_writing() {
     let mut n = Node::connected(B);
     let request_id = snapshot_requested(&mut n);
-    n.from(
+    let outs = n.from(
         B,
         SyncMessage::SharedSnapshotResponse {
             request_id,
@@ -946,15 +961,14 @@ fn own_shared_head_claimed_at_the_top_by_a_snapshot_fails_shared_writes_with_a_t
             has_more: false,
         },
     );
-    assert_eq!(n.replica.version_vector().get(ME), u64::MAX);
-    let before = n.digest();
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Disconnect { peer, reason: Refusal::ClaimBeyondBound } if *peer == B
+    )));
+    assert_eq!(n.replica.version_vector().get(ME), 0, "no raise");
     let outs = insert_tag(&mut n, 1, Value::from("x"));
-    assert_eq!(
-        failed(&outs, 1),
-        Some(hybridsync_core::CommandError::SequenceExhausted)
-    );
-    assert!(writes(&outs).is_empty());
-    assert_eq!(n.digest(), before);
+    assert_eq!(failed(&outs, 1), None);
+    assert_eq!(n.replica.version_vector().get(ME), 1);
 }
 
 #[test]

@@ -42,6 +42,11 @@ pub enum Refusal {
     /// Too many pending requests from the peer.
     #[error("too many pending requests")]
     Busy,
+    /// A claim of this device's own head above
+    /// [`MAX_CLAIMED_OWN_HEAD`](crate::replica::MAX_CLAIMED_OWN_HEAD): believing it would
+    /// leave this device no sequence number to write with.
+    #[error("claims this device's own head beyond the bound")]
+    ClaimBeyondBound,
 }
 
 /// Why a local command failed. Nothing was changed.

@@ -28,6 +28,14 @@ use crate::version_vector::VersionVector;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use uuid::Uuid;
 
+/// The highest head of this device's own counters that a peer may claim (`2^63 - 1`).
+///
+/// A device whose database was lost raises its counters past what peers report they hold of
+/// it. A peer, buggy or hostile, could report `u64::MAX` and leave no sequence number to
+/// write with; a claim above this bound is refused as misbehaviour instead. The upper half of
+/// the range stays this device's own: at a million writes a second it lasts 290,000 years.
+pub const MAX_CLAIMED_OWN_HEAD: u64 = u64::MAX >> 1;
+
 /// Every this many summaries, the member registers go out again (once a minute by default).
 const MEMBERS_EVERY: u64 = 12;
 
@@ -722,6 +730,9 @@ impl Replica {
         // A peer that knows a higher head of our own counters than we do: our database was
         // lost or restored from an old backup. Raise the counters past it so new changes are
         // never mistaken for old ones.
+        if heads.get(&me).is_some_and(|h| *h > MAX_CLAIMED_OWN_HEAD) {
+            return self.misbehaved(from, Refusal::ClaimBeyondBound);
+        }
         if let Some(&head) = heads.get(&me) {
             if head > self.watermark(me) {
                 self.watermarks.insert(me, head);

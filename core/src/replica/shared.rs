@@ -414,6 +414,9 @@ impl Replica {
             return;
         };
         let claim = vv.clone().unwrap_or(page_vv);
+        if claim.get(self.config.device) > super::MAX_CLAIMED_OWN_HEAD {
+            return self.misbehaved(from, Refusal::ClaimBeyondBound);
+        }
         let ordered = records.windows(2).all(|w| w[0].key() < w[1].key())
             && match (after, records.first()) {
                 (Some(a), Some(first)) => first.key() > *a,
