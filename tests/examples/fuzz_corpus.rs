@@ -86,6 +86,23 @@ fn sample_messages() -> Vec<SyncMessage> {
             break;
         }
     }
+    // b writes while c (paired with a only) is up: a relays b's changes and acks to c.
+    for k in 20..23 {
+        cl.put(b, k, b"relayed");
+        cl.tag(b, k, ChangeKind::Insert, &[("name", k as i64)]);
+        keep(&cl, &mut by_kind);
+        for _ in 0..50 {
+            keep(&cl, &mut by_kind);
+            if !cl.deliver(0) {
+                break;
+            }
+        }
+    }
+    for _ in 0..4 {
+        cl.advance(1_500);
+        keep(&cl, &mut by_kind);
+        cl.deliver_all();
+    }
     let mut out: Vec<SyncMessage> = by_kind.into_values().flatten().collect();
     // Batches and snapshot pages, from what `a` stored.
     if let Some(state) = cl.member(a).map(|m| m.store.state()) {
@@ -100,6 +117,9 @@ fn sample_messages() -> Vec<SyncMessage> {
         ));
         out.push(SyncMessage::SharedChangeBatch(
             state.log.values().take(3).cloned().collect(),
+        ));
+        out.push(SyncMessage::AckRelay(
+            [(b, state.vv.clone()), (c, state.vv.clone())].into(),
         ));
         out.push(SyncMessage::SharedSnapshotResponse {
             request_id: 9,
