@@ -8,7 +8,7 @@
 //! durable state and the wire.
 
 use hybridsync_core::codec::DEFAULT_MAX_FRAME;
-use hybridsync_core::replica::MAX_CLAIMED_OWN_HEAD;
+use hybridsync_core::replica::{MAX_CLAIMED_OWN_HEAD, MAX_MEMBERS};
 use hybridsync_core::value::MAX_NESTING;
 use hybridsync_core::{
     decode, encode, encode_frame, ChangeKind, CodecError, Config, DeviceId, ErrorCode, Event,
@@ -1151,4 +1151,36 @@ fn snapshot_page_removing_its_sender_is_stored_but_its_claim_is_not_adopted() {
         .iter()
         .any(|r| r.uuid == B.0 && hybridsync_core::storage::is_member_record(r)));
     assert_eq!(n.replica.version_vector().get(B), 0, "claim not adopted");
+}
+
+#[test]
+fn member_register_flood_is_capped_at_the_member_limit() {
+    let mut n = Node::connected(B);
+    // A member sends the registers of thousands of made-up members (any stamp passes: zero).
+    let fake: Vec<SharedRecord> = (0..3 * MAX_MEMBERS as u128)
+        .map(|i| hybridsync_core::storage::bootstrap_member(DeviceId::from_u128(0xF000_0000 + i)))
+        .collect();
+    for chunk in fake.chunks(1000) {
+        n.from(B, SyncMessage::Members(chunk.to_vec()));
+    }
+    let members = n.replica.members().count();
+    assert!(members <= MAX_MEMBERS, "{members} members tracked");
+    // The real members are still known, and the device still works.
+    assert!(n.replica.is_member(B) && n.replica.is_member(ME));
+    let outs = put(&mut n, 1);
+    assert_eq!(failed(&outs, 1), None);
+}
+
+#[test]
+fn members_message_of_another_model_is_refused_without_state_change() {
+    let mut n = Node::connected(B);
+    let before = n.digest();
+    let mut r = hybridsync_core::storage::bootstrap_member(DeviceId::from_u128(77));
+    r.model = "tag".into();
+    let outs = n.from(B, SyncMessage::Members(vec![r]));
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::Disconnect { peer, .. } if *peer == B)));
+    assert_eq!(n.digest(), before);
+    assert!(!n.replica.is_member(DeviceId::from_u128(77)));
 }

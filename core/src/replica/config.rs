@@ -65,11 +65,18 @@ impl Config {
     /// The largest change a local write may produce, in [`budget_size`] bytes: the frame
     /// limit minus [`FRAME_ENVELOPE`] for the message around it (request ids, cursors, the
     /// variant tag), so the change fits in any message that carries it alone — a push, a
-    /// catch-up page or, for a shared change, the snapshot record it builds.
+    /// catch-up page. A shared record built by several updates of different fields can still
+    /// outgrow it (see the README's known limits).
     ///
     /// [`budget_size`]: crate::OwnedRecord::budget_size
     pub fn max_write_bytes(&self) -> usize {
         self.max_frame.saturating_sub(FRAME_ENVELOPE)
+    }
+
+    /// Byte budget of the messages the engine splits itself (relays, relayed acks): the page
+    /// budget, never more than a write may take.
+    pub(crate) fn relay_budget(&self) -> usize {
+        self.page_bytes.min(self.max_write_bytes()).max(1)
     }
 
     pub(crate) fn max_drift_ms(&self) -> u64 {

@@ -89,7 +89,7 @@ impl Replica {
                 self.send(to, SyncMessage::AckSharedChanges { acker: me, vv: own });
             }
             // Bounded like a page: with many members the table would outgrow a frame.
-            let budget = self.config.page_bytes;
+            let budget = self.config.relay_budget();
             let mut chunk = std::collections::BTreeMap::new();
             let mut used = 0;
             for (member, vv) in relayed {
@@ -113,10 +113,40 @@ impl Replica {
         if acker != from {
             return self.misbehaved(from, Refusal::AckerMismatch);
         }
+        let vv = self.nameable(&vv);
         if let Some(p) = self.peers.get_mut(&from) {
             p.told.entry(from).or_default().merge(&vv);
         }
         self.merge_ack(from, &vv);
+    }
+
+    /// The entries of `vv` for origins this device can name: members, or origins it holds
+    /// entries of. Everything kept per peer or per member goes through it, so a peer naming
+    /// made-up origins grows nothing.
+    fn nameable(&self, vv: &VersionVector) -> VersionVector {
+        let mut out = VersionVector::new();
+        for (origin, seq) in vv.iter() {
+            if self.is_member(origin) || self.vv.get(origin) > 0 {
+                out.set(origin, seq);
+            }
+        }
+        out
+    }
+
+    /// The current members' registers, in messages of at most `max_write_bytes` (a record is
+    /// under 128 bytes), for `Members`.
+    pub(super) fn member_messages(&self) -> Vec<SyncMessage> {
+        let per = (self.config.max_write_bytes() / 128).max(1);
+        let members: Vec<SharedRecord> = self
+            .member_records
+            .values()
+            .filter(|r| is_member_record(r))
+            .cloned()
+            .collect();
+        members
+            .chunks(per)
+            .map(|c| SyncMessage::Members(c.to_vec()))
+            .collect()
     }
 
     /// Merges what `member` is known to hold into its ack, keeping only origins this device
@@ -152,6 +182,7 @@ impl Replica {
             if member == me || member == from || !self.is_member(member) {
                 continue;
             }
+            let vv = self.nameable(&vv);
             if let Some(p) = self.peers.get_mut(&from) {
                 p.told.entry(member).or_default().merge(&vv);
             }
@@ -174,6 +205,21 @@ impl Replica {
         if bad {
             return self.misbehaved(from, Refusal::MalformedResponse);
         }
+        // A library has at most `MAX_MEMBERS` devices: a peer cannot make this device track
+        // more (registers of devices it already knows still merge).
+        let known = self.member_records.len();
+        let mut room = super::MAX_MEMBERS.saturating_sub(known);
+        let records: Vec<SharedRecord> = records
+            .into_iter()
+            .filter(|r| {
+                if self.member_records.contains_key(&r.uuid) {
+                    return true;
+                }
+                let fits = room > 0;
+                room = room.saturating_sub(1);
+                fits
+            })
+            .collect();
         let news: Vec<SharedRecord> = records
             .into_iter()
             .filter(|r| self.clock.check_drift(r.max_hlc(), wall).is_ok())
@@ -218,7 +264,15 @@ impl Replica {
             p.neighbours_version = version;
             p.neighbours = members;
         }
+        // Honoured once per summary period at most: a peer repeating it cannot make this
+        // device re-send its whole ack table at the ack rate.
+        let now = self.now.mono;
+        let period = self.config.heartbeat_interval;
+        let pinned = pinned
+            && p.resent_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= period);
         if pinned {
+            p.resent_at = Some(now);
             // Forget what we believed it knows, except its own ack (it knows that best).
             p.told.retain(|m, _| *m == from);
         }

@@ -36,6 +36,13 @@ use uuid::Uuid;
 /// the range stays this device's own: at a million writes a second it lasts 290,000 years.
 pub const MAX_CLAIMED_OWN_HEAD: u64 = u64::MAX >> 1;
 
+/// The most devices a library tracks (members and removed members): every message that lists
+/// members stays within a frame for this many, and a peer cannot make a device track more.
+pub const MAX_MEMBERS: usize = 1024;
+
+/// A pinned log asks for relayed acks again at most every this many summaries (30 s).
+const PINNED_EVERY: u64 = 6;
+
 /// Every this many summaries, the member registers go out again (once a minute by default).
 const MEMBERS_EVERY: u64 = 12;
 
@@ -55,6 +62,8 @@ struct Peer {
     /// What this device knows the peer knows of each member's acks (what it sent the peer,
     /// what the peer sent it): relayed acks carry only what rose beyond it.
     told: BTreeMap<DeviceId, VersionVector>,
+    /// When a `pinned` request of this peer was last honoured.
+    resent_at: Option<Instant>,
     /// The owner last fetched from this peer: the planner starts after it, so one stream
     /// that keeps failing never starves the owners after it.
     last_owner: Option<DeviceId>,
@@ -344,6 +353,8 @@ pub struct Replica {
     heartbeats: u64,
     /// Versions this device's `Neighbours` lists.
     neighbours_sent: u64,
+    /// The summary count when this device last asked for relayed acks again.
+    pinned_at: u64,
     ack_due: Option<Instant>,
     prune_due: bool,
     outputs: VecDeque<Output>,
@@ -376,6 +387,7 @@ impl Replica {
             vv_at_heartbeat: VersionVector::new(),
             heartbeats: 0,
             neighbours_sent: 0,
+            pinned_at: 0,
             ack_due: None,
             prune_due: false,
             outputs: VecDeque::new(),
@@ -595,8 +607,9 @@ impl Replica {
         // The member registers, bootstrap ones included: those exist only as registers (never
         // in the log), so a device that catches up from the log would otherwise never learn
         // them, and refuse their connections.
-        let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
-        self.send(peer, SyncMessage::Members(members));
+        for msg in self.member_messages() {
+            self.send(peer, msg);
+        }
         // The new peer learns who this device reaches; the others, that it reaches one more.
         self.send_neighbours(false);
         // And every ack this device knows that the new peer may not.
@@ -901,16 +914,20 @@ impl Replica {
             self.heartbeats += 1;
             if self.heartbeats.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
                 // Anti-entropy for the member registers (a lost `Members` is repaired).
-                let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
-                self.broadcast(SyncMessage::Members(members));
+                for msg in self.member_messages() {
+                    self.broadcast(msg);
+                }
             }
             // Entries held since the previous summary and still unpruned: some ack did not
             // arrive (a relayed one may have been lost); ask the peers to relay them all again.
+            // At most every `PINNED_EVERY` summaries: a member that stays offline keeps the
+            // log pinned for as long, and each request costs every neighbour its ack table.
             let pinned = self
                 .vv_at_heartbeat
                 .iter()
                 .any(|(o, s)| self.horizon.get(o) < s);
-            if pinned {
+            if pinned && self.heartbeats >= self.pinned_at + PINNED_EVERY {
+                self.pinned_at = self.heartbeats;
                 self.send_neighbours(true);
             }
             self.vv_at_heartbeat = self.vv.clone();

@@ -169,7 +169,7 @@ impl Replica {
         let targets = self.relay_peers(from, owner, |p| {
             p.heads.get(&owner).is_some_and(|h| *h >= last)
         });
-        let budget = self.config.page_bytes;
+        let budget = self.config.relay_budget();
         for chunk in super::writes::chunks(records, budget, OwnedRecord::budget_size) {
             let msg = SyncMessage::StateRelay {
                 owner,
