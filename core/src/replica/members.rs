@@ -149,17 +149,13 @@ impl Replica {
             .collect()
     }
 
-    /// Merges what `member` is known to hold into its ack, keeping only origins this device
-    /// can name (members, or origins it holds entries of), so no peer can grow the table
-    /// without bound. Returns whether the ack rose (then it is persisted, and relayed).
+    /// Merges what `member` is known to hold into its ack (`vv` already [`nameable`], so no
+    /// peer can grow the table without bound). Returns whether the ack rose (then it is
+    /// persisted, and relayed).
+    ///
+    /// [`nameable`]: Replica::nameable
     fn merge_ack(&mut self, member: DeviceId, vv: &VersionVector) -> bool {
-        let mut risen = false;
-        for (origin, seq) in vv.iter() {
-            if !self.is_member(origin) && self.vv.get(origin) == 0 {
-                continue;
-            }
-            risen |= self.acks.entry(member).or_default().raise(origin, seq);
-        }
+        let risen = self.acks.entry(member).or_default().merge(vv);
         if risen {
             let vv = self.acks.get(&member).cloned().unwrap_or_default();
             self.store(StorageCommand::SetAck { member, vv });

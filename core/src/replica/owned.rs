@@ -115,17 +115,22 @@ impl Replica {
                 by: r.owner,
             });
         }
-        let relay: Vec<OwnedRecord> = if wm > start && self.relay_targets(from, owner, wm) {
-            fresh.iter().filter(|r| r.seq <= wm).cloned().collect()
+        let targets = if wm > start {
+            self.relay_peers(from, owner, wm)
         } else {
             Vec::new()
+        };
+        let relay: Vec<OwnedRecord> = if targets.is_empty() {
+            Vec::new()
+        } else {
+            fresh.iter().filter(|r| r.seq <= wm).cloned().collect()
         };
         self.store(StorageCommand::PutOwned(fresh));
         if wm > start {
             self.watermarks.insert(owner, wm);
             self.store(StorageCommand::SetWatermark { owner, seq: wm });
         }
-        self.relay_owned(from, owner, relay);
+        self.relay_owned(owner, &targets, relay);
         if gap > wm {
             if let Some(p) = self.peers.get_mut(&from) {
                 let h = p.heads.entry(owner).or_insert(0);
@@ -138,44 +143,29 @@ impl Replica {
     /// The peers a real-time change of `owner` up to `seq`, received from `from`, is relayed
     /// to: connected peers other than the sender and the owner that are not connected to the
     /// owner themselves (they get it first-hand) and are not known to hold it already.
-    pub(super) fn relay_peers(
-        &self,
-        from: DeviceId,
-        owner: DeviceId,
-        held: impl Fn(&super::Peer) -> bool,
-    ) -> Vec<DeviceId> {
+    fn relay_peers(&self, from: DeviceId, owner: DeviceId, seq: u64) -> Vec<DeviceId> {
         self.peers
             .iter()
             .filter(|(p, peer)| {
-                **p != from && **p != owner && !peer.neighbours.contains(&owner) && !held(peer)
+                **p != from
+                    && **p != owner
+                    && !peer.neighbours.contains(&owner)
+                    && peer.heads.get(&owner).is_none_or(|h| *h < seq)
             })
             .map(|(p, _)| *p)
             .collect()
     }
 
-    fn relay_targets(&self, from: DeviceId, owner: DeviceId, seq: u64) -> bool {
-        !self
-            .relay_peers(from, owner, |p| {
-                p.heads.get(&owner).is_some_and(|h| *h >= seq)
-            })
-            .is_empty()
-    }
-
-    /// Relays newly contiguous changes of `owner` (written before this send: write-ahead).
-    fn relay_owned(&mut self, from: DeviceId, owner: DeviceId, records: Vec<OwnedRecord>) {
-        let Some(last) = records.last().map(|r| r.seq) else {
-            return;
-        };
-        let targets = self.relay_peers(from, owner, |p| {
-            p.heads.get(&owner).is_some_and(|h| *h >= last)
-        });
+    /// Relays newly contiguous changes of `owner` to `targets` (written before this send:
+    /// write-ahead).
+    fn relay_owned(&mut self, owner: DeviceId, targets: &[DeviceId], records: Vec<OwnedRecord>) {
         let budget = self.config.relay_budget();
         for chunk in super::writes::chunks(records, budget, OwnedRecord::budget_size) {
             let msg = SyncMessage::StateRelay {
                 owner,
                 records: chunk.into_iter().map(OwnedChange::from).collect(),
             };
-            for to in &targets {
+            for to in targets {
                 self.send(*to, msg.clone());
             }
         }

@@ -145,16 +145,7 @@ impl Replica {
         }
         // After the writes: a relay advertises what this device now holds (write-ahead).
         for (to, changes) in relayed {
-            let budget = self.config.relay_budget();
-            for mut chunk in super::writes::chunks(changes, budget, SharedChange::budget_size) {
-                let msg = if chunk.len() == 1 {
-                    match chunk.pop() {
-                        Some(c) => SyncMessage::SharedChange(c),
-                        None => continue,
-                    }
-                } else {
-                    SyncMessage::SharedChangeBatch(chunk)
-                };
+            for msg in self.shared_messages(changes) {
                 self.send(to, msg);
             }
         }

@@ -190,7 +190,7 @@ impl Replica {
     /// Pushes own device-owned changes to every connected peer, in byte-bounded batches.
     fn push_owned(&mut self, records: Vec<OwnedRecord>) {
         debug_assert!(records.iter().all(|r| r.owner == self.config.device));
-        let budget = self.config.page_bytes;
+        let budget = self.config.relay_budget();
         for mut chunk in chunks(records, budget, OwnedRecord::budget_size) {
             let msg = if chunk.len() == 1 {
                 match chunk.pop() {
@@ -206,18 +206,25 @@ impl Replica {
 
     /// Pushes own shared changes to every connected peer, in byte-bounded batches.
     fn push_shared(&mut self, changes: Vec<SharedChange>) {
-        let budget = self.config.page_bytes;
-        for mut chunk in chunks(changes, budget, SharedChange::budget_size) {
-            let msg = if chunk.len() == 1 {
-                match chunk.pop() {
-                    Some(c) => SyncMessage::SharedChange(c),
-                    None => continue,
-                }
-            } else {
-                SyncMessage::SharedChangeBatch(chunk)
-            };
+        for msg in self.shared_messages(changes) {
             self.broadcast(msg);
         }
+    }
+
+    /// Real-time shared changes as messages: `SharedChange` for one, `SharedChangeBatch` for
+    /// runs bounded by the relay budget (a page, never more than a write).
+    pub(super) fn shared_messages(&self, changes: Vec<SharedChange>) -> Vec<SyncMessage> {
+        let budget = self.config.relay_budget();
+        chunks(changes, budget, SharedChange::budget_size)
+            .into_iter()
+            .filter_map(|mut chunk| {
+                if chunk.len() == 1 {
+                    chunk.pop().map(SyncMessage::SharedChange)
+                } else {
+                    Some(SyncMessage::SharedChangeBatch(chunk))
+                }
+            })
+            .collect()
     }
 }
 
