@@ -11,7 +11,10 @@ use hybridsync_core::{
 use hybridsync_sqlite::SqliteStore;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+mod common;
+use common::spawn_child_test;
 use std::time::Duration;
 
 const DB_ENV: &str = "HYBRIDSYNC_CRASH_DB";
@@ -78,19 +81,7 @@ fn writer_child_process() {
 /// (plus a short delay, so the kill lands at an arbitrary point), and returns the highest batch
 /// it reported committed.
 fn run_and_kill(path: &Path, kill_after: u64, delay: Duration) -> u64 {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new(exe)
-        .args([
-            "writer_child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DB_ENV, path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
+    let mut child = spawn_child_test("writer_child_process", DB_ENV, path, Stdio::inherit());
     let stdout = child.stdout.take().expect("child stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut seen = 0;

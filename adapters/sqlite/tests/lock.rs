@@ -9,7 +9,10 @@ use hybridsync_core::{DeviceId, StorageCommand};
 use hybridsync_sqlite::{SqliteError, SqliteStore};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
+
+mod common;
+use common::spawn_child_test;
 
 const DB_ENV: &str = "HYBRIDSYNC_LOCK_DB";
 const ME: DeviceId = DeviceId::from_u128(1);
@@ -33,20 +36,7 @@ fn holder_child_process() {
 
 /// Starts a child holding the database at `path`; returns once it has opened it.
 fn holder(path: &Path) -> Child {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = Command::new(exe)
-        .args([
-            "holder_child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DB_ENV, path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
+    let mut child = spawn_child_test("holder_child_process", DB_ENV, path, Stdio::piped());
     let stdout = child.stdout.take().expect("child stdout");
     let (tx, opened) = std::sync::mpsc::channel();
     // Keep reading to the end: the child must be able to write its test report.
