@@ -206,6 +206,7 @@ impl SyncMessage {
                 | SyncMessage::AckSharedChanges { .. }
                 | SyncMessage::Heartbeat { .. }
                 | SyncMessage::AckRelay(_)
+                | SyncMessage::Members(_)
                 | SyncMessage::Neighbours { .. }
                 | SyncMessage::StateRelay { .. }
         )

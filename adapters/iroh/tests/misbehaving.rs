@@ -30,7 +30,25 @@ async fn rogue(n: u8) -> (Endpoint, DeviceId) {
 
 /// Reads the victim's frames until an `Error` arrives; returns its code.
 async fn first_error(conn: Connection) -> Option<ErrorCode> {
-    let mut recv = conn.accept_uni().await.ok()?;
+    // The victim may open several streams (real-time and bulk) in either order: read them all.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let accept = tokio::spawn(async move {
+        while let Ok(recv) = conn.accept_uni().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Some(code) = stream_error(recv).await {
+                    let _ = tx.send(code);
+                }
+            });
+        }
+    });
+    let code = rx.recv().await;
+    accept.abort();
+    code
+}
+
+/// The code of the first `Error` frame on one stream.
+async fn stream_error(mut recv: iroh::endpoint::RecvStream) -> Option<ErrorCode> {
     let mut decoder = FrameDecoder::default();
     loop {
         while let Ok(Some(msg)) = decoder.next_message() {
