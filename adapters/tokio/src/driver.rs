@@ -98,7 +98,10 @@ pub(crate) struct Driver<S> {
     pub(crate) events: broadcast::Sender<Event>,
     /// The write-ahead ordering of the engine's outputs.
     pub(crate) wal: WriteAhead,
+    /// Peers the transport reported up and the engine has not refused since.
     pub(crate) up: BTreeSet<DeviceId>,
+    /// The member set the transport was last told ([`Transport::set_members`]).
+    pub(crate) members: BTreeSet<DeviceId>,
     pub(crate) pending: BTreeMap<CommandId, Pending>,
     pub(crate) next_command: u64,
 }
@@ -194,9 +197,29 @@ impl<S: Send + 'static> Driver<S> {
         self.flush();
     }
 
+    /// Takes the engine's outputs into the write-ahead queues. Two decisions take effect at
+    /// once, before the outputs are performed: a refused peer (`Disconnect`) is no longer up,
+    /// so what it had already queued never reaches the engine (it would be re-admitted as a
+    /// member that "connected" again); and a change of the member set is handed to the
+    /// transport, so it stops dialing (and closes) a removed device.
     fn collect(&mut self) {
+        let mut membership = false;
         while let Some(out) = self.replica.poll_output() {
+            match &out {
+                Output::Disconnect { peer, .. } => {
+                    self.up.remove(peer);
+                }
+                Output::Event(Event::MembershipChanged { .. }) => membership = true,
+                _ => {}
+            }
             self.wal.push(out);
+        }
+        if membership {
+            let members: BTreeSet<DeviceId> = self.replica.members().collect();
+            if members != self.members {
+                self.transport.set_members(&members);
+                self.members = members;
+            }
         }
     }
 
@@ -307,6 +330,7 @@ impl<S: Send + 'static> Driver<S> {
             }
             TransportEvent::PeerDown(peer) => {
                 tracing::debug!(peer = %peer, "peer down");
+                // A peer the engine refused is already gone for it (and no longer up here).
                 if self.up.remove(&peer) {
                     self.handle(Input::PeerDown { peer });
                 }

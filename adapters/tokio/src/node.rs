@@ -48,7 +48,7 @@ pub struct Progress {
 pub struct Status {
     /// This device.
     pub device: DeviceId,
-    /// Peers the transport reports connected.
+    /// Peers the transport reports connected (and the engine has not refused since).
     pub connected: BTreeSet<DeviceId>,
     /// Peers the engine has a session with (connected members).
     pub peers: BTreeSet<DeviceId>,
@@ -158,6 +158,8 @@ impl NodeBuilder {
         let device = self.config.device;
         let clock = Clock::new();
         let replica = Replica::new(self.config, restored, clock.now());
+        let members: BTreeSet<DeviceId> = replica.members().collect();
+        transport.set_members(&members);
         let (sink, source) = EventSink::channel();
         transport.start(sink);
         let events = self.events;
@@ -173,6 +175,7 @@ impl NodeBuilder {
             events: events.clone(),
             wal: hybridsync_core::write_ahead::WriteAhead::new(),
             up: BTreeSet::new(),
+            members,
             pending: BTreeMap::new(),
             next_command: 0,
         };

@@ -28,6 +28,7 @@
 //! See `examples/tcp_transport.rs` for a complete, commented implementation over TCP.
 
 use hybridsync_core::{DeviceId, Refusal, SyncMessage};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::mpsc;
@@ -62,7 +63,18 @@ pub trait Transport: Send + 'static {
     fn send(&mut self, to: DeviceId, msg: SyncMessage);
 
     /// Closes the connection to `peer`, which the engine refused for `reason`. Must not block.
+    /// The driver drops whatever `peer` had already queued and gives the engine nothing more
+    /// from it until the transport reports it up again (after `PeerDown`, a new `PeerUp`).
     fn disconnect(&mut self, peer: DeviceId, reason: Refusal);
+
+    /// The library's member set: called once before [`Transport::start`], then after every
+    /// change (a member added or removed, here or by a peer). A transport should neither dial
+    /// nor accept a device outside it, and close its connection if it has one: the engine
+    /// refuses non-members anyway, this spares the dials and the engine work. Must not block.
+    /// The default does nothing (the engine still refuses non-members).
+    fn set_members(&mut self, members: &BTreeSet<DeviceId>) {
+        let _ = members;
+    }
 
     /// Closes every connection and stops background tasks.
     fn shutdown(&mut self) -> BoxFuture;

@@ -560,3 +560,200 @@ async fn next_catch_up_request_goes_out_while_the_page_commits() {
         "{log:?}"
     );
 }
+
+/// What a scripted transport saw the driver do.
+#[derive(Default)]
+struct Seen {
+    disconnects: Vec<(DeviceId, Refusal)>,
+    /// Messages sent to each peer.
+    sent: Vec<DeviceId>,
+    /// Every member set the driver handed the transport.
+    members: Vec<std::collections::BTreeSet<DeviceId>>,
+}
+
+/// A transport that delivers a fixed script of events (back to back, so later ones are
+/// already queued when the engine refuses the peer) and never reports a `PeerDown` itself.
+struct Scripted {
+    script: Vec<TransportEvent>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Transport for Scripted {
+    fn start(&mut self, sink: EventSink) {
+        let script = std::mem::take(&mut self.script);
+        tokio::spawn(async move {
+            for ev in script {
+                let r = match ev {
+                    TransportEvent::PeerUp(p) => sink.peer_up(p).await,
+                    TransportEvent::PeerDown(p) => sink.peer_down(p).await,
+                    TransportEvent::Message { from, msg } => sink.message(from, msg).await,
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn send(&mut self, to: DeviceId, _msg: SyncMessage) {
+        self.seen.lock().expect("seen").sent.push(to);
+    }
+
+    fn disconnect(&mut self, peer: DeviceId, reason: Refusal) {
+        self.seen
+            .lock()
+            .expect("seen")
+            .disconnects
+            .push((peer, reason));
+    }
+
+    fn set_members(&mut self, members: &std::collections::BTreeSet<DeviceId>) {
+        self.seen
+            .lock()
+            .expect("seen")
+            .members
+            .push(members.clone());
+    }
+
+    fn shutdown(&mut self) -> BoxFuture {
+        Box::pin(async {})
+    }
+}
+
+fn push_from(owner: DeviceId, seq: u64, uuid: u128) -> SyncMessage {
+    let rec = hybridsync_core::OwnedRecord {
+        owner,
+        seq,
+        hlc: hybridsync_core::Hlc::new(1, 0, owner),
+        model: "entry".into(),
+        uuid: Uuid::from_u128(uuid),
+        data: Some(vec![1]),
+    };
+    SyncMessage::StateChange(rec.into())
+}
+
+/// Collects the events the node emitted so far (the subscription was taken before start).
+async fn drain_events(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        out.push(e);
+    }
+    out
+}
+
+/// Issue 13 item 3: a member the engine refused is not re-admitted by the messages it had
+/// already queued (the transport reports it down only later).
+#[tokio::test]
+async fn a_refused_member_is_not_readmitted_by_its_queued_messages() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let transport = Scripted {
+        script: vec![
+            TransportEvent::PeerUp(B),
+            // An ack naming another acker: refused, B is disconnected.
+            TransportEvent::Message {
+                from: B,
+                msg: SyncMessage::AckSharedChanges {
+                    acker: C,
+                    vv: hybridsync_core::VersionVector::new(),
+                },
+            },
+            // Already queued behind it: must reach no engine.
+            TransportEvent::Message {
+                from: B,
+                msg: push_from(B, 1, 5),
+            },
+        ],
+        seen: seen.clone(),
+    };
+    let builder = Node::builder(config(A)).bootstrap_members([A, B, C]);
+    let mut events = builder.subscribe();
+    let a = builder
+        .start(MemStore::new(), transport)
+        .await
+        .expect("start");
+    let events = drain_events(&mut events).await;
+    let owned = a
+        .inspect(|s: &mut MemStore| s.state().owned.len())
+        .await
+        .expect("running");
+    let status = a.status().await.expect("running");
+    a.shutdown().await.expect("shutdown");
+    let connected = events
+        .iter()
+        .filter(|e| **e == Event::PeerConnected(B))
+        .count();
+    assert_eq!(connected, 1, "B was re-admitted: {events:?}");
+    assert_eq!(owned, 0, "a refused peer's queued push was applied");
+    assert!(!status.peers.contains(&B), "{status:?}");
+    assert!(!status.connected.contains(&B), "{status:?}");
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.disconnects, vec![(B, Refusal::AckerMismatch)]);
+}
+
+/// Issue 13 item 3: a non-member's messages, queued behind its refused `PeerUp`, cost the
+/// engine nothing (one refusal, not one per message).
+#[tokio::test]
+async fn a_non_member_is_refused_once_and_its_queued_messages_are_dropped() {
+    const X: DeviceId = DeviceId::from_u128(0xee);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut script = vec![TransportEvent::PeerUp(X)];
+    for i in 0..5 {
+        script.push(TransportEvent::Message {
+            from: X,
+            msg: push_from(X, i + 1, 10 + u128::from(i)),
+        });
+    }
+    let transport = Scripted {
+        script,
+        seen: seen.clone(),
+    };
+    let builder = Node::builder(config(A)).bootstrap_members([A, B]);
+    let mut events = builder.subscribe();
+    let a = builder
+        .start(MemStore::new(), transport)
+        .await
+        .expect("start");
+    let events = drain_events(&mut events).await;
+    a.shutdown().await.expect("shutdown");
+    let refusals = events
+        .iter()
+        .filter(|e| matches!(e, Event::PeerMisbehaved { peer, .. } if *peer == X))
+        .count();
+    assert_eq!(refusals, 1, "{events:?}");
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.disconnects, vec![(X, Refusal::NotMember)]);
+    assert!(!seen.sent.contains(&X));
+}
+
+/// Issue 13 item 3: the transport learns the member set at start and every change of it, so
+/// it can stop dialing a removed device.
+#[tokio::test]
+async fn the_transport_learns_every_change_of_the_member_set() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let transport = Scripted {
+        script: vec![],
+        seen: seen.clone(),
+    };
+    let a = Node::builder(config(A))
+        .bootstrap_members([A, B, C])
+        .start(MemStore::new(), transport)
+        .await
+        .expect("start");
+    a.remove_member(C).await.expect("remove");
+    a.add_member(DeviceId::from_u128(0xd)).await.expect("add");
+    a.shutdown().await.expect("shutdown");
+    let seen = seen.lock().expect("seen");
+    let sets: Vec<Vec<DeviceId>> = seen
+        .members
+        .iter()
+        .map(|s| s.iter().copied().collect())
+        .collect();
+    assert_eq!(
+        sets,
+        vec![
+            vec![A, B, C],
+            vec![A, B],
+            vec![A, B, DeviceId::from_u128(0xd)]
+        ]
+    );
+}
