@@ -68,7 +68,10 @@ impl From<BindError> for EndpointError {
 /// Binds an iroh endpoint that talks only to addresses it is given: relays disabled, address
 /// lookup cleared, port mapping disabled, one IP socket at `bind` (use `127.0.0.1:0` for tests).
 /// Connections send keep-alives every second and time out after 5 s of silence, so a vanished
-/// peer is noticed quickly. Never call `Endpoint::online()` on it: with no relay it never
+/// peer is noticed quickly. A peer may open at most 4 unidirectional streams towards it (the
+/// sync protocol uses two) and no bidirectional stream, from the handshake on (an endpoint
+/// bound otherwise grants the library's default of 100 until [`IrohTransport`] lowers it after
+/// the device is reported up). Never call `Endpoint::online()` on it: with no relay it never
 /// returns.
 pub async fn offline_endpoint(
     secret: SecretKey,
@@ -80,6 +83,8 @@ pub async fn offline_endpoint(
     let quic = QuicTransportConfig::builder()
         .keep_alive_interval(Duration::from_secs(1))
         .max_idle_timeout(Some(idle))
+        .max_concurrent_uni_streams(transport::MAX_INBOUND_STREAMS.into())
+        .max_concurrent_bidi_streams(0u32.into())
         .build();
     let endpoint = Endpoint::builder(presets::Minimal)
         .secret_key(secret)

@@ -19,8 +19,11 @@ use tokio::task::AbortHandle;
 /// The default ALPN of the sync protocol.
 pub const DEFAULT_ALPN: &[u8] = b"/spacedrive/sync/2.0.0";
 
-/// Unidirectional streams a peer may have open towards us (it uses two).
-const MAX_INBOUND_STREAMS: u32 = 4;
+/// Unidirectional streams a peer may have open towards us (it uses two). [`crate::offline_endpoint`]
+/// sets it (and no bidirectional streams) in the endpoint's transport config, so it is the
+/// credit of the handshake; the transport sets it again on each connection, for endpoints
+/// bound otherwise (whose handshake credit is then the library default, 100).
+pub(crate) const MAX_INBOUND_STREAMS: u32 = 4;
 
 /// QUIC application close codes used by this transport.
 pub mod close_code {
@@ -38,6 +41,8 @@ pub mod close_code {
     pub const COOLDOWN: u32 = 5;
     /// The peer cannot keep up with what we send.
     pub const SLOW_PEER: u32 = 6;
+    /// The remote device is registered but not (or no longer) a member of the library.
+    pub const NOT_MEMBER: u32 = 7;
 }
 
 /// Tuning of the iroh transport.
@@ -120,6 +125,16 @@ struct State {
     cooldown: BTreeMap<DeviceId, tokio::time::Instant>,
     dialers: BTreeMap<DeviceId, AbortHandle>,
     tasks: Vec<AbortHandle>,
+    /// The library's member set ([`Transport::set_members`]); `None` until the driver gives
+    /// one (then every registered device is dialed and accepted).
+    members: Option<BTreeSet<DeviceId>>,
+}
+
+impl State {
+    /// Whether `device` is known not to be a member: neither dialed nor accepted.
+    fn excluded(&self, device: DeviceId) -> bool {
+        self.members.as_ref().is_some_and(|m| !m.contains(&device))
+    }
 }
 
 struct Shared {
@@ -143,7 +158,11 @@ struct Shared {
 ///
 /// - **Identity**: the peer's authenticated [`EndpointId`] (TLS) is mapped to a `DeviceId`
 ///   through the [`DeviceRegistry`]; an unknown endpoint is closed before any stream is read.
-/// - **One connection per device**: both sides dial every registered device that has an
+/// - **Members only**: once the driver has handed over the member set
+///   ([`Transport::set_members`]), a registered device that is not a member is neither dialed
+///   nor accepted (closed with [`close_code::NOT_MEMBER`] before any stream is read), and a
+///   device removed from the set has its connection closed and its dialing stopped.
+/// - **One connection per device**: both sides dial every registered member that has an
 ///   address; when two connections meet, both sides keep the one dialed by the smaller
 ///   endpoint id (a newer connection from the same dialer replaces a stale one). The larger
 ///   id waits a little before its first dial so the usual case has no duplicate at all.
@@ -284,6 +303,10 @@ impl Shared {
         lock(&self.state).cooldown.insert(device, until);
     }
 
+    fn excluded(&self, device: DeviceId) -> bool {
+        lock(&self.state).excluded(device)
+    }
+
     fn active_conn(&self, device: DeviceId) -> Option<Connection> {
         lock(&self.state).conns.get(&device).map(|a| a.conn.clone())
     }
@@ -308,6 +331,10 @@ impl Shared {
             let mut st = lock(&self.state);
             if self.is_shut_down() {
                 conn.close(VarInt::from_u32(close_code::SHUTDOWN), b"shutting down");
+                return None;
+            }
+            if st.excluded(device) {
+                conn.close(VarInt::from_u32(close_code::NOT_MEMBER), b"not a member");
                 return None;
             }
             let replaced = match st.conns.get(&device) {
@@ -417,8 +444,8 @@ impl Shared {
         let mut backoff = self.config.backoff_min;
         let mut first = true;
         loop {
-            if self.is_shut_down() {
-                return;
+            if self.is_shut_down() || self.excluded(device) {
+                return; // shut down, or no longer a member
             }
             let Some(addr) = self.shared_addr(device) else {
                 return; // removed from the registry, or no address to dial
@@ -503,6 +530,7 @@ impl Shared {
             }
             Some(
                 close_code::UNKNOWN_ENDPOINT
+                | close_code::NOT_MEMBER
                 | close_code::REFUSED
                 | close_code::COOLDOWN
                 | close_code::BAD_FRAME,
@@ -524,13 +552,13 @@ impl Shared {
             .filter(|a| a.ip_addrs().next().is_some())
     }
 
-    /// Starts a dial loop for every registered device that has none (and an address).
+    /// Starts a dial loop for every registered member that has none (and an address).
     fn reconcile_dialers(self: &Arc<Self>) {
         let devices = self.registry.devices();
         let mut st = lock(&self.state);
         st.dialers.retain(|_, h| !h.is_finished());
         for (device, addr) in devices {
-            if addr.id == self.me || st.dialers.contains_key(&device) {
+            if addr.id == self.me || st.dialers.contains_key(&device) || st.excluded(device) {
                 continue;
             }
             if addr.ip_addrs().next().is_none() {
@@ -639,6 +667,11 @@ impl ProtocolHandler for SyncProtocol {
             );
             return Ok(());
         };
+        if self.shared.excluded(device) {
+            tracing::debug!(peer = %device, "not a member: refused");
+            conn.close(VarInt::from_u32(close_code::NOT_MEMBER), b"not a member");
+            return Ok(());
+        }
         if self.shared.cooling_down(device).is_some() {
             conn.close(VarInt::from_u32(close_code::COOLDOWN), b"refused");
             return Ok(());
@@ -736,6 +769,28 @@ impl Transport for IrohTransport {
             close_code::REFUSED,
             "refused",
         );
+    }
+
+    /// Remembers the member set: a device outside it has its connection closed
+    /// ([`close_code::NOT_MEMBER`]) and is neither dialed (its dial loop ends before the next
+    /// attempt) nor accepted any more; a device that joins it is dialed.
+    fn set_members(&mut self, members: &BTreeSet<DeviceId>) {
+        let gone: Vec<(DeviceId, Connection)> = {
+            let mut st = lock(&self.shared.state);
+            st.members = Some(members.clone());
+            st.conns
+                .iter()
+                .filter(|(d, _)| !members.contains(d))
+                .map(|(d, a)| (*d, a.conn.clone()))
+                .collect()
+        };
+        for (device, conn) in gone {
+            tracing::info!(peer = %device, "no longer a member: closing");
+            conn.close(VarInt::from_u32(close_code::NOT_MEMBER), b"not a member");
+        }
+        if *self.shared.started.borrow() && !self.shared.is_shut_down() {
+            self.shared.reconcile_dialers();
+        }
     }
 
     fn shutdown(&mut self) -> BoxFuture {
