@@ -16,7 +16,7 @@
 
 use crate::support::{self, Dump, Store};
 use anyhow::Context;
-use hybridsync_core::{Config, DeviceId, Event, ModelRegistry, Value};
+use hybridsync_core::{Config, DeviceId, Event, ModelRegistry, OwnedRecord, Value};
 use hybridsync_iroh::{
     device_id_for, offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, RegistryError,
     Ticket,
@@ -173,43 +173,94 @@ impl Session {
         Ok(self.node.status().await?.members.into_iter().collect())
     }
 
+    /// This device's own entry `key` (tombstone included), if it ever wrote it.
+    async fn own_entry(&self, key: &str) -> anyhow::Result<Option<OwnedRecord>> {
+        let me = self.node.device();
+        let id = support::uuid_for(key);
+        let dump = self
+            .node
+            .inspect(move |s: &mut Store| Dump::read(s, [me]))
+            .await??;
+        Ok(dump.owned.into_iter().find(|r| r.uuid == id))
+    }
+
+    /// Whether the tag `name` exists (not deleted).
+    async fn tag_exists(&self, name: &str) -> anyhow::Result<bool> {
+        let id = support::uuid_for(&format!("tag:{name}"));
+        let dump = self
+            .node
+            .inspect(|s: &mut Store| Dump::read(s, []))
+            .await??;
+        let exists = dump.visible("tag").any(|r| r.uuid == id);
+        Ok(exists)
+    }
+
     /// Runs one command line; returns `false` to stop.
     async fn command(&self, line: &str) -> anyhow::Result<bool> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some((cmd, rest)) = words.split_first() else {
             return Ok(true);
         };
-        match (*cmd, rest) {
-            ("put", [key, value @ ..]) if !value.is_empty() => {
-                let value = value.join(" ");
+        // Every command checks its arguments first: a wrong count answers its usage.
+        let args = |ok: bool| if ok { Ok(()) } else { Err(usage(cmd)) };
+        match *cmd {
+            "put" => {
+                args(rest.len() >= 2)?;
+                let key = rest[0];
+                let value = rest[1..].join(" ");
                 self.node
                     .put("entry", support::uuid_for(key), payload(key, &value))
                     .await?;
             }
-            ("delete", [key]) => {
+            "delete" => {
+                args(rest.len() == 1)?;
+                let key = rest[0];
+                match self.own_entry(key).await? {
+                    None => anyhow::bail!(
+                        "no entry {key:?} on this device (a device deletes only the entries it \
+                         wrote; `list` shows them)"
+                    ),
+                    Some(r) if r.is_tombstone() => {
+                        anyhow::bail!("entry {key:?} is already deleted")
+                    }
+                    Some(_) => {}
+                }
                 self.node.delete("entry", support::uuid_for(key)).await?;
             }
-            ("tag", [name, color @ ..]) if color.len() <= 1 => {
+            "tag" => {
+                args(matches!(rest.len(), 1 | 2))?;
+                let name = rest[0];
                 let mut f = BTreeMap::new();
-                f.insert("name".to_owned(), Value::from(*name));
-                if let Some(c) = color.first() {
+                f.insert("name".to_owned(), Value::from(name));
+                if let Some(c) = rest.get(1) {
                     f.insert("color".to_owned(), Value::from(*c));
                 }
                 let id = support::uuid_for(&format!("tag:{name}"));
                 self.node.insert_shared("tag", id, f).await?;
             }
-            ("color", [name, color]) => {
-                let f = [("color".to_owned(), Value::from(*color))]
+            "color" => {
+                args(rest.len() == 2)?;
+                let (name, color) = (rest[0], rest[1]);
+                if !self.tag_exists(name).await? {
+                    anyhow::bail!("no tag {name:?} (create it with `tag {name} {color}`)");
+                }
+                let f = [("color".to_owned(), Value::from(color))]
                     .into_iter()
                     .collect();
                 let id = support::uuid_for(&format!("tag:{name}"));
                 self.node.update_shared("tag", id, f).await?;
             }
-            ("untag", [name]) => {
+            "untag" => {
+                args(rest.len() == 1)?;
+                let name = rest[0];
+                if !self.tag_exists(name).await? {
+                    anyhow::bail!("no tag {name:?} (`list` shows the tags)");
+                }
                 let id = support::uuid_for(&format!("tag:{name}"));
                 self.node.delete_shared("tag", id).await?;
             }
-            ("list", []) => {
+            "list" => {
+                args(rest.is_empty())?;
                 let owners = self.members().await?;
                 let dump = self
                     .node
@@ -233,7 +284,8 @@ impl Session {
                     println!("tag {name} color={color}");
                 }
             }
-            ("peers", []) => {
+            "peers" => {
+                args(rest.is_empty())?;
                 let s = self.node.status().await?;
                 for m in &s.members {
                     let state = if *m == s.device {
@@ -246,8 +298,15 @@ impl Session {
                     println!("member {m:#} {state}");
                 }
             }
-            ("add-member", [ticket]) => {
-                let t: Ticket = ticket.parse()?;
+            "add-member" => {
+                args(rest.len() == 1)?;
+                let t: Ticket = rest[0].parse()?;
+                if t.device == self.node.device() {
+                    anyhow::bail!(
+                        "this is this device's own ticket: run `add-member` with the other \
+                         device's ticket (its `ticket` command prints it)"
+                    );
+                }
                 // Refused before anything is saved: a paired device keeps its key.
                 self.registry
                     .insert(t.device, t.addr.clone())
@@ -255,17 +314,33 @@ impl Session {
                 save_peer(&self.dir, &t)?;
                 self.node.add_member(t.device).await?;
             }
-            ("remove-member", [device]) => {
+            "remove-member" => {
+                args(rest.len() == 1)?;
+                let arg = rest[0];
                 let device = DeviceId(
-                    device
-                        .parse()
-                        .with_context(|| format!("{device:?} is not a device id"))?,
+                    arg.parse()
+                        .with_context(|| format!("{arg:?} is not a device id"))?,
                 );
-                self.node.remove_member(device).await?;
+                if device == self.node.device() {
+                    anyhow::bail!(
+                        "{device:#} is this device itself: removed, its writes would reach no \
+                         one; run `remove-member` on another member to remove this device"
+                    );
+                }
+                let member = self.members().await?.contains(&device);
+                let paired = self.registry.addr_of(device).is_some();
+                if !member && !paired {
+                    anyhow::bail!("{device:#} is not a member (`peers` lists the members)");
+                }
+                if member {
+                    self.node.remove_member(device).await?;
+                }
+                // A paired device that is no longer a member is still forgotten.
                 forget_peer(&self.dir, device)?;
                 self.registry.remove(device);
             }
-            ("status", []) => {
+            "status" => {
+                args(rest.is_empty())?;
                 let s = self.node.status().await?;
                 println!("device {:#}", s.device);
                 println!("peers {}", s.peers.len());
@@ -277,13 +352,34 @@ impl Session {
                 println!("horizon {:?}", s.horizon);
                 println!("digest {:#018x}", support::digest(&self.node).await?);
             }
-            ("ticket", []) => println!("ticket {}", self.ticket),
-            ("help", _) => println!("{HELP}"),
-            ("quit" | "exit", []) => return Ok(false),
-            _ => anyhow::bail!("unknown command {line:?} (try `help`)"),
+            "ticket" => {
+                args(rest.is_empty())?;
+                println!("ticket {}", self.ticket);
+            }
+            "help" => println!("{HELP}"),
+            "quit" | "exit" => {
+                args(rest.is_empty())?;
+                return Ok(false);
+            }
+            _ => anyhow::bail!("unknown command {cmd:?} (try `help`)"),
         }
         Ok(true)
     }
+}
+
+/// What `cmd` expects (as [`HELP`] shows it).
+fn usage(cmd: &str) -> anyhow::Error {
+    let synopsis = match cmd {
+        "put" => "put KEY VALUE...",
+        "delete" => "delete KEY",
+        "tag" => "tag NAME [COLOR]",
+        "color" => "color NAME COLOR",
+        "untag" => "untag NAME",
+        "add-member" => "add-member TICKET",
+        "remove-member" => "remove-member DEVICE",
+        other => other,
+    };
+    anyhow::anyhow!("wrong arguments; usage: {synopsis} (`help` lists the commands)")
 }
 
 /// Explains a refused pairing.
@@ -369,16 +465,23 @@ async fn node(args: Args) -> anyhow::Result<()> {
         ticket,
         dir: args.data.clone(),
     };
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut bytes = Vec::new();
     loop {
-        let line = tokio::select! {
-            l = lines.next_line() => l?,
-            _ = tokio::signal::ctrl_c() => None,
+        bytes.clear();
+        let read = tokio::select! {
+            n = stdin.read_until(b'\n', &mut bytes) => n?,
+            _ = tokio::signal::ctrl_c() => break,
         };
-        let Some(line) = line else {
+        if read == 0 {
             // End of input: keep syncing until Ctrl-C (a node can run without a terminal).
             let _ = tokio::signal::ctrl_c().await;
             break;
+        }
+        // A line that is not UTF-8 is an error for that line only.
+        let Ok(line) = std::str::from_utf8(&bytes) else {
+            println!("error: the line is not valid UTF-8 (ignored)");
+            continue;
         };
         match session.command(line.trim()).await {
             Ok(true) => println!("ok"),

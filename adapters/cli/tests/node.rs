@@ -342,3 +342,83 @@ fn second_node_on_the_same_data_directory_refuses_to_start() {
     assert_eq!(a.expect("device "), device);
     a.quit();
 }
+
+/// Issue 13 (CLI): one invalid UTF-8 byte on stdin is an error for that line, not the end of
+/// the node.
+#[test]
+fn invalid_utf8_on_stdin_is_an_error_for_that_line_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    a.expect("ready");
+    a.stdin.write_all(b"put k \xff\xfe\n").unwrap();
+    a.stdin.flush().unwrap();
+    let error = a.expect("error:");
+    assert!(error.contains("UTF-8"), "{error}");
+    // The node goes on.
+    a.run("put k v");
+    let out = a.run("list");
+    assert!(out.iter().any(|l| l.ends_with("k = v")), "{out:?}");
+    a.quit();
+}
+
+/// Issue 13 (CLI): mistakes get a clear message instead of a silent `ok`, and a wrong
+/// argument count says what the command expects.
+#[test]
+fn mistakes_get_a_clear_message_not_a_silent_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    a.expect("ready");
+    let other = "00000000-0000-4000-8000-000000000001";
+
+    let cases: Vec<(String, &str)> = vec![
+        ("color nosuchtag red".into(), "no tag \"nosuchtag\""),
+        ("untag nosuchtag".into(), "no tag \"nosuchtag\""),
+        ("delete neverwritten".into(), "no entry \"neverwritten\""),
+        (format!("remove-member {other}"), "not a member"),
+        (format!("add-member {ticket_a}"), "this device's own ticket"),
+        (format!("remove-member {device_a}"), "this device itself"),
+        ("put onlykey".into(), "usage: put KEY VALUE..."),
+        ("delete".into(), "usage: delete KEY"),
+        ("tag a b c".into(), "usage: tag NAME [COLOR]"),
+        ("color onlyname".into(), "usage: color NAME COLOR"),
+        ("untag a b".into(), "usage: untag NAME"),
+        ("add-member".into(), "usage: add-member TICKET"),
+        ("remove-member".into(), "usage: remove-member DEVICE"),
+        ("list everything".into(), "usage: list"),
+        ("frobnicate".into(), "unknown command"),
+    ];
+    let mut wrong = Vec::new();
+    for (cmd, expected) in &cases {
+        writeln!(a.stdin, "{cmd}").unwrap();
+        a.stdin.flush().unwrap();
+        let deadline = Instant::now() + T;
+        let answer = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = a.lines.recv_timeout(left).unwrap();
+            if line == "ok" || line.starts_with("error:") {
+                break line;
+            }
+        };
+        if !(answer.starts_with("error:") && answer.contains(expected)) {
+            wrong.push(format!(
+                "{cmd:?} answered {answer:?}, expected an error with {expected:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // A deleted entry and a deleted tag are reported as such the second time.
+    a.run("put k v");
+    a.run("delete k");
+    assert!(a.run_err("delete k").contains("already deleted"));
+    a.run("tag t red");
+    a.run("color t blue");
+    a.run("untag t");
+    assert!(a.run_err("untag t").contains("no tag \"t\""));
+    // Still a member of its own library, with nothing else changed.
+    let status = a.run("status");
+    assert!(status.iter().any(|l| l == "members 1"), "{status:?}");
+    a.quit();
+}
