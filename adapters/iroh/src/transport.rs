@@ -173,7 +173,10 @@ struct Shared {
 ///   real-time change. Every inbound stream has its own reader task. A reply travels on the
 ///   responder's own long-lived stream of the same connection (requests carry ids), so no
 ///   reply depends on a stream the requester already finished; if the connection drops,
-///   `PeerDown` interrupts the request and anti-entropy asks again.
+///   `PeerDown` interrupts the request and anti-entropy asks again. A peer may open at most
+///   4 unidirectional streams and no bidirectional one: from the handshake on with an endpoint
+///   from [`crate::offline_endpoint`]; an endpoint bound otherwise should set the same limits
+///   in its transport config (this transport lowers them only once the connection is up).
 /// - **Frames**: `u32` big-endian length + postcard, via core's `encode_frame` and
 ///   `FrameDecoder`; the length is checked against `max_frame` before reading the body. A bad
 ///   or oversized frame gets an `Error` message, the connection is closed and the peer cools

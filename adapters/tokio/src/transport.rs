@@ -64,7 +64,7 @@ pub trait Transport: Send + 'static {
 
     /// Closes the connection to `peer`, which the engine refused for `reason`. Must not block.
     /// The driver drops whatever `peer` had already queued and gives the engine nothing more
-    /// from it until the transport reports it up again (after `PeerDown`, a new `PeerUp`).
+    /// from it until the transport reports a new connection (`PeerUp`).
     fn disconnect(&mut self, peer: DeviceId, reason: Refusal);
 
     /// The library's member set: called once before [`Transport::start`], then after every
