@@ -1314,6 +1314,7 @@ fn seeded_world(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         topology: *u.choose(&crate::Topology::SHAPES)?,
         large_writes: u.arbitrary()?,
         rolling_upgrade: u.arbitrary()?,
+        lost_device: u.arbitrary()?,
         trace: false,
     };
     let seed: u64 = u.arbitrary()?;

@@ -3,8 +3,9 @@
 //! N replicas, each a [`hybridsync_core::Replica`] with a [`hybridsync_core::MemStore`], run in
 //! virtual time over a simulated network. Every message goes through the real codec. A seed
 //! drives every fault: loss, duplication, reordering and delay, partitions, crash-restarts
-//! (also in the middle of a step), delayed storage completions, clock skew and backward clock
-//! steps, one device with a clock far in the future, a device that joins late and one that is
+//! (also in the middle of a step), a device lost for good, delayed storage completions, clock
+//! skew and backward clock steps, one device with a clock far in the future, a device that
+//! joins late and one that is
 //! removed. After the faults stop, the run must reach quiescence and pass every check:
 //!
 //! - identical content on every replica (digests of records and registers);
@@ -51,6 +52,12 @@ pub struct SimConfig {
     pub late_join: bool,
     /// One device is removed after healing.
     pub removal: bool,
+    /// In half the seeds (of three or more devices), device 1 is lost for good during the
+    /// run, its disk with it: its neighbours are re-paired with each other, and once the
+    /// others agree on how much of its streams survived, a member removes it. Whatever any
+    /// live device held of it must reach every live device; the reference then expects
+    /// exactly that surviving prefix of its writes.
+    pub lost_device: bool,
     /// Storage completions arrive late.
     pub storage_delay: bool,
     /// Which devices are paired (connect at all); see [`Topology`].
@@ -80,6 +87,7 @@ impl SimConfig {
             future_clock: true,
             late_join: true,
             removal: true,
+            lost_device: true,
             storage_delay: true,
             topology: Topology::Random,
             large_writes: true,
@@ -102,6 +110,7 @@ impl SimConfig {
             future_clock: false,
             late_join: false,
             removal: false,
+            lost_device: false,
             storage_delay: false,
             topology: Topology::FullMesh,
             large_writes: false,

@@ -52,6 +52,38 @@ impl Reference {
         &self.owned
     }
 
+    /// The operations that survive `device` being lost for good, given that the live devices
+    /// hold its device-owned stream through `owned_through` and its shared stream through
+    /// `shared_through`: its later writes reached no one that survives.
+    pub fn surviving(&self, device: DeviceId, owned_through: u64, shared_through: u64) -> Self {
+        Reference {
+            owned: self
+                .owned
+                .iter()
+                .filter(|r| r.owner != device || r.seq <= owned_through)
+                .cloned()
+                .collect(),
+            shared: self
+                .shared
+                .iter()
+                .filter(|c| c.origin != device || c.seq <= shared_through)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The data `key`'s owner wrote at `seq` (`Some(None)`: it deleted the record then).
+    pub fn owned_version(
+        &self,
+        key: &(DeviceId, String, Uuid),
+        seq: u64,
+    ) -> Option<&Option<Vec<u8>>> {
+        self.owned
+            .iter()
+            .find(|r| r.owner == key.0 && r.seq == seq && r.model == key.1 && r.uuid == key.2)
+            .map(|r| &r.data)
+    }
+
     /// Expected device-owned records: the highest seq per key.
     pub fn expected_owned(&self) -> OwnedView {
         let mut out: OwnedView = BTreeMap::new();

@@ -57,6 +57,10 @@ enum Ev {
     Restart {
         dev: usize,
     },
+    /// The device is lost for good, its disk with it.
+    Lose {
+        dev: usize,
+    },
     PartitionStart,
     PartitionEnd,
     ClockStep {
@@ -95,6 +99,8 @@ struct Dev {
     future: bool,
     started: bool,
     removed: bool,
+    /// Lost for good: never restarts.
+    lost: bool,
     wake: Option<u64>,
     /// Crash after this many storage commands of the next batch (the batch is lost).
     crash_after: Option<usize>,
@@ -136,6 +142,11 @@ pub(crate) struct World {
     failures: Vec<String>,
     ops_done: usize,
     removal: Option<usize>,
+    /// When device 1 is lost for good (virtual time), if it is in this seed.
+    lose_at: Option<u64>,
+    /// What survived of the lost device's streams when it was removed: its id and the
+    /// device-owned and shared seqs every live device held of it.
+    survived: Option<(DeviceId, u64, u64)>,
     stop_links_to: BTreeSet<usize>,
     stats: BTreeMap<&'static str, u64>,
 }
@@ -232,6 +243,7 @@ impl World {
                 future,
                 started: false,
                 removed: false,
+                lost: false,
                 wake: None,
                 crash_after: None,
                 issued: Vec::new(),
@@ -265,9 +277,19 @@ impl World {
             failures: Vec::new(),
             ops_done: 0,
             removal: None,
+            lose_at: None,
+            survived: None,
             stop_links_to: BTreeSet::new(),
             stats: BTreeMap::new(),
         };
+        if w.cfg.lost_device && w.cfg.peers >= 3 {
+            // Drawn apart from the main generator, so seeds without a loss replay as before.
+            let mut r = Rng::new(seed ^ 0x1057_DE71_CE00_0000);
+            let phase = w.fault_phase_us();
+            if r.chance(0.5) {
+                w.lose_at = Some(r.range(phase / 4, phase));
+            }
+        }
         for i in 0..w.cfg.peers {
             w.devs[i].bootstrap = initial.clone();
             w.start(i, Restored::bootstrap(initial.clone()));
@@ -342,6 +364,10 @@ impl World {
             let t = self.rng.range(phase / 5, phase / 2);
             self.seq += 1;
             self.queue.insert((t, self.seq), Ev::Join);
+        }
+        if let Some(t) = self.lose_at {
+            self.seq += 1;
+            self.queue.insert((t, self.seq), Ev::Lose { dev: 1 });
         }
     }
 
@@ -461,6 +487,16 @@ impl World {
         match cmd {
             StorageCommand::PutOwned(rs) => {
                 for r in rs.iter().filter(|r| r.owner == me) {
+                    if self.cfg.trace {
+                        self.trace.push(format!(
+                            "{:>9} {me} wrote {} {} seq {} ({} B)",
+                            self.now_us,
+                            r.model,
+                            r.uuid,
+                            r.seq,
+                            r.data.as_ref().map_or(0, Vec::len)
+                        ));
+                    }
                     self.devs[d].issued.push((r.hlc, wall));
                     self.devs[d].owned_seqs.push(r.seq);
                     self.reference.owned_write(r.clone());
@@ -468,6 +504,12 @@ impl World {
             }
             StorageCommand::AppendLog(cs) => {
                 for c in cs.iter().filter(|c| c.origin == me) {
+                    if self.cfg.trace {
+                        self.trace.push(format!(
+                            "{:>9} {me} wrote {:?} {} {} seq {} at {:?}",
+                            self.now_us, c.kind, c.model, c.record, c.seq, c.hlc
+                        ));
+                    }
                     self.devs[d].issued.push((c.hlc, wall));
                     self.devs[d].shared_seqs.push(c.seq);
                     self.reference.shared_write(c.clone());
@@ -669,8 +711,39 @@ impl World {
         self.at(down, Ev::Restart { dev: d });
     }
 
+    /// Device `d` is lost for good (stolen, its disk dead): whatever it wrote that no other
+    /// device holds is gone. The user re-pairs its neighbours so the library stays connected,
+    /// and removes it once healed (`maybe_remove`).
+    fn lose(&mut self, d: usize) {
+        if self.devs[d].lost {
+            return;
+        }
+        self.count("devices_lost");
+        if self.alive(d) {
+            self.crash(d);
+        }
+        self.devs[d].lost = true;
+        let neighbours = self.neighbours(d);
+        for w in neighbours.windows(2) {
+            let later = self.rng.range(SECOND, 10 * SECOND);
+            self.at(later, Ev::Pair { a: w[0], b: w[1] });
+        }
+    }
+
+    /// The devices `d` is paired with.
+    fn neighbours(&self, d: usize) -> Vec<usize> {
+        self.edges
+            .iter()
+            .filter_map(|&(a, b)| match (a == d, b == d) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn restart(&mut self, d: usize) {
-        if self.alive(d) || !self.devs[d].started {
+        if self.alive(d) || !self.devs[d].started || self.devs[d].lost {
             return;
         }
         if self.cfg.rolling_upgrade && !self.devs[d].upgraded && self.rng.chance(0.5) {
@@ -815,19 +888,24 @@ impl World {
     /// a device that joined through a sponsor may not know the other yet). A side that is down
     /// is paired once it is back.
     fn pair_devices(&mut self, a: usize, b: usize) {
-        if self.devs[a].removed || self.devs[b].removed {
+        let gone = |d: &Dev| d.removed || d.lost;
+        if gone(&self.devs[a]) || gone(&self.devs[b]) {
             return;
         }
         self.count("pairings");
         self.edges.insert(pair(a, b));
+        let mut retry = false;
         for (x, y) in [(a, b), (b, a)] {
             let other = self.devs[y].id;
             let knows = self.devs[x].replica.as_ref().map(|r| r.is_member(other));
             match knows {
                 Some(true) => {}
                 Some(false) => self.command(x, Command::AddMember(other)),
-                None => self.at(SECOND, Ev::Pair { a, b }),
+                None => retry = true,
             }
+        }
+        if retry {
+            self.at(SECOND, Ev::Pair { a, b });
         }
         self.maintain_links();
     }
@@ -921,6 +999,7 @@ impl World {
                 }
             }
             Ev::Restart { dev } => self.restart(dev),
+            Ev::Lose { dev } => self.lose(dev),
             Ev::PartitionStart => {
                 if self.faults {
                     self.count("partitions");
@@ -1009,22 +1088,40 @@ impl World {
             return false;
         }
         let rid = self.devs[r].id;
-        let Some(own) = self.devs[r]
-            .replica
-            .as_ref()
-            .map(|x| (x.watermark(rid), x.version_vector().get(rid)))
-        else {
-            return false;
-        };
         let others: Vec<usize> = self.active().into_iter().filter(|d| *d != r).collect();
-        let covered = others.iter().all(|d| {
-            self.devs[*d]
+        let held: Option<Vec<(u64, u64)>> = others
+            .iter()
+            .map(|d| {
+                let x = self.devs[*d].replica.as_ref()?;
+                Some((x.watermark(rid), x.version_vector().get(rid)))
+            })
+            .collect();
+        let Some(held) = held else { return false };
+        let covered = if self.devs[r].lost {
+            // Its own heads are gone with it: wait until the others agree on what survived.
+            held.windows(2).all(|w| w[0] == w[1])
+        } else {
+            let Some(own) = self.devs[r]
                 .replica
                 .as_ref()
-                .is_some_and(|x| x.watermark(rid) >= own.0 && x.version_vector().get(rid) >= own.1)
-        });
+                .map(|x| (x.watermark(rid), x.version_vector().get(rid)))
+            else {
+                return false;
+            };
+            held.iter().all(|h| h.0 >= own.0 && h.1 >= own.1)
+        };
         if !covered {
             return false;
+        }
+        if self.devs[r].lost {
+            let (owned, shared) = held.first().copied().unwrap_or((0, 0));
+            self.survived = Some((rid, owned, shared));
+            if self.cfg.trace {
+                self.trace.push(format!(
+                    "{:>9} {rid} was lost; the others hold its streams through {owned} (device-owned) and {shared} (shared)",
+                    self.now_us
+                ));
+            }
         }
         let Some(&sponsor) = others.first() else {
             return false;
@@ -1034,15 +1131,7 @@ impl World {
         self.devs[r].removed = true;
         self.stop_links_to.insert(r);
         // The user re-pairs the removed device's neighbours so the library stays connected.
-        let neighbours: Vec<usize> = self
-            .edges
-            .iter()
-            .filter_map(|&(a, b)| match (a == r, b == r) {
-                (true, _) => Some(b),
-                (_, true) => Some(a),
-                _ => None,
-            })
-            .collect();
+        let neighbours = self.neighbours(r);
         for w in neighbours.windows(2) {
             self.at(0, Ev::Pair { a: w[0], b: w[1] });
         }
@@ -1054,7 +1143,7 @@ impl World {
         let phase = self.fault_phase_us();
         self.run_until(phase);
         self.heal();
-        if self.cfg.removal && self.cfg.peers >= 3 {
+        if (self.cfg.removal && self.cfg.peers >= 3) || self.devs[1].lost {
             self.removal = Some(1);
         }
         // Heal: no new faults; run until quiescent (bounded).
@@ -1112,28 +1201,90 @@ impl World {
             .collect();
         if digests.windows(2).any(|w| w[0].1 != w[1].1) {
             failures.push(format!("replicas diverged: {digests:x?}"));
+            if self.cfg.trace {
+                // The first shared record that differs, as each device holds it.
+                let keys: BTreeSet<_> = active
+                    .iter()
+                    .flat_map(|d| self.state(*d).shared.keys().cloned())
+                    .collect();
+                let differs = keys.into_iter().find(|k| {
+                    let held: BTreeSet<String> = active
+                        .iter()
+                        .map(|d| format!("{:?}", self.state(*d).shared.get(k)))
+                        .collect();
+                    held.len() > 1
+                });
+                if let Some(k) = differs {
+                    for d in &active {
+                        self.trace.push(format!(
+                            "{} holds {k:?}: {:?} with vv {:?}",
+                            self.devs[*d].id,
+                            self.state(*d).shared.get(&k),
+                            self.state(*d).vv
+                        ));
+                    }
+                }
+            }
         }
-        // 2. The content equals the expected state computed from every operation issued.
-        let want_owned = self.reference.expected_owned();
-        let want_shared = self.reference.expected_shared(|m| m != MEMBER_MODEL);
+        // 2. The content equals the expected state computed from every operation issued (of
+        // a device lost for good, from what survived of it).
+        let reference = match self.survived {
+            Some((lost, owned, shared)) => self.reference.surviving(lost, owned, shared),
+            None => self.reference.clone(),
+        };
+        let lost = self.survived.map(|(id, _, _)| id);
+        // Of a lost device's device-owned records, only that each one held is a version it
+        // really wrote within what survived can be checked (agreement is check 1): a catch-up
+        // page omits a record superseded above the page, so a device whose owner died between
+        // two pages keeps an older version of that record (or none), and so does everyone it
+        // passes it on to.
+        let want_owned: crate::reference::OwnedView = reference
+            .expected_owned()
+            .into_iter()
+            .filter(|(k, _)| Some(k.0) != lost)
+            .collect();
+        let want_shared = reference.expected_shared(|m| m != MEMBER_MODEL);
         for &d in &active {
             let st = self.state(d);
-            let got_owned: crate::reference::OwnedView = st
+            let (of_lost, got_owned): (Vec<_>, Vec<_>) = st
                 .owned
                 .iter()
                 .map(|(k, r)| (k.clone(), (r.seq, r.data.clone())))
-                .collect();
+                .partition(|(k, _)| Some(k.0) == lost);
+            let got_owned: crate::reference::OwnedView = got_owned.into_iter().collect();
+            if let Some((_, through, _)) = self.survived {
+                let forged = of_lost.iter().find(|(k, (seq, data))| {
+                    *seq > through || reference.owned_version(k, *seq) != Some(data)
+                });
+                if let Some((k, (seq, _))) = forged {
+                    failures.push(format!(
+                        "{}: holds {k:?} at seq {seq}, which its lost owner never wrote or which lies beyond what survived ({through})",
+                        self.devs[d].id
+                    ));
+                }
+            }
             if got_owned != want_owned {
-                let missing = want_owned
+                let wrong: Vec<_> = want_owned
                     .iter()
                     .filter(|(k, v)| got_owned.get(*k) != Some(*v))
-                    .count();
+                    .collect();
+                let missing = wrong.len();
+                let first = wrong
+                    .first()
+                    .map(|(k, v)| {
+                        format!(
+                            "; first: {k:?} expected seq {}, got {:?}",
+                            v.0,
+                            got_owned.get(*k).map(|g| g.0)
+                        )
+                    })
+                    .unwrap_or_default();
                 let extra = got_owned
                     .keys()
                     .filter(|k| !want_owned.contains_key(*k))
                     .count();
                 failures.push(format!(
-                    "{}: device-owned records differ from the expected state ({missing} wrong or missing, {extra} unexpected)",
+                    "{}: device-owned records differ from the expected state ({missing} wrong or missing, {extra} unexpected{first})",
                     self.devs[d].id
                 ));
             }

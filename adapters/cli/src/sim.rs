@@ -49,6 +49,9 @@ pub struct Args {
     /// No member removal.
     #[arg(long)]
     no_removal: bool,
+    /// No device lost for good (with its disk) during the run.
+    #[arg(long)]
+    no_lost_device: bool,
     /// No delayed storage commits.
     #[arg(long)]
     no_storage_delay: bool,
@@ -91,6 +94,7 @@ impl Args {
             c.future_clock = !self.no_future_clock;
             c.late_join = !self.no_join;
             c.removal = !self.no_removal;
+            c.lost_device = !self.no_lost_device;
             c.storage_delay = !self.no_storage_delay;
             c.large_writes = !self.no_large_writes;
             c.rolling_upgrade = !self.no_upgrade;

@@ -28,22 +28,18 @@ impl Replica {
         Ok(self.config.models.kind(&r.model) != Some(ModelKind::Shared))
     }
 
-    /// Real-time pushes of the sender's own records (their owner is `from` by construction),
-    /// applied by seq, watermark advanced when contiguous; a gap triggers catch-up from the
-    /// owner.
+    /// Real-time pushes of the sender's own records (their owner is `from` by construction).
     pub(super) fn on_owned_push(&mut self, from: DeviceId, records: Vec<OwnedRecord>) {
         self.apply_owned_realtime(from, from, records);
     }
 
-    /// Real-time changes of `owner` relayed by `from`. Only the part contiguous with this
-    /// device's watermark is applied (a relay may not skip ahead of what it proves); what
-    /// lies beyond a gap is fetched by catch-up. This device's own records are never taken
-    /// back, and a non-member's are not taken at all.
+    /// Real-time changes of `owner` relayed by `from`. This device's own records are never
+    /// taken back, and a non-member's are not taken at all.
     pub(super) fn on_owned_relay(
         &mut self,
         from: DeviceId,
         owner: DeviceId,
-        mut records: Vec<OwnedRecord>,
+        records: Vec<OwnedRecord>,
     ) {
         if owner == self.config.device || !self.is_member(owner) {
             return;
@@ -51,33 +47,25 @@ impl Replica {
         if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
             return self.misbehaved(from, Refusal::MalformedResponse);
         }
-        let mut next = self.watermark(owner);
-        let contiguous = records
-            .iter()
-            .take_while(|r| {
-                let ok = r.seq <= next || next.checked_add(1) == Some(r.seq);
-                next = next.max(r.seq);
-                ok
-            })
-            .count();
-        let beyond = records.len() > contiguous;
-        let head = records.last().map_or(0, |r| r.seq);
-        records.truncate(contiguous);
-        if beyond {
-            if let Some(p) = self.peers.get_mut(&from) {
-                let h = p.heads.entry(owner).or_insert(0);
-                *h = (*h).max(head);
-            }
-        }
         self.apply_owned_realtime(from, owner, records);
-        if beyond {
-            self.plan_owned(from);
-        }
     }
 
     /// Applies real-time changes of `owner` received from `from` (the owner itself or a
-    /// relay), then relays the newly contiguous ones onwards.
-    fn apply_owned_realtime(&mut self, from: DeviceId, owner: DeviceId, records: Vec<OwnedRecord>) {
+    /// relay), then relays the newly applied ones onwards.
+    ///
+    /// Only the part contiguous with this device's watermark is applied; what lies beyond a
+    /// gap is dropped and fetched by catch-up from `from` (which holds it: an owner holds its
+    /// whole stream, a relay relays only what it holds contiguously). Holding it instead would
+    /// strand it: catch-up serves a stream only up to the watermark, so if the owner were gone
+    /// for good, no other device could ever get what this one held above its gap. So every
+    /// device holds a prefix of each owner's stream, and whatever any live device holds, every
+    /// live device can fetch from it.
+    fn apply_owned_realtime(
+        &mut self,
+        from: DeviceId,
+        owner: DeviceId,
+        mut records: Vec<OwnedRecord>,
+    ) {
         for r in &records {
             match self.check_owned(r) {
                 Err(reason) => return self.misbehaved(from, reason),
@@ -93,48 +81,45 @@ impl Replica {
                 Ok(true) => {}
             }
         }
-        let mut wm = self.watermark(owner);
-        let start = wm;
-        let mut gap = 0u64;
-        for r in &records {
-            if wm.checked_add(1) == Some(r.seq) {
-                wm = r.seq;
-            } else if r.seq > wm {
-                gap = gap.max(r.seq);
-            }
-        }
+        let start = self.watermark(owner);
+        let mut wm = start;
+        let contiguous = records
+            .iter()
+            .take_while(|r| {
+                let ok = r.seq <= wm || wm.checked_add(1) == Some(r.seq);
+                wm = wm.max(r.seq);
+                ok
+            })
+            .count();
+        let beyond = records.iter().skip(contiguous).map(|r| r.seq).max();
+        records.truncate(contiguous);
+        let wm = records.iter().map(|r| r.seq).fold(start, u64::max);
         let fresh: Vec<OwnedRecord> = records.into_iter().filter(|r| r.seq > start).collect();
-        if fresh.is_empty() {
-            return;
-        }
-        self.observe_owned_stamps(&fresh);
-        for r in &fresh {
-            self.event(Event::RecordChanged {
-                model: r.model.clone(),
-                uuid: r.uuid,
-                by: r.owner,
-            });
-        }
-        let targets = if wm > start {
-            self.relay_peers(from, owner, wm)
-        } else {
-            Vec::new()
-        };
-        let relay: Vec<OwnedRecord> = if targets.is_empty() {
-            Vec::new()
-        } else {
-            fresh.iter().filter(|r| r.seq <= wm).cloned().collect()
-        };
-        self.store(StorageCommand::PutOwned(fresh));
-        if wm > start {
+        if !fresh.is_empty() {
+            self.observe_owned_stamps(&fresh);
+            for r in &fresh {
+                self.event(Event::RecordChanged {
+                    model: r.model.clone(),
+                    uuid: r.uuid,
+                    by: r.owner,
+                });
+            }
+            let targets = self.relay_peers(from, owner, wm);
+            let relay = if targets.is_empty() {
+                Vec::new()
+            } else {
+                fresh.clone()
+            };
+            self.store(StorageCommand::PutOwned(fresh));
             self.watermarks.insert(owner, wm);
             self.store(StorageCommand::SetWatermark { owner, seq: wm });
+            self.relay_owned(owner, &targets, relay);
         }
-        self.relay_owned(owner, &targets, relay);
-        if gap > wm {
+        if let Some(head) = beyond.filter(|h| *h > wm) {
+            // `from` holds everything up to what it sent (see above): fetch the gap from it.
             if let Some(p) = self.peers.get_mut(&from) {
                 let h = p.heads.entry(owner).or_insert(0);
-                *h = (*h).max(gap);
+                *h = (*h).max(head);
             }
             self.plan_owned(from);
         }

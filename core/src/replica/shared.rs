@@ -15,8 +15,8 @@ use crate::ClockError;
 enum Accepted {
     /// Appended to the log (contiguous).
     Logged(SharedChange),
-    /// Applied out of order (merged, not logged; catch-up brings it again).
-    Merged(SharedChange),
+    /// Above a gap in its origin's stream: not applied, catch-up brings it in order.
+    Gap,
     /// Already covered by the version vector.
     Duplicate,
     /// Not applied (drift or unknown model): later entries of its origin cannot be logged.
@@ -55,6 +55,13 @@ impl Replica {
         if c.seq <= self.vv.get(c.origin) {
             return Ok(Accepted::Duplicate);
         }
+        // Above a gap: dropped, not merged. A change merged out of order could never be passed
+        // on (the log and its catch-up are contiguous per origin), so with its origin gone for
+        // good the device that merged it would hold it alone for ever. Every device holds a
+        // prefix of every origin's stream instead, which any other device can fetch.
+        if c.seq != self.vv.get(c.origin) + 1 {
+            return Ok(Accepted::Gap);
+        }
         if let Err(ClockError::TooFarAhead { ahead_ms, .. }) =
             self.clock.observe(c.hlc, self.now.wall_ms)
         {
@@ -72,12 +79,8 @@ impl Replica {
         if c.model == MEMBER_MODEL {
             self.merge_member(&c.to_record());
         }
-        if c.seq == self.vv.get(c.origin) + 1 {
-            self.vv.set(c.origin, c.seq);
-            Ok(Accepted::Logged(c))
-        } else {
-            Ok(Accepted::Merged(c))
-        }
+        self.vv.set(c.origin, c.seq);
+        Ok(Accepted::Logged(c))
     }
 
     /// Applies a list of changes; returns whether a gap was seen, or `Err` on misbehaviour.
@@ -94,7 +97,6 @@ impl Replica {
             return Err(reason);
         }
         let mut logged = Vec::new();
-        let mut merged = Vec::new();
         let mut blocked: Vec<DeviceId> = Vec::new();
         let mut gap = false;
         for c in changes {
@@ -105,15 +107,7 @@ impl Replica {
             let origin = c.origin;
             match self.accept_shared(from, c)? {
                 Accepted::Logged(c) => logged.push(c),
-                Accepted::Merged(c) => {
-                    gap = true;
-                    merged.push(c.to_record());
-                    self.event(Event::RecordChanged {
-                        model: c.model,
-                        uuid: c.record,
-                        by: c.origin,
-                    });
-                }
+                Accepted::Gap => gap = true,
                 Accepted::Duplicate => {}
                 Accepted::Refused => blocked.push(origin),
             }
@@ -125,10 +119,7 @@ impl Replica {
                 by: c.origin,
             });
         }
-        let stored = !merged.is_empty() || !logged.is_empty();
-        if !merged.is_empty() {
-            self.store(StorageCommand::MergeShared(merged));
-        }
+        let stored = !logged.is_empty();
         let relayed = if relay {
             self.relay_plan(from, &logged)
         } else {

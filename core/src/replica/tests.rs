@@ -353,12 +353,91 @@ fn lost_push_is_repaired_by_gap_detection() {
     net.queue.clear(); // the push of seq 1 is lost
     net.put(a, 2, b"two");
     net.run();
-    // seq 2 arrived out of order: applied, but the watermark waits for the catch-up it caused.
+    // seq 2 arrived above a gap: the catch-up it caused brought both, in order.
     assert_eq!(
         net.owned(b, a, 1).and_then(|r| r.data),
         Some(b"one".to_vec())
     );
     assert_eq!(net.node(b).replica.watermark(a), 2);
+    net.assert_converged();
+}
+
+/// Whatever a live device holds, every live device eventually holds, even once the owner is
+/// gone for good: a push that arrived above a gap (its predecessor was lost) must not leave
+/// the receiver holding a record that no catch-up can ever pass on.
+#[test]
+fn owned_change_above_a_gap_never_strands_when_its_owner_is_gone() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    net.settle();
+    net.put(a, 1, b"one");
+    net.run();
+    net.put(a, 2, b"two");
+    net.queue.clear(); // the push of seq 2 is lost
+    net.put(a, 3, b"three");
+    // Seq 3 reaches b above its gap; a is gone for good before it answers b's catch-up.
+    let (from, to, bytes) = net.queue.pop_front().expect("push of seq 3");
+    net.queue.clear();
+    net.input(
+        to,
+        Input::Message {
+            from,
+            msg: decode(&bytes).expect("decodes"),
+        },
+    );
+    net.disconnect(a, b);
+    net.nodes.remove(&a);
+    net.connect(b, c);
+    net.settle();
+    for uuid in 1..=3 {
+        assert_eq!(
+            net.owned(b, a, uuid),
+            net.owned(c, a, uuid),
+            "record {uuid} of the gone owner differs between the two live devices"
+        );
+    }
+    assert_eq!(
+        net.owned(c, a, 1).and_then(|r| r.data),
+        Some(b"one".to_vec())
+    );
+    net.assert_converged();
+}
+
+/// The shared stream's version of the above: a change merged above a gap at one device must
+/// reach the others, or not be held at all, once its origin is gone for good.
+#[test]
+fn shared_change_above_a_gap_never_strands_when_its_origin_is_gone() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    net.settle();
+    net.tag(a, 100, ChangeKind::Insert, "one");
+    net.run();
+    net.tag(a, 101, ChangeKind::Insert, "two");
+    net.queue.clear(); // the push of the second change is lost
+    net.tag(a, 102, ChangeKind::Insert, "three");
+    let (from, to, bytes) = net.queue.pop_front().expect("push of the third change");
+    net.queue.clear();
+    net.input(
+        to,
+        Input::Message {
+            from,
+            msg: decode(&bytes).expect("decodes"),
+        },
+    );
+    net.disconnect(a, b);
+    net.nodes.remove(&a);
+    net.connect(b, c);
+    net.settle();
+    for uuid in 100..=102 {
+        assert_eq!(
+            net.tag_name(b, uuid),
+            net.tag_name(c, uuid),
+            "tag {uuid} of the gone origin differs between the two live devices"
+        );
+    }
+    assert_eq!(net.tag_name(c, 100), Some(Value::from("one")));
     net.assert_converged();
 }
 
@@ -426,7 +505,7 @@ fn push_is_always_the_senders_own_record() {
     net.inject(
         c,
         b,
-        SyncMessage::StateChange(rec(a, 9, 5, Some(b"forged")).into()),
+        SyncMessage::StateChange(rec(a, 1, 5, Some(b"forged")).into()),
     );
     assert_eq!(stored(&net, b, a, 5), Some(genuine));
     assert_eq!(net.node(b).replica.watermark(a), 1);
@@ -497,8 +576,8 @@ fn watermark_advances_only_over_contiguous_changes() {
     );
     assert_eq!(net.node(b).replica.watermark(a), 1);
     assert!(
-        net.owned(b, a, 3).is_some(),
-        "out-of-order change is applied"
+        net.owned(b, a, 3).is_none(),
+        "a change above a gap is not held: catch-up brings it in order"
     );
     net.inject(
         a,
@@ -506,6 +585,13 @@ fn watermark_advances_only_over_contiguous_changes() {
         SyncMessage::StateChange(rec(a, 2, 2, Some(b"2")).into()),
     );
     assert_eq!(net.node(b).replica.watermark(a), 2);
+    net.inject(
+        a,
+        b,
+        SyncMessage::StateChange(rec(a, 3, 3, Some(b"3")).into()),
+    );
+    assert_eq!(net.node(b).replica.watermark(a), 3);
+    assert!(net.owned(b, a, 3).is_some());
 }
 
 #[test]
