@@ -54,6 +54,7 @@ pub fn run_all<B: StorageBackend>(mut make: impl FnMut() -> B) {
     owned_keys_are_owner_model_and_uuid(make());
     shared_merges_converge_in_any_order(make());
     merging_empty_register_set_creates_empty_record(make());
+    staged_records_are_invisible_until_applied(make());
     append_log_merges_into_record_and_raises_vv(make());
     prune_log_deletes_through_and_raises_horizon_and_vv(make());
     watermark_and_hlc_only_rise(make());
@@ -767,6 +768,55 @@ pub fn merging_empty_register_set_creates_empty_record<B: StorageBackend>(backen
         "album",
         Uuid::from_u128(3),
     )]));
+    h.check_state();
+}
+
+/// Staged snapshot records are invisible until `ApplyStaged` merges them (register by register,
+/// with what is stored); `ClearStaged` drops them; the stage is empty after applying.
+pub fn staged_records_are_invisible_until_applied<B: StorageBackend>(backend: B) {
+    let mut h = Harness::new("staged_records_are_invisible_until_applied", backend);
+    let shared_of = |h: &mut Harness<B>| {
+        let id = ReadId(77);
+        dump(h.backend_mut(), &[], 1000, usize::MAX, id).shared
+    };
+    let c1 = change(
+        A,
+        1,
+        10,
+        "tag",
+        1,
+        ChangeKind::Insert,
+        &[("name", "a".into())],
+    );
+    let c2 = change(
+        B,
+        1,
+        20,
+        "tag",
+        1,
+        ChangeKind::Update,
+        &[("color", 2.into())],
+    );
+    let dropped = change(C, 1, 30, "album", 7, ChangeKind::Insert, &[]);
+    h.apply_one(StorageCommand::StageShared(vec![dropped.to_record()]));
+    h.apply_one(StorageCommand::ClearStaged);
+    h.apply_one(StorageCommand::MergeShared(vec![c1.to_record()]));
+    h.apply_one(StorageCommand::StageShared(vec![c2.to_record()]));
+    h.check_state();
+    let before = shared_of(&mut h);
+    assert_eq!(before, vec![c1.to_record()], "a staged record was visible");
+    h.apply_one(StorageCommand::ApplyStaged);
+    h.check_state();
+    let mut merged = c1.to_record();
+    merged.merge(&c2.to_record());
+    assert_eq!(
+        shared_of(&mut h),
+        vec![merged.clone()],
+        "ApplyStaged did not merge"
+    );
+    // The stage is empty now: applying again changes nothing.
+    h.apply_one(StorageCommand::ApplyStaged);
+    assert_eq!(shared_of(&mut h), vec![merged]);
     h.check_state();
 }
 
@@ -1609,6 +1659,28 @@ impl Generator {
         (limit, max_bytes)
     }
 
+    /// One to three register sets, as a snapshot page or a merge carries them.
+    fn shared_records(&mut self) -> Vec<SharedRecord> {
+        (0..1 + self.rng.below(3))
+            .map(|_| match self.rng.below(10) {
+                0 => SharedRecord::empty(self.rng.pick::<&str>(&SHARED_MODELS), Uuid::from_u128(9)),
+                1..=3 => {
+                    // A register set folded from several changes (a snapshot page).
+                    let c = self.shared_delivery();
+                    let mut r = c.to_record();
+                    for _ in 0..3 {
+                        let mut d = self.shared_delivery();
+                        d.model = c.model.clone();
+                        d.record = c.record;
+                        r.merge(&d.to_record());
+                    }
+                    r
+                }
+                _ => self.shared_delivery().to_record(),
+            })
+            .collect()
+    }
+
     fn command(&mut self) -> StorageCommand {
         let id = ReadId(self.rng.below(1_000));
         match self.rng.below(100) {
@@ -1617,29 +1689,14 @@ impl Generator {
                     .map(|_| self.owned_delivery())
                     .collect(),
             ),
-            22..=33 => StorageCommand::MergeShared(
-                (0..1 + self.rng.below(3))
-                    .map(|_| match self.rng.below(10) {
-                        0 => SharedRecord::empty(
-                            self.rng.pick::<&str>(&SHARED_MODELS),
-                            Uuid::from_u128(9),
-                        ),
-                        1..=3 => {
-                            // A register set folded from several changes (a snapshot page).
-                            let c = self.shared_delivery();
-                            let mut r = c.to_record();
-                            for _ in 0..3 {
-                                let mut d = self.shared_delivery();
-                                d.model = c.model.clone();
-                                d.record = c.record;
-                                r.merge(&d.to_record());
-                            }
-                            r
-                        }
-                        _ => self.shared_delivery().to_record(),
-                    })
-                    .collect(),
-            ),
+            22..=33 => {
+                let records = self.shared_records();
+                if self.rng.percent(30) {
+                    StorageCommand::StageShared(records)
+                } else {
+                    StorageCommand::MergeShared(records)
+                }
+            }
             34..=51 => StorageCommand::AppendLog(
                 (0..1 + self.rng.below(4))
                     .map(|_| self.shared_delivery())
@@ -1661,7 +1718,9 @@ impl Generator {
                     seq: self.rng.below(head + 3),
                 }
             }
-            62..=65 => {
+            62 => StorageCommand::ApplyStaged,
+            63 => StorageCommand::ClearStaged,
+            64..=65 => {
                 let d = self.any_device();
                 let h = Hlc::new(
                     self.time.saturating_sub(self.rng.below(8)),

@@ -33,6 +33,8 @@ pub struct MemState {
     pub horizon: VersionVector,
     /// Acks per member.
     pub acks: BTreeMap<DeviceId, VersionVector>,
+    /// The snapshot stage ([`StorageCommand::StageShared`]): not content, not read.
+    pub staged: BTreeMap<SharedKey, SharedRecord>,
 }
 
 impl MemState {
@@ -49,6 +51,25 @@ impl MemState {
                 for r in &records {
                     self.merge_shared(r);
                 }
+                None
+            }
+            StorageCommand::StageShared(records) => {
+                for r in &records {
+                    self.staged
+                        .entry(r.key())
+                        .or_insert_with_key(empty_record)
+                        .merge(r);
+                }
+                None
+            }
+            StorageCommand::ApplyStaged => {
+                for r in std::mem::take(&mut self.staged).into_values() {
+                    self.merge_shared(&r);
+                }
+                None
+            }
+            StorageCommand::ClearStaged => {
+                self.staged.clear();
                 None
             }
             StorageCommand::AppendLog(entries) => {

@@ -38,6 +38,20 @@ pub enum StorageCommand {
     PutOwned(Vec<OwnedRecord>),
     /// Merges register sets into shared records (creating them if absent).
     MergeShared(Vec<SharedRecord>),
+    /// Merges register sets into the **snapshot stage**, a store of shared records kept apart
+    /// from the shared records themselves: reads never see it, until [`ApplyStaged`].
+    ///
+    /// A shared snapshot is a cut at its first page's version vector; its pages are staged and
+    /// applied together once the last one arrived. Merged page by page, a snapshot cut short
+    /// (its server lost for good after a page) would leave registers that no other device
+    /// holds and no catch-up can ever pass on.
+    ///
+    /// [`ApplyStaged`]: StorageCommand::ApplyStaged
+    StageShared(Vec<SharedRecord>),
+    /// Merges every staged record into the shared records, then empties the stage.
+    ApplyStaged,
+    /// Empties the snapshot stage (a snapshot starts over).
+    ClearStaged,
     /// Appends contiguous entries to the shared log, merges each into its record, and raises
     /// the stored version vector to each entry's seq, atomically per entry.
     AppendLog(Vec<SharedChange>),

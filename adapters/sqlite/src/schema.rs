@@ -1,6 +1,6 @@
 //! The database schema and its migrations (`PRAGMA user_version`).
 //!
-//! # Tables (schema version 1)
+//! # Tables (schema version 2)
 //!
 //! | table | key | holds |
 //! | --- | --- | --- |
@@ -14,6 +14,7 @@
 //! | `horizon` | `origin` | the pruned log horizon |
 //! | `acks` | `member` | each member's latest cumulative ack (postcard [`VersionVector`](hybridsync_core::VersionVector)) |
 //! | `hlc` | `id = 0` | the HLC high-water mark |
+//! | `staged` | `(model, uuid)` | the snapshot stage: shared records of a snapshot in progress, like `shared`, merged into it when the snapshot completes (version 2) |
 //!
 //! Catch-up is a range scan: `owned` is clustered by its primary key `(owner, seq, model, uuid)`
 //! (a `WITHOUT ROWID` table), so "an owner's records after seq n" reads consecutive pages, and
@@ -58,7 +59,7 @@ use uuid::Uuid;
 pub const APPLICATION_ID: i32 = 0x4879_5379;
 
 /// The migrations, in order: `MIGRATIONS[v]` takes the schema from version `v` to `v + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes (`PRAGMA user_version`). Newer files are refused.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -114,6 +115,17 @@ CREATE TABLE acks       (member BLOB PRIMARY KEY, vv  BLOB    NOT NULL) WITHOUT 
 CREATE TABLE hlc        (id INTEGER PRIMARY KEY CHECK (id = 0), hlc BLOB NOT NULL);
 "
 );
+
+/// Schema version 2: the snapshot stage (`StorageCommand::StageShared`), shaped like `shared`.
+const V2: &str = "
+CREATE TABLE staged (
+    model     TEXT NOT NULL,
+    uuid      BLOB NOT NULL,
+    hlc       BLOB NOT NULL,
+    registers BLOB NOT NULL,
+    PRIMARY KEY (model, uuid)
+) WITHOUT ROWID;
+";
 
 /// The current shape of the device-owned record tables and the catch-up index.
 pub(crate) const OWNED_TABLE: &str = owned_table_v1!();

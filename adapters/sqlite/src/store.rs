@@ -463,8 +463,17 @@ fn apply(
         StorageCommand::PutOwned(records) => put_owned(tx, ids, records)?,
         StorageCommand::MergeShared(records) => {
             for r in records {
-                merge_shared(tx, r)?;
+                merge_shared(tx, Registers::Shared, r)?;
             }
+        }
+        StorageCommand::StageShared(records) => {
+            for r in records {
+                merge_shared(tx, Registers::Staged, r)?;
+            }
+        }
+        StorageCommand::ApplyStaged => apply_staged(tx)?,
+        StorageCommand::ClearStaged => {
+            tx.prepare_cached("DELETE FROM staged")?.execute([])?;
         }
         StorageCommand::AppendLog(entries) => {
             for e in entries {
@@ -668,12 +677,66 @@ fn bind_owned_rows(
     Ok(())
 }
 
-/// Merges `incoming` into the stored registers of its record with [`SharedRecord::merge`],
-/// creating the record (from [`empty_record`], as the reference does) if absent.
-fn merge_shared(tx: &Transaction<'_>, incoming: &SharedRecord) -> TxResult<()> {
+/// The two tables of shared registers: the records themselves and the snapshot stage.
+#[derive(Clone, Copy)]
+enum Registers {
+    Shared,
+    Staged,
+}
+
+impl Registers {
+    fn select(self) -> &'static str {
+        match self {
+            Registers::Shared => "SELECT registers FROM shared WHERE model = ?1 AND uuid = ?2",
+            Registers::Staged => "SELECT registers FROM staged WHERE model = ?1 AND uuid = ?2",
+        }
+    }
+
+    fn upsert(self) -> &'static str {
+        match self {
+            Registers::Shared => {
+                "INSERT INTO shared (model, uuid, hlc, registers) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (model, uuid) DO UPDATE SET hlc = excluded.hlc, registers = excluded.registers"
+            }
+            Registers::Staged => {
+                "INSERT INTO staged (model, uuid, hlc, registers) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (model, uuid) DO UPDATE SET hlc = excluded.hlc, registers = excluded.registers"
+            }
+        }
+    }
+}
+
+/// Merges every staged record into `shared`, then empties the stage. Rows are taken in key
+/// order a chunk at a time, so a large snapshot never sits in memory whole.
+fn apply_staged(tx: &Transaction<'_>) -> TxResult<()> {
+    const CHUNK: i64 = 512;
+    loop {
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT model, uuid, registers FROM staged ORDER BY model, uuid LIMIT ?1",
+            )?
+            .query_map([CHUNK], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (model, uuid, registers) in &rows {
+            let uuid = uuid::Uuid::from_slice(uuid).map_err(|e| SqliteError::row("staged", e))?;
+            let record = decode_shared(registers, &(model.clone(), uuid))?;
+            merge_shared(tx, Registers::Shared, &record)?;
+            tx.prepare_cached("DELETE FROM staged WHERE model = ?1 AND uuid = ?2")?
+                .execute(params![model, uuid.as_bytes()])?;
+        }
+    }
+}
+
+/// Merges `incoming` into the stored registers of its record in `table` with
+/// [`SharedRecord::merge`], creating the record (from [`empty_record`], as the reference does)
+/// if absent.
+fn merge_shared(tx: &Transaction<'_>, table: Registers, incoming: &SharedRecord) -> TxResult<()> {
     let key = incoming.key();
     let stored: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT registers FROM shared WHERE model = ?1 AND uuid = ?2")?
+        .prepare_cached(table.select())?
         .query_row(params![key.0, key.1.as_bytes()], |r| r.get(0))
         .optional()?;
     let record = match stored {
@@ -691,11 +754,7 @@ fn merge_shared(tx: &Transaction<'_>, incoming: &SharedRecord) -> TxResult<()> {
         }
     };
     let blob = postcard::to_stdvec(&record).map_err(|e| SqliteError::row("shared", e))?;
-    tx.prepare_cached(
-        "INSERT INTO shared (model, uuid, hlc, registers) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (model, uuid) DO UPDATE SET hlc = excluded.hlc, registers = excluded.registers",
-    )?
-    .execute(params![
+    tx.prepare_cached(table.upsert())?.execute(params![
         key.0,
         key.1.as_bytes(),
         &enc_hlc(&record.max_hlc())[..],
@@ -707,7 +766,7 @@ fn merge_shared(tx: &Transaction<'_>, incoming: &SharedRecord) -> TxResult<()> {
 /// Appends one log entry: merges it into its record, stores it (replacing an entry with the
 /// same `(origin, seq)`, as the reference does) and raises the version vector.
 fn append_log(tx: &Transaction<'_>, e: &SharedChange) -> TxResult<()> {
-    merge_shared(tx, &e.to_record())?;
+    merge_shared(tx, Registers::Shared, &e.to_record())?;
     let blob = postcard::to_stdvec(e).map_err(|err| SqliteError::row("log", err))?;
     tx.prepare_cached(
         "INSERT INTO log (origin, seq, hlc, entry) VALUES (?1, ?2, ?3, ?4)

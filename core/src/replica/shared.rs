@@ -377,9 +377,10 @@ impl Replica {
         );
     }
 
-    /// Applies a snapshot page through the same register merge as every other path. After the
-    /// last page the snapshot's vector becomes this device's version vector and log horizon,
-    /// then the log catch-up resumes from it.
+    /// Stages a snapshot page (see [`StorageCommand::StageShared`]). After the last page the
+    /// staged records are merged through the same register merge as every other path, the
+    /// snapshot's vector becomes this device's version vector and log horizon, and the log
+    /// catch-up resumes from it.
     pub(super) fn on_snapshot_response(
         &mut self,
         from: DeviceId,
@@ -395,6 +396,7 @@ impl Replica {
         else {
             return;
         };
+        let first_page = vv.is_none();
         let claim = vv.clone().unwrap_or(page_vv);
         if claim.get(self.config.device) > super::MAX_CLAIMED_OWN_HEAD {
             return self.misbehaved(from, Refusal::ClaimBeyondBound);
@@ -441,9 +443,22 @@ impl Replica {
         }
         let last = records.last().map(SharedRecord::key);
         let count = records.len();
+        if first_page {
+            self.store(StorageCommand::ClearStaged);
+        }
         if !records.is_empty() {
             self.store(StorageCommand::SetHlc(self.clock.last()));
-            self.store(StorageCommand::MergeShared(records));
+            // Member registers are merged at once (the member set above already took them, and
+            // `Members` passes current members' registers on); the rest is staged and applied
+            // with the last page, so a snapshot cut short leaves nothing behind.
+            let (members, staged): (Vec<_>, Vec<_>) =
+                records.into_iter().partition(|r| r.model == MEMBER_MODEL);
+            if !members.is_empty() {
+                self.store(StorageCommand::MergeShared(members));
+            }
+            if !staged.is_empty() {
+                self.store(StorageCommand::StageShared(staged));
+            }
         }
         if !self.current_shared_fetch(from, request_id) {
             return; // the page removed its sender from the library: its claim is not adopted
@@ -458,7 +473,9 @@ impl Replica {
         if has_more {
             return self.start_snapshot_page(from, last, Some(claim));
         }
-        // The snapshot covers `claim`: adopt it as version vector and horizon.
+        // The snapshot covers `claim`: apply it, and adopt its vector as version vector and
+        // horizon (in that order, one batch: write-ahead).
+        self.store(StorageCommand::ApplyStaged);
         for (origin, seq) in claim.iter() {
             if seq > self.vv.get(origin) {
                 self.vv.set(origin, seq);

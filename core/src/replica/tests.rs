@@ -912,6 +912,71 @@ fn new_member_gets_pruned_history_by_snapshot() {
     assert_eq!(net.node(c).replica.horizon().get(a), 11);
 }
 
+/// A snapshot cut short must leave nothing behind: its pages are staged and applied only once
+/// the last one arrived. Merged page by page, a device whose snapshot server was lost for good
+/// after the first page kept registers no other device would ever get.
+#[test]
+fn snapshot_cut_short_by_a_lost_server_leaves_nothing_behind() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    for i in 0..10 {
+        net.tag(a, i, ChangeKind::Insert, &format!("t{i}"));
+    }
+    net.settle();
+    net.cmd(a, Command::AddMember(c));
+    net.settle();
+    assert!(
+        net.node(a).replica.horizon().get(a) >= 10,
+        "pruned: c needs a snapshot"
+    );
+    // a writes a record b never gets; it sorts first, so it is on the snapshot's first page.
+    net.disconnect(a, b);
+    let fields: BTreeMap<String, Value> = [("name".to_owned(), Value::from("only-a"))].into();
+    let done = net.cmd(
+        a,
+        Command::InsertShared {
+            model: "album".into(),
+            uuid: Uuid::from_u128(0),
+            fields,
+        },
+    );
+    assert!(net.node(a).events.contains(&Event::CommandDone(done)));
+    net.add_node(c, Restored::bootstrap([a, b, c]), config(c));
+    net.connect(a, c);
+    // Deliver until c has the first snapshot page; then a is lost for good.
+    let mut pages = 0;
+    while let Some((from, to, bytes)) = net.queue.pop_front() {
+        let msg = decode(&bytes).expect("decodes");
+        let page = matches!(msg, SyncMessage::SharedSnapshotResponse { .. });
+        net.input(to, Input::Message { from, msg });
+        if page && to == c {
+            pages += 1;
+            break;
+        }
+    }
+    assert_eq!(pages, 1, "c took a snapshot from a");
+    net.queue.clear();
+    net.disconnect(a, c);
+    net.nodes.remove(&a);
+    net.connect(b, c);
+    net.settle();
+    let album = |net: &Net, d: DeviceId| {
+        net.node(d)
+            .store
+            .state()
+            .shared
+            .get(&("album".to_owned(), Uuid::from_u128(0)))
+            .cloned()
+    };
+    assert_eq!(
+        album(&net, c),
+        album(&net, b),
+        "c kept what no one else has"
+    );
+    net.assert_converged();
+}
+
 #[test]
 fn evicted_member_stops_pinning_and_returns_through_snapshot() {
     let (a, b, c) = (dev(1), dev(2), dev(3));
