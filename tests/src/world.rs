@@ -8,8 +8,8 @@ use hybridsync_core::memstore::MemState;
 use hybridsync_core::write_ahead::WriteAhead;
 use hybridsync_core::{
     decode, encode, Command, CommandError, CommandId, Config, DeviceId, Event, Hlc, Input, Instant,
-    MemStore, ModelKind, ModelRegistry, Now, Output, Replica, Restored, StorageCommand,
-    StorageDone, SyncMessage, Value, FRAME_ENVELOPE, MEMBER_MODEL,
+    MemStore, ModelKind, ModelRegistry, Now, Output, Replica, Restored, SharedRecord,
+    StorageCommand, StorageDone, SyncMessage, Value, FRAME_ENVELOPE, MEMBER_MODEL,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -1210,7 +1210,10 @@ impl World {
                 let differs = keys.into_iter().find(|k| {
                     let held: BTreeSet<String> = active
                         .iter()
-                        .map(|d| format!("{:?}", self.state(*d).shared.get(k)))
+                        .map(|d| {
+                            let r = self.state(*d).shared.get(k).cloned();
+                            format!("{:?}", r.map(SharedRecord::without_hidden))
+                        })
                         .collect();
                     held.len() > 1
                 });
@@ -1221,6 +1224,28 @@ impl World {
                             self.devs[*d].id,
                             self.state(*d).shared.get(&k),
                             self.state(*d).vv
+                        ));
+                    }
+                }
+                // And the first device-owned record that differs.
+                let keys: BTreeSet<_> = active
+                    .iter()
+                    .flat_map(|d| self.state(*d).owned.keys().cloned())
+                    .collect();
+                let differs = keys.into_iter().find(|k| {
+                    let held: BTreeSet<String> = active
+                        .iter()
+                        .map(|d| format!("{:?}", self.state(*d).owned.get(k)))
+                        .collect();
+                    held.len() > 1
+                });
+                if let Some(k) = differs {
+                    for d in &active {
+                        self.trace.push(format!(
+                            "{} holds {k:?}: {:?} with watermark {:?}",
+                            self.devs[*d].id,
+                            self.state(*d).owned.get(&k),
+                            self.state(*d).watermarks.get(&k.0)
                         ));
                     }
                 }
