@@ -1180,3 +1180,84 @@ fn members_message_of_another_model_is_refused_without_state_change() {
     assert_eq!(n.digest(), before);
     assert!(!n.replica.is_member(DeviceId::from_u128(77)));
 }
+
+#[test]
+fn heads_of_devices_that_are_not_members_are_never_fetched_nor_tracked() {
+    let mut n = Node::connected(B);
+    // A member's summary names a hundred made-up owners, each ahead of this device.
+    let strangers: Vec<DeviceId> = (0..100u128)
+        .map(|i| DeviceId::from_u128(0xE000_0000 + i))
+        .collect();
+    let heads: BTreeMap<DeviceId, u64> = strangers.iter().map(|s| (*s, 5)).collect();
+    let outs = n.from(
+        B,
+        SyncMessage::Heartbeat {
+            heads,
+            vv: VersionVector::new(),
+        },
+    );
+    let fetched: Vec<DeviceId> = sent_to(&outs, B)
+        .into_iter()
+        .filter_map(|m| match m {
+            SyncMessage::StateRequest { owner, .. } => Some(*owner),
+            _ => None,
+        })
+        .filter(|o| strangers.contains(o))
+        .collect();
+    assert!(fetched.is_empty(), "fetched the streams of non-members: {fetched:?}");
+    // Pages for them, answered anyway, are not taken either: no watermark, nothing stored.
+    let before = n.digest();
+    for (i, s) in strangers.iter().enumerate() {
+        n.from(
+            B,
+            SyncMessage::StateResponse {
+                request_id: i as u64 + 1,
+                owner: *s,
+                since: 0,
+                through: 1,
+                records: vec![owned(*s, 1, 1).into()],
+                has_more: false,
+            },
+        );
+    }
+    assert_eq!(n.digest(), before);
+    assert!(strangers.iter().all(|s| n.replica.watermark(*s) == 0));
+    // This device's own summary never names them.
+    n.now = Now::new(Instant::from_micros(60_000_000), T0 + 60_000);
+    let outs = n.feed(Input::Tick);
+    for m in sent_to(&outs, B) {
+        if let SyncMessage::Heartbeat { heads, .. } = m {
+            assert!(heads.keys().all(|o| !strangers.contains(o)), "{heads:?}");
+        }
+    }
+}
+
+#[test]
+fn changes_from_more_origins_than_a_library_may_have_are_refused_and_the_device_keeps_working() {
+    use hybridsync_core::replica::MAX_ORIGINS;
+    let mut n = Node::connected(B);
+    // A member relays one change from each of thousands of made-up origins.
+    let mut refused = false;
+    for chunk in (0..(MAX_ORIGINS as u128 + 100)).collect::<Vec<_>>().chunks(500) {
+        let changes: Vec<SharedChange> = chunk
+            .iter()
+            .map(|i| tag_change(DeviceId::from_u128(0xD000_0000 + i), 1, T0))
+            .collect();
+        let outs = n.from(B, SyncMessage::SharedChangeBatch(changes));
+        if disconnects(&outs).contains(&(B, Refusal::TooManyOrigins)) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the flood was never refused");
+    let vv = n.replica.version_vector();
+    assert!(vv.len() <= MAX_ORIGINS, "{} origins tracked", vv.len());
+    // Every summary this device sends still fits a frame, and it keeps writing.
+    let summary = SyncMessage::Heartbeat {
+        heads: BTreeMap::new(),
+        vv: vv.clone(),
+    };
+    assert!(encode(&summary).len() < DEFAULT_MAX_FRAME);
+    let outs = insert_tag(&mut n, 1, Value::from("still here"));
+    assert_eq!(failed(&outs, 1), None);
+}

@@ -47,6 +47,10 @@ pub enum Refusal {
     /// leave this device no sequence number to write with.
     #[error("claims this device's own head beyond the bound")]
     ClaimBeyondBound,
+    /// A shared change from one more origin than
+    /// [`MAX_ORIGINS`](crate::replica::MAX_ORIGINS) allows.
+    #[error("shared change from more origins than a library may have")]
+    TooManyOrigins,
 }
 
 /// Why a local command failed. Nothing was changed.

@@ -40,6 +40,13 @@ pub const MAX_CLAIMED_OWN_HEAD: u64 = u64::MAX >> 1;
 /// members stays within a frame for this many, and a peer cannot make a device track more.
 pub const MAX_MEMBERS: usize = 1024;
 
+/// The most shared-change origins a device tracks in its version vector (every device that
+/// ever wrote a shared change, members or not). A change from one more origin is refused as
+/// misbehaviour ([`Refusal::TooManyOrigins`]), so no member can grow this device's version
+/// vector, and with it every summary and ack it sends, without bound. At about 26 bytes per
+/// origin, a full vector is about 107 KB: it fits the default 4 MiB frame many times over.
+pub const MAX_ORIGINS: usize = 4 * MAX_MEMBERS;
+
 /// A pinned log asks for relayed acks again at most every this many summaries (30 s).
 const PINNED_EVERY: u64 = 6;
 
@@ -738,7 +745,12 @@ impl Replica {
         }
     }
 
-    fn on_heartbeat(&mut self, from: DeviceId, heads: BTreeMap<DeviceId, u64>, vv: VersionVector) {
+    fn on_heartbeat(
+        &mut self,
+        from: DeviceId,
+        mut heads: BTreeMap<DeviceId, u64>,
+        vv: VersionVector,
+    ) {
         let me = self.config.device;
         // A peer that knows a higher head of our own counters than we do: our database was
         // lost or restored from an old backup. Raise the counters past it so new changes are
@@ -760,6 +772,10 @@ impl Replica {
         // sent it after the entries were durable, like an ack), so a lost ack is repaired by
         // the next summary instead of pinning the log until the next write.
         self.on_ack(from, from, vv.clone());
+        // Only the streams of members (and of owners already held, such as a removed member's)
+        // are tracked and fetched: a member naming made-up owners must not grow this device's
+        // watermarks, and with them its own summary, without bound.
+        heads.retain(|owner, _| self.is_member(*owner) || self.watermarks.contains_key(owner));
         if let Some(peer) = self.peers.get_mut(&from) {
             peer.heads = heads;
             peer.vv = vv;

@@ -96,6 +96,14 @@ impl Replica {
         if let Some(reason) = changes.iter().find_map(misbehaviour) {
             return Err(reason);
         }
+        let new_origins: std::collections::BTreeSet<DeviceId> = changes
+            .iter()
+            .map(|c| c.origin)
+            .filter(|o| self.vv.get(*o) == 0)
+            .collect();
+        if self.vv.len() + new_origins.len() > super::MAX_ORIGINS {
+            return Err(Refusal::TooManyOrigins);
+        }
         let mut logged = Vec::new();
         let mut blocked: Vec<DeviceId> = Vec::new();
         let mut gap = false;
