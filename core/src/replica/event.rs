@@ -105,10 +105,48 @@ pub enum CommandError {
 }
 
 /// Something the application may want to know.
+///
+/// # The change feed
+///
+/// Three events together report every record a peer's change writes, so an application can
+/// keep a view or an index up to date from events alone, re-reading what they name (the
+/// typed reads of [`RecordReader`](crate::storage::RecordReader)):
+///
+/// - [`Event::RecordChanged`]: one record, written by a real-time change;
+/// - [`Event::RecordsChanged`]: the keys one catch-up page wrote (a device-owned page or a
+///   shared log page), at most a page of them;
+/// - [`Event::SharedSnapshotApplied`]: a shared snapshot was applied, which may have changed
+///   any shared record: re-read every shared model (its keys are not listed, there may be
+///   millions).
+///
+/// The guarantee, for a host that follows the write-ahead rule (the `hybridsync-tokio`
+/// driver, [`WriteAhead`](crate::write_ahead::WriteAhead)):
+///
+/// - **After the write.** An event is performed only once the writes it reports are durable,
+///   so a read issued after receiving it sees them (or a newer version of the record).
+/// - **At least once while the process runs.** Every record a peer's change writes is named
+///   by at least one of the three events; a key may be named when its content did not change
+///   (storage already held the same or a newer version), and more than once. Re-reading is
+///   idempotent, so a view that re-reads what events name converges to the store.
+/// - **In write order.** Events are performed in the order of the writes they report; a
+///   device-owned stream is applied in its owner's sequence order, so its records are
+///   reported in that order.
+/// - **Not across a crash.** Events are not stored: an event whose writes committed just
+///   before a crash is never emitted again (catch-up does not fetch what is already
+///   durable). After a start, build the view with a full read, subscribing first (with
+///   `hybridsync-tokio`: `NodeBuilder::subscribe`), then follow events; do the same after
+///   missing events (a lagging broadcast receiver).
+/// - **The member model is followed through [`Event::MembershipChanged`].** Its records
+///   ([`MEMBER_MODEL`](crate::MEMBER_MODEL)) also arrive outside the change log (member
+///   registers passed on between peers, merged at once from snapshot pages), and record
+///   events do not report those.
+/// - **Not this device's own writes.** A local write is reported by its command's completion
+///   ([`Event::CommandDone`], or the resolved `Node` call), not by a change event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// A record was written by a peer's change (it may have been a no-op if storage already
-    /// held a newer version). Catch-up pages report [`Event::CatchUpProgress`] instead.
+    /// A record was written by a peer's real-time change (it may have been a no-op if storage
+    /// already held a newer version). Catch-up pages report [`Event::RecordsChanged`]; see
+    /// [the change feed](Event#the-change-feed) for the guarantee.
     RecordChanged {
         /// The model.
         model: String,
@@ -116,6 +154,28 @@ pub enum Event {
         uuid: Uuid,
         /// The device that made the change.
         by: DeviceId,
+    },
+    /// A catch-up page was applied: the keys it wrote, each once, in page order (at most
+    /// [`Config::page_records`](crate::Config::page_records) of them). Emitted after the
+    /// page's writes, before its [`Event::CatchUpProgress`]; see
+    /// [the change feed](Event#the-change-feed) for the guarantee.
+    RecordsChanged {
+        /// Who served the page.
+        peer: DeviceId,
+        /// [`Stream::Owned`]`(owner)`: the keys are device-owned records of `owner` (their
+        /// full key is `(owner, model, uuid)`); [`Stream::SharedLog`]: shared records.
+        stream: Stream,
+        /// `(model, uuid)` of every record the page wrote.
+        keys: Vec<(String, Uuid)>,
+    },
+    /// A shared snapshot was applied (its staged pages merged at once, after its last page):
+    /// any shared record, of any model, may have changed, and its keys are not listed (a
+    /// snapshot can hold every shared record of the library). Re-read the shared models the
+    /// application follows. Emitted after the merge is written, before
+    /// [`Event::CaughtUp`] for [`Stream::SharedSnapshot`].
+    SharedSnapshotApplied {
+        /// Who served the snapshot.
+        peer: DeviceId,
     },
     /// A peer connected and is a member.
     PeerConnected(DeviceId),

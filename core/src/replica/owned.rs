@@ -97,13 +97,14 @@ impl Replica {
         let fresh: Vec<OwnedRecord> = records.into_iter().filter(|r| r.seq > start).collect();
         if !fresh.is_empty() {
             self.observe_owned_stamps(&fresh);
-            for r in &fresh {
-                self.event(Event::RecordChanged {
+            let changed: Vec<Event> = fresh
+                .iter()
+                .map(|r| Event::RecordChanged {
                     model: r.model.clone(),
                     uuid: r.uuid,
                     by: r.owner,
-                });
-            }
+                })
+                .collect();
             let targets = self.relay_peers(from, owner, wm);
             let relay = if targets.is_empty() {
                 Vec::new()
@@ -113,6 +114,10 @@ impl Replica {
             self.store(StorageCommand::PutOwned(fresh));
             self.watermarks.insert(owner, wm);
             self.store(StorageCommand::SetWatermark { owner, seq: wm });
+            // After the writes: an event reports only what is stored (see `Event`).
+            for e in changed {
+                self.event(e);
+            }
             self.relay_owned(owner, &targets, relay);
         }
         if let Some(head) = beyond.filter(|h| *h > wm) {
@@ -327,6 +332,7 @@ impl Replica {
         }
         self.observe_owned_stamps(&records);
         let applied = records.len();
+        let keys = changed_keys(records.iter().map(|r| (&r.model, r.uuid)));
         if !records.is_empty() {
             self.store(StorageCommand::PutOwned(records));
         }
@@ -336,6 +342,14 @@ impl Replica {
             self.store(StorageCommand::SetWatermark {
                 owner,
                 seq: through,
+            });
+        }
+        if !keys.is_empty() {
+            // After the page's writes (see `Event`): the application re-reads these keys.
+            self.event(Event::RecordsChanged {
+                peer: from,
+                stream: Stream::Owned(owner),
+                keys,
             });
         }
         let target = self
@@ -459,4 +473,16 @@ impl Replica {
         let since = since.unwrap_or_else(|| self.watermark(owner));
         self.start_owned_fetch(peer, owner, since, Some(id));
     }
+}
+
+/// The keys of a page's records, each once, in page order (a page may hold two versions of
+/// one record only from a misbehaving peer, but the event stays bounded by the page anyway).
+pub(super) fn changed_keys<'a>(
+    records: impl Iterator<Item = (&'a String, uuid::Uuid)>,
+) -> Vec<(String, uuid::Uuid)> {
+    let mut seen = std::collections::BTreeSet::new();
+    records
+        .filter(|(m, u)| seen.insert((*m, *u)))
+        .map(|(m, u)| (m.clone(), u))
+        .collect()
 }

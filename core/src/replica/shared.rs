@@ -120,13 +120,29 @@ impl Replica {
                 Accepted::Refused => blocked.push(origin),
             }
         }
-        for c in &logged {
-            self.event(Event::RecordChanged {
-                model: c.model.clone(),
-                uuid: c.record,
-                by: c.origin,
-            });
-        }
+        // Real-time changes are reported one by one, a catch-up page in one event; both after
+        // the writes (see `Event`).
+        let changed = if relay {
+            logged
+                .iter()
+                .map(|c| Event::RecordChanged {
+                    model: c.model.clone(),
+                    uuid: c.record,
+                    by: c.origin,
+                })
+                .collect()
+        } else {
+            let keys = super::owned::changed_keys(logged.iter().map(|c| (&c.model, c.record)));
+            if keys.is_empty() {
+                Vec::new()
+            } else {
+                vec![Event::RecordsChanged {
+                    peer: from,
+                    stream: Stream::SharedLog,
+                    keys,
+                }]
+            }
+        };
         let stored = !logged.is_empty();
         let relayed = if relay {
             self.relay_plan(from, &logged)
@@ -141,6 +157,9 @@ impl Replica {
         // restart a local edit could be stamped below a register it overwrites (and lose).
         if stored {
             self.store(StorageCommand::SetHlc(self.clock.last()));
+        }
+        for e in changed {
+            self.event(e);
         }
         // After the writes: a relay advertises what this device now holds (write-ahead).
         for (to, changes) in relayed {
@@ -495,6 +514,8 @@ impl Replica {
             }
         }
         self.schedule_ack();
+        // After `ApplyStaged`: any shared record may have changed (see `Event`).
+        self.event(Event::SharedSnapshotApplied { peer: from });
         self.event(Event::CaughtUp {
             peer: from,
             stream: Stream::SharedSnapshot,
