@@ -5,7 +5,10 @@ use crate::hlc::Hlc;
 use crate::id::DeviceId;
 use crate::owned::{supersedes, OwnedKey, OwnedRecord};
 use crate::shared::{SharedChange, SharedKey, SharedRecord};
-use crate::storage::{empty_record, Restored, StorageCommand, StorageDone};
+use crate::storage::{
+    empty_record, OwnedCursor, Page, RecordReader, Restored, SharedView, StorageCommand,
+    StorageDone,
+};
 use crate::version_vector::VersionVector;
 use crate::MEMBER_MODEL;
 use std::collections::{BTreeMap, BTreeSet};
@@ -221,6 +224,143 @@ impl MemState {
     }
 }
 
+impl MemState {
+    /// The first owner of a device-owned record at or above `from`.
+    fn owner_from(&self, from: DeviceId) -> Option<DeviceId> {
+        let lo = (from, String::new(), uuid::Uuid::nil());
+        self.owned.range(lo..).next().map(|(k, _)| k.0)
+    }
+
+    /// The owner of a device-owned record after `owner` (owners are visited by range jumps,
+    /// not by scanning every record).
+    fn owner_after(&self, owner: DeviceId) -> Option<DeviceId> {
+        let next = owner.0.as_u128().checked_add(1)?;
+        self.owner_from(DeviceId::from_u128(next))
+    }
+
+    /// `owner`'s records of `model` with uuid in `after..` (exclusive when `Some`).
+    fn owned_of<'a>(
+        &'a self,
+        owner: DeviceId,
+        model: &'a str,
+        after: Option<uuid::Uuid>,
+    ) -> impl Iterator<Item = &'a OwnedRecord> + 'a {
+        let lo = match after {
+            Some(u) => Bound::Excluded((owner, model.to_owned(), u)),
+            None => Bound::Included((owner, model.to_owned(), uuid::Uuid::nil())),
+        };
+        self.owned
+            .range((lo, Bound::Unbounded))
+            .take_while(move |(k, _)| k.0 == owner && k.1 == model)
+            .map(|(_, r)| r)
+    }
+
+    /// Shared records of `model` with uuid in `after..` (exclusive when `Some`).
+    fn shared_of<'a>(
+        &'a self,
+        model: &'a str,
+        after: Option<uuid::Uuid>,
+    ) -> impl Iterator<Item = &'a SharedRecord> + 'a {
+        let lo = match after {
+            Some(u) => Bound::Excluded((model.to_owned(), u)),
+            None => Bound::Included((model.to_owned(), uuid::Uuid::nil())),
+        };
+        self.shared
+            .range((lo, Bound::Unbounded))
+            .take_while(move |(k, _)| k.0 == model)
+            .map(|(_, r)| r)
+    }
+}
+
+/// The reference answers of the application's reads (see [`RecordReader`]).
+impl RecordReader for MemState {
+    type Error = std::convert::Infallible;
+
+    fn get_owned(
+        &self,
+        owner: DeviceId,
+        model: &str,
+        uuid: uuid::Uuid,
+    ) -> Result<Option<OwnedRecord>, Self::Error> {
+        Ok(self.owned.get(&(owner, model.to_owned(), uuid)).cloned())
+    }
+
+    fn get_shared(
+        &self,
+        model: &str,
+        uuid: uuid::Uuid,
+    ) -> Result<Option<SharedView>, Self::Error> {
+        Ok(self
+            .shared
+            .get(&(model.to_owned(), uuid))
+            .and_then(SharedView::of))
+    }
+
+    fn list_owned(
+        &self,
+        model: &str,
+        after: Option<OwnedCursor>,
+        limit: u32,
+    ) -> Result<Page<OwnedRecord, OwnedCursor>, Self::Error> {
+        let limit = limit.max(1) as usize;
+        let mut items: Vec<OwnedRecord> = Vec::new();
+        let (mut owner, mut from) = match after {
+            Some((o, u)) => (Some(o), Some(u)),
+            None => (self.owner_from(DeviceId::NIL), None),
+        };
+        while let Some(o) = owner {
+            for r in self.owned_of(o, model, from).filter(|r| !r.is_tombstone()) {
+                if items.len() == limit {
+                    let next = items.last().map(|l| (l.owner, l.uuid));
+                    return Ok(Page { items, next });
+                }
+                items.push(r.clone());
+            }
+            owner = self.owner_after(o);
+            from = None;
+        }
+        Ok(Page { items, next: None })
+    }
+
+    fn list_shared(
+        &self,
+        model: &str,
+        after: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> Result<Page<SharedView, uuid::Uuid>, Self::Error> {
+        let limit = limit.max(1) as usize;
+        let mut items: Vec<SharedView> = Vec::new();
+        for v in self.shared_of(model, after).filter_map(SharedView::of) {
+            if items.len() == limit {
+                let next = items.last().map(|l| l.uuid);
+                return Ok(Page { items, next });
+            }
+            items.push(v);
+        }
+        Ok(Page { items, next: None })
+    }
+
+    fn count_owned(&self, model: &str) -> Result<u64, Self::Error> {
+        let mut n = 0u64;
+        let mut owner = self.owner_from(DeviceId::NIL);
+        while let Some(o) = owner {
+            n += self
+                .owned_of(o, model, None)
+                .filter(|r| !r.is_tombstone())
+                .count() as u64;
+            owner = self.owner_after(o);
+        }
+        Ok(n)
+    }
+
+    fn count_shared(&self, model: &str) -> Result<u64, Self::Error> {
+        Ok(self
+            .shared_of(model, None)
+            .filter(|r| r.visible().is_some())
+            .count() as u64)
+    }
+}
+
 /// The smallest record key (a range start).
 fn min_key() -> OwnedKey {
     (DeviceId::NIL, String::new(), uuid::Uuid::nil())
@@ -297,6 +437,54 @@ impl MemStore {
     /// power loss).
     pub fn restored(&self) -> Restored {
         self.live.restored()
+    }
+}
+
+/// Reads the live state (what every executed command wrote, synced or not).
+impl RecordReader for MemStore {
+    type Error = std::convert::Infallible;
+
+    fn get_owned(
+        &self,
+        owner: DeviceId,
+        model: &str,
+        uuid: uuid::Uuid,
+    ) -> Result<Option<OwnedRecord>, Self::Error> {
+        self.live.get_owned(owner, model, uuid)
+    }
+
+    fn get_shared(
+        &self,
+        model: &str,
+        uuid: uuid::Uuid,
+    ) -> Result<Option<SharedView>, Self::Error> {
+        self.live.get_shared(model, uuid)
+    }
+
+    fn list_owned(
+        &self,
+        model: &str,
+        after: Option<OwnedCursor>,
+        limit: u32,
+    ) -> Result<Page<OwnedRecord, OwnedCursor>, Self::Error> {
+        self.live.list_owned(model, after, limit)
+    }
+
+    fn list_shared(
+        &self,
+        model: &str,
+        after: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> Result<Page<SharedView, uuid::Uuid>, Self::Error> {
+        self.live.list_shared(model, after, limit)
+    }
+
+    fn count_owned(&self, model: &str) -> Result<u64, Self::Error> {
+        self.live.count_owned(model)
+    }
+
+    fn count_shared(&self, model: &str) -> Result<u64, Self::Error> {
+        self.live.count_shared(model)
     }
 }
 

@@ -20,10 +20,12 @@ use crate::hlc::Hlc;
 use crate::id::DeviceId;
 use crate::owned::OwnedRecord;
 use crate::shared::{ChangeKind, SharedChange, SharedKey, SharedRecord};
+use crate::value::Value;
 use crate::version_vector::VersionVector;
 use crate::MEMBER_MODEL;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use uuid::Uuid;
 
 /// Identifies a read; its completion echoes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -245,4 +247,100 @@ pub trait StorageBackend {
 
     /// Loads the engine's durable state.
     fn load_restored(&mut self) -> Result<Restored, Self::Error>;
+}
+
+/// Where a listing of a device-owned model resumes: `(owner, uuid)` of the last record of the
+/// previous page (device-owned records are listed in `(owner, uuid)` order).
+pub type OwnedCursor = (DeviceId, Uuid);
+
+/// One page of a listing, in key order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T, C> {
+    /// The records of the page: at most the `limit` asked for.
+    pub items: Vec<T>,
+    /// The key of the last item when more records follow it: pass it back as `after` for the
+    /// next page. `None`: this page is the last one.
+    pub next: Option<C>,
+}
+
+/// A shared record as the application sees it: the fields written at or after its latest
+/// insert ([`SharedRecord::visible`]), without the registers behind them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedView {
+    /// The model type.
+    pub model: String,
+    /// The record id.
+    pub uuid: Uuid,
+    /// The visible fields.
+    pub fields: BTreeMap<String, Value>,
+}
+
+impl SharedView {
+    /// The view of `r`, or `None` if the record does not exist for the application (deleted,
+    /// or only updated and never inserted).
+    pub fn of(r: &SharedRecord) -> Option<SharedView> {
+        r.visible().map(|fields| SharedView {
+            model: r.model.clone(),
+            uuid: r.uuid,
+            fields,
+        })
+    }
+}
+
+/// Typed, read-only reads for the application, apart from the engine's [`StorageCommand`]
+/// protocol: a store implements both, and reads never change anything.
+///
+/// - A device-owned record is named by its full key `(owner, model, uuid)`: two owners can
+///   hold records with the same `(model, uuid)`, and they are different records.
+///   [`get_owned`](Self::get_owned) returns the stored version, a tombstone included
+///   (`data: None`: deleted); listings and counts leave tombstones out.
+/// - A shared record is named by `(model, uuid)` and read as its visible fields
+///   ([`SharedView`]); a deleted or never inserted record reads as `None` and is not listed
+///   or counted.
+/// - Listings are paged with a cursor (the last key of the previous page): memory is bounded
+///   by `limit` (0 counts as 1), whatever the size of the store, and a page reflects the
+///   store when it was read (records written between pages appear if their key lies ahead
+///   of the cursor).
+/// - A read sees every write committed before it; with `hybridsync-tokio`'s `Node` that
+///   includes every command that completed and every write an event reported.
+///
+/// `MemStore` and the SQLite store give the same answers (a test of the SQLite adapter holds
+/// them together).
+pub trait RecordReader {
+    /// Why a read failed (a damaged row, the database).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The stored version of `owner`'s record `(model, uuid)`, tombstone included.
+    fn get_owned(
+        &self,
+        owner: DeviceId,
+        model: &str,
+        uuid: Uuid,
+    ) -> Result<Option<OwnedRecord>, Self::Error>;
+
+    /// The visible fields of shared record `(model, uuid)`; `None` if it does not exist.
+    fn get_shared(&self, model: &str, uuid: Uuid) -> Result<Option<SharedView>, Self::Error>;
+
+    /// Live (not deleted) device-owned records of `model`, of every owner, in
+    /// `(owner, uuid)` order, starting after `after`.
+    fn list_owned(
+        &self,
+        model: &str,
+        after: Option<OwnedCursor>,
+        limit: u32,
+    ) -> Result<Page<OwnedRecord, OwnedCursor>, Self::Error>;
+
+    /// Visible shared records of `model`, in uuid order, starting after `after`.
+    fn list_shared(
+        &self,
+        model: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<SharedView, Uuid>, Self::Error>;
+
+    /// How many live device-owned records of `model` the store holds (every owner).
+    fn count_owned(&self, model: &str) -> Result<u64, Self::Error>;
+
+    /// How many visible shared records of `model` the store holds.
+    fn count_shared(&self, model: &str) -> Result<u64, Self::Error>;
 }

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+mod reads;
+
 /// Page cache size: `PRAGMA cache_size = -65536` (64 MiB); random-key inserts gain ~30 %.
 const CACHE_SIZE_KIB: i64 = 65_536;
 /// Page size of new databases. 8 KiB pages made bulk catch-up inserts (UUIDv7 keys) ~20-50 %
