@@ -285,11 +285,7 @@ impl RecordReader for MemState {
         Ok(self.owned.get(&(owner, model.to_owned(), uuid)).cloned())
     }
 
-    fn get_shared(
-        &self,
-        model: &str,
-        uuid: uuid::Uuid,
-    ) -> Result<Option<SharedView>, Self::Error> {
+    fn get_shared(&self, model: &str, uuid: uuid::Uuid) -> Result<Option<SharedView>, Self::Error> {
         Ok(self
             .shared
             .get(&(model.to_owned(), uuid))
@@ -453,11 +449,7 @@ impl RecordReader for MemStore {
         self.live.get_owned(owner, model, uuid)
     }
 
-    fn get_shared(
-        &self,
-        model: &str,
-        uuid: uuid::Uuid,
-    ) -> Result<Option<SharedView>, Self::Error> {
+    fn get_shared(&self, model: &str, uuid: uuid::Uuid) -> Result<Option<SharedView>, Self::Error> {
         self.live.get_shared(model, uuid)
     }
 
