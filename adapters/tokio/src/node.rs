@@ -3,9 +3,10 @@
 use crate::driver::{Clock, Driver, Request};
 use crate::storage::{Job, StorageWorker};
 use crate::transport::{EventSink, Transport};
+use hybridsync_core::storage::{OwnedCursor, Page, RecordReader, SharedView};
 use hybridsync_core::{
-    Command, CommandError, Config, DeviceId, Event, Hlc, Replica, Restored, StorageBackend, Stream,
-    Value, VersionVector,
+    Command, CommandError, Config, DeviceId, Event, Hlc, OwnedRecord, Replica, Restored,
+    StorageBackend, Stream, Value, VersionVector,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -25,6 +26,10 @@ pub enum NodeError {
     /// The storage backend failed; the node stopped (nothing after the failed batch was sent).
     #[error("storage failed: {0}")]
     Storage(String),
+    /// A read of [`Node`]'s typed reads failed in the backend (a damaged row); the node keeps
+    /// running.
+    #[error("read failed: {0}")]
+    Read(String),
 }
 
 /// One page of a running catch-up, reported to the caller of [`Node::request_state`] or
@@ -437,5 +442,89 @@ impl<S: Send + 'static> Node<S> {
         tracing::info!(device = %self.inner.device, "node stopped");
         run_result?;
         backend.ok_or(NodeError::Stopped)
+    }
+}
+
+/// The application's typed reads ([`RecordReader`]), run on the storage thread like
+/// [`Node::inspect`], after every batch already handed to it.
+///
+/// A read sees every write whose command has completed (its call resolved) and every write an
+/// event reported ([`Event::RecordChanged`], [`Event::RecordsChanged`],
+/// [`Event::SharedSnapshotApplied`]): both are published only once their batch is durable, and
+/// the read is queued behind it. To keep a view up to date, subscribe first, read everything
+/// (the `list_*` pages), then re-read what each event names (see [`Event`]'s change feed).
+impl<S: RecordReader + Send + 'static> Node<S> {
+    /// Runs one read on the storage thread; a backend error is [`NodeError::Read`].
+    async fn read<R, F>(&self, f: F) -> Result<R, NodeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&S) -> Result<R, S::Error> + Send + 'static,
+    {
+        self.inspect(move |s: &mut S| f(s).map_err(|e| e.to_string()))
+            .await?
+            .map_err(NodeError::Read)
+    }
+
+    /// The stored version of `owner`'s device-owned record `(model, uuid)`, a tombstone
+    /// (`data: None`) included; `None` if this device never received it. A device-owned
+    /// record is named by its owner too: two owners' records with one `(model, uuid)` are two
+    /// records ([`Node::device`] names this device's own).
+    pub async fn get_owned(
+        &self,
+        owner: DeviceId,
+        model: impl Into<String>,
+        uuid: Uuid,
+    ) -> Result<Option<OwnedRecord>, NodeError> {
+        let model = model.into();
+        self.read(move |s| s.get_owned(owner, &model, uuid)).await
+    }
+
+    /// The visible fields of shared record `(model, uuid)`; `None` if it does not exist
+    /// (never inserted, or deleted).
+    pub async fn get_shared(
+        &self,
+        model: impl Into<String>,
+        uuid: Uuid,
+    ) -> Result<Option<SharedView>, NodeError> {
+        let model = model.into();
+        self.read(move |s| s.get_shared(&model, uuid)).await
+    }
+
+    /// One page of the live device-owned records of `model` (every owner, `(owner, uuid)`
+    /// order, tombstones left out), after `after` (`None`: from the start); at most `limit`
+    /// records. Pass the page's `next` back for the next page.
+    pub async fn list_owned(
+        &self,
+        model: impl Into<String>,
+        after: Option<OwnedCursor>,
+        limit: u32,
+    ) -> Result<Page<OwnedRecord, OwnedCursor>, NodeError> {
+        let model = model.into();
+        self.read(move |s| s.list_owned(&model, after, limit)).await
+    }
+
+    /// One page of the visible shared records of `model` (uuid order), after `after`; at most
+    /// `limit` records. Pass the page's `next` back for the next page.
+    pub async fn list_shared(
+        &self,
+        model: impl Into<String>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<SharedView, Uuid>, NodeError> {
+        let model = model.into();
+        self.read(move |s| s.list_shared(&model, after, limit))
+            .await
+    }
+
+    /// How many live device-owned records of `model` this device holds (every owner).
+    pub async fn count_owned(&self, model: impl Into<String>) -> Result<u64, NodeError> {
+        let model = model.into();
+        self.read(move |s| s.count_owned(&model)).await
+    }
+
+    /// How many visible shared records of `model` this device holds.
+    pub async fn count_shared(&self, model: impl Into<String>) -> Result<u64, NodeError> {
+        let model = model.into();
+        self.read(move |s| s.count_shared(&model)).await
     }
 }
