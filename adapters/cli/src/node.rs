@@ -14,9 +14,12 @@
 //! [`hybridsync_sqlite::SqliteStore::open`]) while it runs, so a second node on the same
 //! directory refuses to start; the lock of a killed node is released by the OS.
 
-use crate::support::{self, Dump, Store};
+use crate::support::{self, Store};
 use anyhow::Context;
-use hybridsync_core::{Config, DeviceId, Event, ModelRegistry, OwnedRecord, Value};
+use hybridsync_core::storage::SharedView;
+use hybridsync_core::{
+    Config, DeviceId, Event, ModelKind, ModelRegistry, OwnedRecord, Value, MEMBER_MODEL,
+};
 use hybridsync_iroh::{
     device_id_for, offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, RegistryError,
     Ticket,
@@ -50,7 +53,10 @@ commands:
   tag NAME [COLOR]     create a shared tag (any device may edit it)
   color NAME COLOR     set a shared tag's color
   untag NAME           delete a shared tag
-  list                 records of every member, and the shared tags
+  get KEY              the entry KEY of every member (`deleted` if it was deleted)
+  list [MODEL]         live records of MODEL (default: the entries of every member and
+                       the shared tags); MODEL is any model `count` shows
+  count [MODEL]        how many live records each model (or MODEL) holds
   peers                connected peers and members
   add-member TICKET    pair with a device (run it on both sides); refuses a ticket whose
                        device id does not match its key, and never re-binds a paired
@@ -154,6 +160,50 @@ fn payload(key: &str, value: &str) -> Vec<u8> {
     Value::Map(fields).to_bytes()
 }
 
+/// Records a `list` asks for per read (each page is one read on the storage thread).
+const PAGE: u32 = 256;
+
+/// The models `list` and `count` know: every registered model but the member model.
+fn models() -> Vec<(String, ModelKind)> {
+    ModelRegistry::spacedrive()
+        .iter()
+        .filter(|(m, _)| *m != MEMBER_MODEL)
+        .map(|(m, k)| (m.to_owned(), k))
+        .collect()
+}
+
+/// One line of `list` or `get` for a device-owned record: `entry OWNER KEY = VALUE` for the
+/// entries `put` writes, else `MODEL OWNER UUID N bytes`.
+fn owned_line(r: &OwnedRecord) -> String {
+    let Some(data) = r.data.as_deref() else {
+        return format!("{} {} {} deleted", r.model, r.owner, r.uuid);
+    };
+    match Value::from_bytes(data) {
+        Ok(Value::Map(m)) if r.model == "entry" => {
+            let k = m.get("key").map(show).unwrap_or_default();
+            let v = m.get("value").map(show).unwrap_or_default();
+            format!("entry {} {k} = {v}", r.owner)
+        }
+        _ => format!("{} {} {} {} bytes", r.model, r.owner, r.uuid, data.len()),
+    }
+}
+
+/// One line of `list` for a shared record: `tag NAME color=COLOR` for tags, else
+/// `MODEL UUID FIELDS` (the fields as JSON).
+fn shared_line(v: &SharedView) -> String {
+    if v.model == "tag" {
+        let name = v.fields.get("name").map(show).unwrap_or_default();
+        let color = v
+            .fields
+            .get("color")
+            .map(show)
+            .unwrap_or_else(|| "-".into());
+        return format!("tag {name} color={color}");
+    }
+    let fields = serde_json::Value::from(Value::Map(v.fields.clone()));
+    format!("{} {} {fields}", v.model, v.uuid)
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -176,23 +226,61 @@ impl Session {
     /// This device's own entry `key` (tombstone included), if it ever wrote it.
     async fn own_entry(&self, key: &str) -> anyhow::Result<Option<OwnedRecord>> {
         let me = self.node.device();
-        let id = support::uuid_for(key);
-        let dump = self
+        Ok(self
             .node
-            .inspect(move |s: &mut Store| Dump::read(s, [me]))
-            .await??;
-        Ok(dump.owned.into_iter().find(|r| r.uuid == id))
+            .get_owned(me, "entry", support::uuid_for(key))
+            .await?)
     }
 
     /// Whether the tag `name` exists (not deleted).
     async fn tag_exists(&self, name: &str) -> anyhow::Result<bool> {
         let id = support::uuid_for(&format!("tag:{name}"));
-        let dump = self
-            .node
-            .inspect(|s: &mut Store| Dump::read(s, []))
-            .await??;
-        let exists = dump.visible("tag").any(|r| r.uuid == id);
-        Ok(exists)
+        Ok(self.node.get_shared("tag", id).await?.is_some())
+    }
+
+    /// Prints every live record of `model`, a page at a time.
+    async fn list(&self, model: &str, kind: ModelKind) -> anyhow::Result<()> {
+        match kind {
+            ModelKind::DeviceOwned => {
+                let mut after = None;
+                loop {
+                    let page = self.node.list_owned(model, after, PAGE).await?;
+                    for r in &page.items {
+                        println!("{}", owned_line(r));
+                    }
+                    after = page.next;
+                    if after.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+            ModelKind::Shared => {
+                let mut after = None;
+                loop {
+                    let page = self.node.list_shared(model, after, PAGE).await?;
+                    for v in &page.items {
+                        println!("{}", shared_line(v));
+                    }
+                    after = page.next;
+                    if after.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The models `MODEL` names (all of them without one).
+    fn chosen(model: Option<&str>) -> anyhow::Result<Vec<(String, ModelKind)>> {
+        let all = models();
+        let Some(m) = model else { return Ok(all) };
+        match all.into_iter().find(|(name, _)| name == m) {
+            Some(found) => Ok(vec![found]),
+            None => {
+                let names: Vec<String> = models().into_iter().map(|(n, _)| n).collect();
+                anyhow::bail!("unknown model {m:?} (one of: {})", names.join(", "))
+            }
+        }
     }
 
     /// Runs one command line; returns `false` to stop.
@@ -260,28 +348,45 @@ impl Session {
                 self.node.delete_shared("tag", id).await?;
             }
             "list" => {
-                args(rest.is_empty())?;
-                let owners = self.members().await?;
-                let dump = self
-                    .node
-                    .inspect(move |s: &mut Store| Dump::read(s, owners))
-                    .await??;
-                for r in dump.owned.iter().filter(|r| !r.is_tombstone()) {
-                    let data = r.data.as_deref().unwrap_or_default();
-                    let (k, v) = match Value::from_bytes(data) {
-                        Ok(Value::Map(m)) => (
-                            m.get("key").map(show).unwrap_or_default(),
-                            m.get("value").map(show).unwrap_or_default(),
-                        ),
-                        _ => (r.uuid.to_string(), format!("{} bytes", data.len())),
-                    };
-                    println!("entry {} {k} = {v}", r.owner);
+                args(rest.len() <= 1)?;
+                match rest.first() {
+                    Some(m) => {
+                        for (model, kind) in Self::chosen(Some(m))? {
+                            self.list(&model, kind).await?;
+                        }
+                    }
+                    None => {
+                        self.list("entry", ModelKind::DeviceOwned).await?;
+                        self.list("tag", ModelKind::Shared).await?;
+                    }
                 }
-                for r in dump.visible("tag") {
-                    let f = r.visible().unwrap_or_default();
-                    let name = f.get("name").map(show).unwrap_or_default();
-                    let color = f.get("color").map(show).unwrap_or_else(|| "-".into());
-                    println!("tag {name} color={color}");
+            }
+            "get" => {
+                args(rest.len() == 1)?;
+                let key = rest[0];
+                let id = support::uuid_for(key);
+                let mut found = false;
+                for owner in self.members().await? {
+                    if let Some(r) = self.node.get_owned(owner, "entry", id).await? {
+                        found = true;
+                        match r.data {
+                            Some(_) => println!("{}", owned_line(&r)),
+                            None => println!("entry {owner} {key} deleted"),
+                        }
+                    }
+                }
+                if !found {
+                    anyhow::bail!("no entry {key:?} (`list` shows the entries)");
+                }
+            }
+            "count" => {
+                args(rest.len() <= 1)?;
+                for (model, kind) in Self::chosen(rest.first().copied())? {
+                    let n = match kind {
+                        ModelKind::DeviceOwned => self.node.count_owned(model.as_str()).await?,
+                        ModelKind::Shared => self.node.count_shared(model.as_str()).await?,
+                    };
+                    println!("count {model} {n}");
                 }
             }
             "peers" => {
@@ -372,6 +477,9 @@ fn usage(cmd: &str) -> anyhow::Error {
     let synopsis = match cmd {
         "put" => "put KEY VALUE...",
         "delete" => "delete KEY",
+        "get" => "get KEY",
+        "list" => "list [MODEL]",
+        "count" => "count [MODEL]",
         "tag" => "tag NAME [COLOR]",
         "color" => "color NAME COLOR",
         "untag" => "untag NAME",

@@ -386,7 +386,11 @@ fn mistakes_get_a_clear_message_not_a_silent_ok() {
         ("untag a b".into(), "usage: untag NAME"),
         ("add-member".into(), "usage: add-member TICKET"),
         ("remove-member".into(), "usage: remove-member DEVICE"),
-        ("list everything".into(), "usage: list"),
+        ("list a b".into(), "usage: list [MODEL]"),
+        ("list everything".into(), "unknown model \"everything\""),
+        ("count a b".into(), "usage: count [MODEL]"),
+        ("get".into(), "usage: get KEY"),
+        ("get neverwritten".into(), "no entry \"neverwritten\""),
         ("frobnicate".into(), "unknown command"),
     ];
     let mut wrong = Vec::new();
@@ -421,4 +425,51 @@ fn mistakes_get_a_clear_message_not_a_silent_ok() {
     let status = a.run("status");
     assert!(status.iter().any(|l| l == "members 1"), "{status:?}");
     a.quit();
+}
+
+/// Issue 17: `get KEY`, `count [MODEL]` and `list [MODEL]` read through the typed reads; a
+/// record that arrives from a peer shows up in them too.
+#[test]
+fn get_count_and_a_model_filter_read_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    let mut b = Proc::start(&dir.path().join("b"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    a.run("put k1 one");
+    a.run("put k2 two words");
+    a.run("put gone soon");
+    a.run("delete gone");
+    a.run("tag holiday red");
+
+    // Records name their owner by the short id, as `list` does.
+    let device_a = &device_a[..8];
+    let got = a.run("get k2");
+    assert_eq!(got, vec![format!("entry {device_a} k2 = two words")]);
+    assert_eq!(
+        a.run("get gone"),
+        vec![format!("entry {device_a} gone deleted")]
+    );
+    let counts = a.run("count");
+    assert!(counts.contains(&"count entry 2".to_owned()), "{counts:?}");
+    assert!(counts.contains(&"count tag 1".to_owned()), "{counts:?}");
+    assert_eq!(a.run("count tag"), vec!["count tag 1".to_owned()]);
+    let entries = a.run("list entry");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries.iter().all(|l| l.starts_with("entry ")),
+        "{entries:?}"
+    );
+    assert_eq!(a.run("list tag"), vec!["tag holiday color=red".to_owned()]);
+    assert!(a.run("list location").is_empty());
+
+    // B pairs and catches up: the same reads answer there.
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    b.poll("count entry", |out| out == ["count entry 2"]);
+    assert_eq!(b.run("get k1"), vec![format!("entry {device_a} k1 = one")]);
+    assert_eq!(b.run("list tag"), vec!["tag holiday color=red".to_owned()]);
+    a.quit();
+    b.quit();
 }
