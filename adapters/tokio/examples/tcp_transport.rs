@@ -188,7 +188,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let mut events = node_b.subscribe();
     // Wait for the session (a write made before it arrives by catch-up instead, which reports
-    // `CatchUpProgress` rather than `RecordChanged`).
+    // `RecordsChanged` for the whole page rather than `RecordChanged`).
     while !node_a.status().await?.peers.contains(&b) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -486,3 +486,186 @@ pub(super) fn changed_keys<'a>(
         .map(|(m, u)| (m.clone(), u))
         .collect()
 }
+
+#[cfg(test)]
+mod feed_tests {
+    //! The change feed at the engine's outputs: catch-up reports its keys after its writes.
+    use crate::{
+        Command, CommandId, Config, DeviceId, Event, Input, Instant, ModelRegistry, Now, Output,
+        OwnedChange, Restored, SharedChange, StorageCommand, Stream, SyncMessage, VersionVector,
+    };
+    use uuid::Uuid;
+
+    const A: DeviceId = DeviceId::from_u128(1);
+    const B: DeviceId = DeviceId::from_u128(2);
+
+    fn now() -> Now {
+        Now::new(Instant::ZERO, 1_700_000_000_000)
+    }
+
+    /// B, connected to A, with `cmd` issued; returns B and the request it sent A.
+    fn fetching(cmd: Command) -> (super::Replica, SyncMessage) {
+        let config = Config::new(B, ModelRegistry::spacedrive());
+        let mut b = super::Replica::new(config, Restored::bootstrap([A, B]), now());
+        b.handle(now(), Input::PeerUp { peer: A });
+        b.handle(
+            now(),
+            Input::Command {
+                id: CommandId(1),
+                cmd,
+            },
+        );
+        let request =
+            drain(&mut b).into_iter().find_map(|o| match o {
+                Output::Send {
+                    msg:
+                        msg @ (SyncMessage::StateRequest { .. }
+                        | SyncMessage::SharedChangeRequest { .. }),
+                    ..
+                } => Some(msg),
+                _ => None,
+            });
+        (b, request.expect("B asks A"))
+    }
+
+    fn drain(r: &mut super::Replica) -> Vec<Output> {
+        std::iter::from_fn(|| r.poll_output()).collect()
+    }
+
+    fn position(outs: &[Output], f: impl Fn(&Output) -> bool) -> usize {
+        outs.iter().position(f).expect("emitted")
+    }
+
+    #[test]
+    fn an_owned_catch_up_page_reports_its_keys_after_its_writes() {
+        let cmd = Command::RequestState {
+            peer: A,
+            owner: A,
+            since: None,
+        };
+        let (mut b, request) = fetching(cmd);
+        let SyncMessage::StateRequest { request_id, .. } = request else {
+            panic!("{request:?}")
+        };
+        // Three versions, two records: record 10 is named once.
+        let records = [(1, 10u128), (2, 11), (3, 10)]
+            .into_iter()
+            .map(|(seq, u)| OwnedChange {
+                seq,
+                time_ms: 1_700_000_000_000,
+                counter: 0,
+                model: "entry".into(),
+                uuid: Uuid::from_u128(u),
+                data: Some(vec![1]),
+            })
+            .collect();
+        let msg = SyncMessage::StateResponse {
+            request_id,
+            owner: A,
+            since: 0,
+            through: 3,
+            records,
+            has_more: false,
+        };
+        b.handle(now(), Input::Message { from: A, msg });
+        let outs = drain(&mut b);
+        let put = position(&outs, |o| {
+            matches!(o, Output::Storage(StorageCommand::PutOwned(_)))
+        });
+        let watermark = position(&outs, |o| {
+            matches!(o, Output::Storage(StorageCommand::SetWatermark { .. }))
+        });
+        let changed = position(&outs, |o| {
+            matches!(o, Output::Event(Event::RecordsChanged { .. }))
+        });
+        assert!(put < changed && watermark < changed, "{outs:?}");
+        let Output::Event(Event::RecordsChanged { peer, stream, keys }) = &outs[changed] else {
+            unreachable!()
+        };
+        assert_eq!((*peer, *stream), (A, Stream::Owned(A)));
+        let want: Vec<(String, Uuid)> = vec![
+            ("entry".into(), Uuid::from_u128(10)),
+            ("entry".into(), Uuid::from_u128(11)),
+        ];
+        assert_eq!(keys, &want);
+        let single = |o: &Output| matches!(o, Output::Event(Event::RecordChanged { .. }));
+        assert!(!outs.iter().any(single), "one event per page");
+    }
+
+    #[test]
+    fn a_shared_snapshot_reports_once_it_is_applied() {
+        let cmd = Command::RequestSharedChanges {
+            peer: A,
+            since: None,
+        };
+        let (mut b, request) = fetching(cmd);
+        let SyncMessage::SharedChangeRequest { request_id, .. } = request else {
+            panic!("{request:?}")
+        };
+        let msg = SyncMessage::SharedChangeResponse {
+            request_id,
+            entries: Vec::new(),
+            has_more: false,
+            truncated: true,
+        };
+        b.handle(now(), Input::Message { from: A, msg });
+        let Some(request_id) = drain(&mut b).into_iter().find_map(|o| match o {
+            Output::Send {
+                msg: SyncMessage::SharedSnapshotRequest { request_id, .. },
+                ..
+            } => Some(request_id),
+            _ => None,
+        }) else {
+            panic!("no snapshot request")
+        };
+        let tag = SharedChange {
+            origin: A,
+            seq: 1,
+            hlc: crate::Hlc::new(1_700_000_000_000, 0, A),
+            model: "tag".into(),
+            record: Uuid::from_u128(5),
+            kind: crate::ChangeKind::Insert,
+            fields: Default::default(),
+        };
+        let mut vv = VersionVector::new();
+        vv.set(A, 1);
+        let page = |request_id, has_more| SyncMessage::SharedSnapshotResponse {
+            request_id,
+            vv: vv.clone(),
+            records: vec![tag.to_record()],
+            has_more,
+        };
+        // A first page is only staged: nothing to report yet.
+        b.handle(
+            now(),
+            Input::Message {
+                from: A,
+                msg: page(request_id, true),
+            },
+        );
+        let outs = drain(&mut b);
+        let applied = |o: &Output| matches!(o, Output::Event(Event::SharedSnapshotApplied { .. }));
+        assert!(!outs.iter().any(applied), "{outs:?}");
+        let Some(request_id) = outs.iter().find_map(|o| match o {
+            Output::Send {
+                msg: SyncMessage::SharedSnapshotRequest { request_id, .. },
+                ..
+            } => Some(*request_id),
+            _ => None,
+        }) else {
+            panic!("no next page request: {outs:?}")
+        };
+        // The last page: applied, then reported.
+        let mut last = page(request_id, false);
+        if let SyncMessage::SharedSnapshotResponse { records, .. } = &mut last {
+            records.clear();
+        }
+        b.handle(now(), Input::Message { from: A, msg: last });
+        let outs = drain(&mut b);
+        let apply = position(&outs, |o| {
+            matches!(o, Output::Storage(StorageCommand::ApplyStaged))
+        });
+        let reported = position(&outs, applied);
+        assert!(apply < reported, "{outs:?}");
+    }
+}
