@@ -11,7 +11,10 @@
 //!   disconnect and event emitted after them waits until that batch is durable (write-ahead),
 //!   and read completions come back as [`hybridsync_core::Input::Storage`];
 //! - the transport reports peers and authenticated messages through an [`EventSink`]; real-time
-//!   messages take a priority queue so they never wait behind catch-up pages.
+//!   messages take a priority queue so they never wait behind catch-up pages;
+//! - the application's typed reads ([`Node::get_owned`], [`Node::list_shared`], ...) run on the
+//!   storage thread behind every batch already handed to it, so they see every completed
+//!   command and every write an event reported (`examples/view.rs` keeps a view from events).
 //!
 //! The driver holds no protocol logic: every decision is the engine's.
 //!
