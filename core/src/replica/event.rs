@@ -128,9 +128,11 @@ pub enum CommandError {
 ///   by at least one of the three events; a key may be named when its content did not change
 ///   (storage already held the same or a newer version), and more than once. Re-reading is
 ///   idempotent, so a view that re-reads what events name converges to the store.
-/// - **In write order.** Events are performed in the order of the writes they report; a
-///   device-owned stream is applied in its owner's sequence order, so its records are
-///   reported in that order.
+/// - **In write order.** Events are performed in the order of the writes they report. A
+///   device-owned stream is applied in its owner's sequence order, so the first report of
+///   each of its changes comes in that order (a later page may name a key again). Shared
+///   changes carry no such order across origins. Since an event names keys and the view
+///   re-reads their current state, order never makes a view wrong.
 /// - **Not across a crash.** Events are not stored: an event whose writes committed just
 ///   before a crash is never emitted again (catch-up does not fetch what is already
 ///   durable). After a start, build the view with a full read, subscribing first (with
