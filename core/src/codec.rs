@@ -160,6 +160,10 @@ mod tests {
                 heads: [(DeviceId::from_u128(1), 5)].into_iter().collect(),
                 vv: VersionVector::new(),
             },
+            SyncMessage::HeartbeatDelta {
+                heads: [(DeviceId::from_u128(2), 7)].into_iter().collect(),
+                vv: VersionVector::new(),
+            },
             SyncMessage::Error {
                 request_id: Some(3),
                 code: ErrorCode::Busy,

@@ -148,6 +148,16 @@ pub enum SyncMessage {
         #[serde(with = "crate::owned_batch")]
         records: Vec<OwnedChange>,
     },
+    /// A summary that carries only what changed: the entries of the sender's heads and version
+    /// vector that rose since its last summary on this connection (heads the receiver itself
+    /// reported at or above are left out: it needs them for nothing). Merged by maximum; a
+    /// full [`Heartbeat`](SyncMessage::Heartbeat) (on connect and every few minutes) replaces.
+    HeartbeatDelta {
+        /// Per owner, the sender's watermark, where it rose.
+        heads: BTreeMap<DeviceId, u64>,
+        /// The sender's version vector, where it rose (a cumulative ack, like a summary's).
+        vv: VersionVector,
+    },
 }
 
 /// Machine-readable error codes carried by [`SyncMessage::Error`].
@@ -191,6 +201,7 @@ impl SyncMessage {
             SyncMessage::Members(_) => "Members",
             SyncMessage::Neighbours { .. } => "Neighbours",
             SyncMessage::StateRelay { .. } => "StateRelay",
+            SyncMessage::HeartbeatDelta { .. } => "HeartbeatDelta",
         }
     }
 
@@ -209,6 +220,7 @@ impl SyncMessage {
                 | SyncMessage::Members(_)
                 | SyncMessage::Neighbours { .. }
                 | SyncMessage::StateRelay { .. }
+                | SyncMessage::HeartbeatDelta { .. }
         )
     }
 }

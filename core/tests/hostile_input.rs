@@ -220,6 +220,10 @@ fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
             heads: [(from, 9)].into(),
             vv: vv.clone(),
         },
+        SyncMessage::HeartbeatDelta {
+            heads: [(from, 10)].into(),
+            vv: vv.clone(),
+        },
         SyncMessage::SharedSnapshotRequest {
             request_id: 1,
             after: None,
@@ -1204,7 +1208,10 @@ fn heads_of_devices_that_are_not_members_are_never_fetched_nor_tracked() {
         })
         .filter(|o| strangers.contains(o))
         .collect();
-    assert!(fetched.is_empty(), "fetched the streams of non-members: {fetched:?}");
+    assert!(
+        fetched.is_empty(),
+        "fetched the streams of non-members: {fetched:?}"
+    );
     // Pages for them, answered anyway, are not taken either: no watermark, nothing stored.
     let before = n.digest();
     for (i, s) in strangers.iter().enumerate() {
@@ -1238,7 +1245,10 @@ fn changes_from_more_origins_than_a_library_may_have_are_refused_and_the_device_
     let mut n = Node::connected(B);
     // A member relays one change from each of thousands of made-up origins.
     let mut refused = false;
-    for chunk in (0..(MAX_ORIGINS as u128 + 100)).collect::<Vec<_>>().chunks(500) {
+    for chunk in (0..(MAX_ORIGINS as u128 + 100))
+        .collect::<Vec<_>>()
+        .chunks(500)
+    {
         let changes: Vec<SharedChange> = chunk
             .iter()
             .map(|i| tag_change(DeviceId::from_u128(0xD000_0000 + i), 1, T0))

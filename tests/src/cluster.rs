@@ -295,10 +295,11 @@ impl Cluster {
         self.deliver_all();
     }
 
-    /// Lets acks, heartbeats and catch-ups run to completion.
+    /// Lets acks, heartbeats and catch-ups run to completion: two and a half minutes, so a
+    /// lost summary delta is repaired by the next full summary (every two minutes).
     pub fn settle(&mut self) {
         self.deliver_all();
-        for _ in 0..6 {
+        for _ in 0..25 {
             self.advance(6_000);
         }
     }

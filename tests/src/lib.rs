@@ -70,6 +70,9 @@ pub struct SimConfig {
     /// Rolling upgrade: some devices start without the models `album` and `volume`, which the
     /// others write; a crash-restart may upgrade them.
     pub rolling_upgrade: bool,
+    /// After quiescence, run this much longer with nothing to do and report the traffic of
+    /// that idle time apart ([`SeedReport::idle_bytes`]).
+    pub idle_ms: u64,
     /// Record a human-readable trace.
     pub trace: bool,
 }
@@ -94,6 +97,7 @@ impl SimConfig {
             topology: Topology::Random,
             large_writes: true,
             rolling_upgrade: true,
+            idle_ms: 0,
             trace: false,
         }
     }
@@ -117,6 +121,7 @@ impl SimConfig {
             topology: Topology::FullMesh,
             large_writes: false,
             rolling_upgrade: false,
+            idle_ms: 0,
             trace: false,
         }
     }
@@ -177,6 +182,12 @@ pub struct SeedReport {
     pub trace_hash: u64,
     /// Human-readable trace (when [`SimConfig::trace`] is set).
     pub trace: Vec<String>,
+    /// Messages sent during [`SimConfig::idle_ms`] of idling after quiescence.
+    pub idle_messages: u64,
+    /// Bytes sent during that idle time.
+    pub idle_bytes: u64,
+    /// Pairs of devices paired at the end (edges of the pairing graph).
+    pub edges: usize,
     /// How often each fault and recovery path happened (crashes, snapshots, refusals...).
     pub stats: std::collections::BTreeMap<&'static str, u64>,
 }

@@ -1174,8 +1174,16 @@ impl World {
                 (limit - phase) / SECOND
             ));
         }
+        let (messages, bytes) = (self.messages, self.bytes);
+        if self.cfg.idle_ms > 0 {
+            self.run_until(self.now_us + self.cfg.idle_ms * 1000);
+        }
+        let (idle_messages, idle_bytes) = (self.messages - messages, self.bytes - bytes);
         self.check();
         SeedReport {
+            edges: self.edges.len(),
+            idle_messages,
+            idle_bytes,
             seed: 0,
             failures: self.failures,
             messages: self.messages,

@@ -203,7 +203,9 @@ fn drain(r: &mut Replica, store: &mut MemStore, now: Now) {
 /// `engine_inputs` finding: a shared change applied out of order (merged into its record but
 /// not logged, because earlier changes of its origin were missing) moved the clock forward, but
 /// only a logged change persisted the clock. After a restart the replica stamped a local edit
-/// below the register it overwrote, and the edit lost to the older remote value.
+/// below the register it overwrote, and the edit lost to the older remote value. A change
+/// above a gap is no longer applied at all (it could never be passed on); the property stays:
+/// whatever remote value a replica stored, its next local edit after a restart beats it.
 #[test]
 fn local_edit_after_a_restart_beats_an_out_of_order_change_it_had_stored() {
     let (me, b) = (device(0), device(1));
@@ -215,10 +217,10 @@ fn local_edit_after_a_restart_beats_an_out_of_order_change_it_had_stored() {
     r.handle(now, Input::PeerUp { peer: b });
     drain(&mut r, &mut store, now);
     // b's clock is a minute ahead (within the drift bound); seq 3 arrives before 1 and 2.
-    let remote = SharedChange {
+    let remote = |seq: u64| SharedChange {
         origin: b,
-        seq: 3,
-        hlc: Hlc::new(t0 + 60_000, 0, b),
+        seq,
+        hlc: Hlc::new(t0 + 60_000, seq as u32, b),
         model: "tag".into(),
         record: uuid::Uuid::from_u128(9),
         kind: ChangeKind::Insert,
@@ -228,10 +230,25 @@ fn local_edit_after_a_restart_beats_an_out_of_order_change_it_had_stored() {
         now,
         Input::Message {
             from: b,
-            msg: SyncMessage::SharedChange(remote),
+            msg: SyncMessage::SharedChange(remote(3)),
         },
     );
     drain(&mut r, &mut store, now);
+    let key = ("tag".to_owned(), uuid::Uuid::from_u128(9));
+    assert!(
+        !store.state().shared.contains_key(&key),
+        "a change above a gap is not applied"
+    );
+    // Its predecessors arrive (catch-up brings them in order): now it is stored.
+    r.handle(
+        now,
+        Input::Message {
+            from: b,
+            msg: SyncMessage::SharedChangeBatch(vec![remote(1), remote(2), remote(3)]),
+        },
+    );
+    drain(&mut r, &mut store, now);
+    assert!(store.state().shared.contains_key(&key));
     // Restart from the store, then edit the record the user now sees.
     let mut r = Replica::new(config, store.restored(), now);
     drain(&mut r, &mut store, now);

@@ -19,9 +19,11 @@ pub struct Config {
     pub max_clock_drift: Duration,
     /// Period of the anti-entropy summary (default 5 s).
     pub heartbeat_interval: Duration,
-    /// Debounce of acknowledgements (default 1 s): one ack per link covers every change of
-    /// the period, so acks cost a bounded number of messages per second, not per change; the
-    /// log prunes about this much later.
+    /// Debounce of acknowledgements (default 5 s, the summary period): one ack per link
+    /// covers every change of the period, so acks cost a bounded number of messages per
+    /// second, not per change; the log prunes about this much later. An ack never waits past
+    /// the next summary, which carries it (a summary's version vector is a cumulative ack):
+    /// with the default, acknowledgements cost no message of their own.
     pub ack_delay: Duration,
     /// A catch-up request without an answer for this long is abandoned (default 30 s).
     pub request_timeout: Duration,
@@ -51,7 +53,7 @@ impl Config {
             models,
             max_clock_drift: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(5),
-            ack_delay: Duration::from_millis(1000),
+            ack_delay: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             page_records: 2048,
             max_page_records: 4096,

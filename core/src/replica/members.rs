@@ -34,7 +34,8 @@ impl Replica {
     /// Acks are debounced: one cumulative ack per `ack_delay`, whatever the number of entries.
     pub(super) fn schedule_ack(&mut self) {
         if self.ack_due.is_none() {
-            self.ack_due = Some(self.now.mono + self.config.ack_delay);
+            // No later than the next summary, which carries this device's own ack.
+            self.ack_due = Some((self.now.mono + self.config.ack_delay).min(self.heartbeat_due));
         }
     }
 
@@ -123,7 +124,7 @@ impl Replica {
     /// The entries of `vv` for origins this device can name: members, or origins it holds
     /// entries of. Everything kept per peer or per member goes through it, so a peer naming
     /// made-up origins grows nothing.
-    fn nameable(&self, vv: &VersionVector) -> VersionVector {
+    pub(super) fn nameable(&self, vv: &VersionVector) -> VersionVector {
         let mut out = VersionVector::new();
         for (origin, seq) in vv.iter() {
             if self.is_member(origin) || self.vv.get(origin) > 0 {
@@ -277,8 +278,10 @@ impl Replica {
         }
     }
 
-    /// Tells every peer which peers this device is connected to.
+    /// Tells every peer which peers this device is connected to (a pending debounced list is
+    /// sent now, so it is not sent again).
     pub(super) fn send_neighbours(&mut self, pinned: bool) {
+        self.neighbours_due = None;
         let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
         if peers.is_empty() {
             return;
@@ -290,6 +293,17 @@ impl Replica {
             peers,
             pinned,
         });
+    }
+
+    /// Tells one peer which peers this device is connected to.
+    pub(super) fn send_neighbours_to(&mut self, to: DeviceId) {
+        self.neighbours_sent += 1;
+        let msg = SyncMessage::Neighbours {
+            version: self.neighbours_sent,
+            peers: self.peers.keys().copied().collect(),
+            pinned: false,
+        };
+        self.send(to, msg);
     }
 
     /// Members whose acks pin the log: every durable member but this device, minus members

@@ -50,8 +50,19 @@ pub const MAX_ORIGINS: usize = 4 * MAX_MEMBERS;
 /// A pinned log asks for relayed acks again at most every this many summaries (30 s).
 const PINNED_EVERY: u64 = 6;
 
-/// Every this many summaries, the member registers go out again (once a minute by default).
-const MEMBERS_EVERY: u64 = 12;
+/// Every this many summaries, the member registers go out again (every 10 minutes by
+/// default): a repair for a lost `Members`, which a reliable transport never loses (it is
+/// sent on every connect).
+const MEMBERS_EVERY: u64 = 120;
+
+/// Every this many summaries, a peer gets a full summary instead of a delta (every 2 minutes
+/// by default): it replaces what the peer believes, so a lost delta, or heads that went back
+/// (a peer restored from an old backup), are repaired.
+const FULL_SUMMARY_EVERY: u64 = 24;
+
+/// How long after a peer came up the other peers are told (one list for every peer that came
+/// up meanwhile).
+const NEIGHBOURS_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What this device knows about a connected peer.
 #[derive(Debug, Default)]
@@ -74,6 +85,8 @@ struct Peer {
     /// The owner last fetched from this peer: the planner starts after it, so one stream
     /// that keeps failing never starves the owners after it.
     last_owner: Option<DeviceId>,
+    /// The heads this device last told the peer in a summary: a delta carries what rose.
+    heads_told: BTreeMap<DeviceId, u64>,
 }
 
 /// A running catch-up of one owner's device-owned records.
@@ -356,10 +369,14 @@ pub struct Replica {
     /// The version vector at the previous summary: log entries it covers that are still
     /// unpruned have waited a whole period (the log is pinned; see `Neighbours`).
     vv_at_heartbeat: VersionVector,
+    /// The version vector at the summary before that one.
+    vv_two_heartbeats_ago: VersionVector,
     /// Summaries sent; every [`MEMBERS_EVERY`]th also carries the member registers again.
     heartbeats: u64,
     /// Versions this device's `Neighbours` lists.
     neighbours_sent: u64,
+    /// When the list of connected peers goes to every peer (debounced after a peer came up).
+    neighbours_due: Option<Instant>,
     /// The summary count when this device last asked for relayed acks again.
     pinned_at: u64,
     ack_due: Option<Instant>,
@@ -392,8 +409,10 @@ impl Replica {
             next_read: 0,
             next_request: 0,
             vv_at_heartbeat: VersionVector::new(),
+            vv_two_heartbeats_ago: VersionVector::new(),
             heartbeats: 0,
             neighbours_sent: 0,
+            neighbours_due: None,
             pinned_at: 0,
             ack_due: None,
             prune_due: false,
@@ -449,6 +468,7 @@ impl Replica {
             .chain(self.shared_fetch.as_ref().map(|f| f.deadline));
         std::iter::once(self.heartbeat_due)
             .chain(self.ack_due)
+            .chain(self.neighbours_due)
             .chain(fetch_deadlines)
             .min()
     }
@@ -569,13 +589,47 @@ impl Replica {
 
     // ---------------------------------------------------------------- sessions
 
-    fn heartbeat(&self) -> SyncMessage {
+    /// Sends `to` a summary: `full`, or only what rose since the last one it was told (nothing
+    /// if nothing did). Either way its version vector is this device's cumulative ack, so
+    /// what it carries counts as told (`Peer::told`).
+    fn send_summary(&mut self, to: DeviceId, full: bool) {
+        let me = self.config.device;
+        let Some(p) = self.peers.get_mut(&to) else {
+            return;
+        };
         let mut heads = self.watermarks.clone();
         heads.retain(|_, s| *s > 0);
-        SyncMessage::Heartbeat {
-            heads,
-            vv: self.vv.clone(),
-        }
+        let msg = if full {
+            p.heads_told = heads.clone();
+            p.told.insert(me, self.vv.clone());
+            SyncMessage::Heartbeat {
+                heads,
+                vv: self.vv.clone(),
+            }
+        } else {
+            let told = p.told.entry(me).or_default();
+            let mut vv = VersionVector::new();
+            for (o, s) in self.vv.iter() {
+                if told.get(o) < s {
+                    vv.set(o, s);
+                }
+            }
+            told.merge(&vv);
+            // A head the peer reported at or above ours tells it nothing (it fetches from us
+            // only what it lacks); its own stream's head is always sent (a lost database).
+            heads.retain(|o, s| {
+                p.heads_told.get(o).is_none_or(|t| t < s)
+                    && (*o == to || p.heads.get(o).is_none_or(|h| h < s))
+            });
+            for (o, s) in &heads {
+                p.heads_told.insert(*o, *s);
+            }
+            if heads.is_empty() && vv.is_empty() {
+                return;
+            }
+            SyncMessage::HeartbeatDelta { heads, vv }
+        };
+        self.send(to, msg);
     }
 
     fn on_peer_up(&mut self, peer: DeviceId) {
@@ -599,26 +653,23 @@ impl Replica {
         }
         self.peers.insert(peer, Peer::default());
         self.event(Event::PeerConnected(peer));
-        let hb = self.heartbeat();
-        self.send(peer, hb);
-        self.send(
-            peer,
-            SyncMessage::AckSharedChanges {
-                acker: self.config.device,
-                vv: self.vv.clone(),
-            },
-        );
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.told.insert(self.config.device, self.vv.clone());
-        }
+        // A full summary: its version vector is also this device's cumulative ack.
+        self.send_summary(peer, true);
         // The member registers, bootstrap ones included: those exist only as registers (never
         // in the log), so a device that catches up from the log would otherwise never learn
         // them, and refuse their connections.
         for msg in self.member_messages() {
             self.send(peer, msg);
         }
-        // The new peer learns who this device reaches; the others, that it reaches one more.
-        self.send_neighbours(false);
+        // The new peer learns at once who this device reaches; the others learn that it
+        // reaches one more a moment later, once for every peer that came up meanwhile (when a
+        // device starts, its links come up one by one: one list per link per peer was n^3
+        // messages). Until then they may relay to this device what it gets first-hand:
+        // redundant, never missing.
+        self.send_neighbours_to(peer);
+        if self.neighbours_due.is_none() {
+            self.neighbours_due = Some(self.now.mono + NEIGHBOURS_DELAY);
+        }
         // And every ack this device knows that the new peer may not.
         self.schedule_ack();
     }
@@ -629,6 +680,8 @@ impl Replica {
         }
         self.last_seen.insert(peer, self.now.mono);
         self.event(Event::PeerDisconnected(peer));
+        // At once: a peer that believes this device still reaches `peer` would not relay it
+        // `peer`'s changes.
         self.send_neighbours(false);
         let owners: Vec<DeviceId> = self
             .owned_fetches
@@ -677,7 +730,8 @@ impl Replica {
             self.on_peer_up(from);
         }
         match msg {
-            SyncMessage::Heartbeat { heads, vv } => self.on_heartbeat(from, heads, vv),
+            SyncMessage::Heartbeat { heads, vv } => self.on_heartbeat(from, heads, vv, true),
+            SyncMessage::HeartbeatDelta { heads, vv } => self.on_heartbeat(from, heads, vv, false),
             // A push holds the sender's own changes: their owner is the authenticated sender.
             SyncMessage::StateChange(c) => self.on_owned_push(from, vec![c.into_record(from)]),
             SyncMessage::StateBatch(cs) => {
@@ -745,11 +799,13 @@ impl Replica {
         }
     }
 
+    /// A summary: `full` replaces what this device believes of the peer, a delta raises it.
     fn on_heartbeat(
         &mut self,
         from: DeviceId,
         mut heads: BTreeMap<DeviceId, u64>,
         vv: VersionVector,
+        full: bool,
     ) {
         let me = self.config.device;
         // A peer that knows a higher head of our own counters than we do: our database was
@@ -776,9 +832,18 @@ impl Replica {
         // are tracked and fetched: a member naming made-up owners must not grow this device's
         // watermarks, and with them its own summary, without bound.
         heads.retain(|owner, _| self.is_member(*owner) || self.watermarks.contains_key(owner));
+        let vv = self.nameable(&vv);
         if let Some(peer) = self.peers.get_mut(&from) {
-            peer.heads = heads;
-            peer.vv = vv;
+            if full {
+                peer.heads = heads;
+                peer.vv = vv;
+            } else {
+                for (owner, head) in heads {
+                    let h = peer.heads.entry(owner).or_insert(0);
+                    *h = (*h).max(head);
+                }
+                peer.vv.merge(&vv);
+            }
         }
         self.plan_owned(from);
         self.plan_shared(from);
@@ -919,14 +984,19 @@ impl Replica {
 
     fn on_tick(&mut self) {
         let now = self.now.mono;
-        if self.ack_due.is_some_and(|t| t <= now) {
-            self.ack_due = None;
-            self.send_acks();
+        if self.neighbours_due.is_some_and(|t| t <= now) {
+            self.neighbours_due = None;
+            self.send_neighbours(false);
         }
+        // The summary before the acks: its version vector is this device's cumulative ack,
+        // so the acks that follow carry only what it does not (relayed acks).
         if self.heartbeat_due <= now {
             self.heartbeat_due = now + self.config.heartbeat_interval;
-            let hb = self.heartbeat();
-            self.broadcast(hb);
+            let full = self.heartbeats.is_multiple_of(FULL_SUMMARY_EVERY);
+            let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
+            for peer in peers {
+                self.send_summary(peer, full);
+            }
             self.heartbeats += 1;
             if self.heartbeats.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
                 // Anti-entropy for the member registers (a lost `Members` is repaired).
@@ -938,16 +1008,23 @@ impl Replica {
             // arrive (a relayed one may have been lost); ask the peers to relay them all again.
             // At most every `PINNED_EVERY` summaries: a member that stays offline keeps the
             // log pinned for as long, and each request costs every neighbour its ack table.
+            // Held for two whole periods: acks ride on summaries, so an entry logged just
+            // after one is acknowledged by the peers' next ones, up to a period later.
             let pinned = self
-                .vv_at_heartbeat
+                .vv_two_heartbeats_ago
                 .iter()
                 .any(|(o, s)| self.horizon.get(o) < s);
             if pinned && self.heartbeats >= self.pinned_at + PINNED_EVERY {
                 self.pinned_at = self.heartbeats;
                 self.send_neighbours(true);
             }
-            self.vv_at_heartbeat = self.vv.clone();
+            self.vv_two_heartbeats_ago =
+                std::mem::replace(&mut self.vv_at_heartbeat, self.vv.clone());
             self.recompute_pruning();
+        }
+        if self.ack_due.is_some_and(|t| t <= now) {
+            self.ack_due = None;
+            self.send_acks();
         }
         let expired: Vec<DeviceId> = self
             .owned_fetches

@@ -455,8 +455,9 @@ fn reconnecting_a_synced_pair_costs_one_round_trip() {
     let before = net.bytes;
     net.connect(a, b);
     let messages = net.run();
-    // Heartbeat, ack, member registers and neighbours each way; nothing requested.
-    assert_eq!(messages, 8);
+    // A full summary (also the ack), member registers and neighbours each way; nothing
+    // requested.
+    assert_eq!(messages, 6);
     assert!(net.bytes - before < 1024, "{} bytes", net.bytes - before);
     assert!(!net.node(a).replica.is_fetching() && !net.node(b).replica.is_fetching());
 }
@@ -832,12 +833,25 @@ fn acks_are_cumulative_debounced_and_from_the_authenticated_sender() {
         net.tag(a, i, ChangeKind::Insert, "t");
     }
     net.run();
-    net.advance(1_100); // past the 1 s ack delay
+    net.advance(5_100); // past the 5 s ack delay: the next summary carries the ack
     let acks = net.node(b).sent[mark..]
         .iter()
         .filter(|(_, m)| matches!(m, SyncMessage::AckSharedChanges { .. }))
         .count();
-    assert_eq!(acks, 1, "one cumulative ack for 20 changes");
+    let summaries = net.node(b).sent[mark..]
+        .iter()
+        .filter(|(_, m)| {
+            matches!(
+                m,
+                SyncMessage::Heartbeat { .. } | SyncMessage::HeartbeatDelta { .. }
+            )
+        })
+        .count();
+    assert_eq!(
+        (summaries, acks),
+        (1, 0),
+        "one summary carries the cumulative ack for 20 changes"
+    );
     assert_eq!(
         net.node(a).replica.horizon().get(a),
         20,
@@ -1246,13 +1260,62 @@ fn batch_with_one_invalid_write_changes_nothing() {
     }));
 }
 
+/// Summaries carry only what changed: an idle pair exchanges no summary at all but a full
+/// one every two minutes; after a write, the next summary carries the one entry that rose.
+#[test]
+fn summaries_carry_only_what_rose_and_idle_links_stay_quiet() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let summaries = |net: &Net, mark: usize| -> Vec<SyncMessage> {
+        net.node(a).sent[mark..]
+            .iter()
+            .filter(|(to, _)| *to == b)
+            .map(|(_, m)| m.clone())
+            .filter(|m| {
+                matches!(
+                    m,
+                    SyncMessage::Heartbeat { .. } | SyncMessage::HeartbeatDelta { .. }
+                )
+            })
+            .collect()
+    };
+    let mark = net.node(a).sent.len();
+    for _ in 0..26 {
+        net.advance(5_000);
+    }
+    let idle = summaries(&net, mark);
+    assert_eq!(
+        idle.len(),
+        1,
+        "one full summary in 130 s of idling: {idle:?}"
+    );
+    assert!(matches!(idle[0], SyncMessage::Heartbeat { .. }));
+    net.tag(a, 1, ChangeKind::Insert, "x");
+    net.put(a, 2, b"y");
+    let mark = net.node(a).sent.len();
+    net.run();
+    net.advance(5_000);
+    let after = summaries(&net, mark);
+    let vv_a: VersionVector = [(a, 1)].into_iter().collect();
+    assert_eq!(
+        after,
+        vec![SyncMessage::HeartbeatDelta {
+            heads: [(a, 1)].into(),
+            vv: vv_a
+        }],
+        "the delta names what rose: a's own head and vector entry"
+    );
+}
+
 #[test]
 fn single_member_library_prunes_its_own_log_after_the_append() {
     let a = dev(1);
     let mut net = Net::new(1);
     net.tag(a, 1, ChangeKind::Insert, "x");
     net.tag(a, 2, ChangeKind::Insert, "y");
-    net.advance(1_100); // the debounced ack step (1 s) recomputes pruning
+    net.advance(5_100); // the debounced ack step (5 s) recomputes pruning
     assert!(net.node(a).store.state().log.is_empty());
     assert_eq!(net.node(a).replica.horizon().get(a), 2);
 }
