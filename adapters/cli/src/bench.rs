@@ -389,8 +389,8 @@ fn targets(r: &Report) -> Vec<Target> {
             format!("reconnect at {} history: messages", c.history),
             c.messages as f64,
             "msgs",
-            "<= 8 (Heartbeat, Ack, Members, Neighbours each way)",
-            c.messages <= 8,
+            "<= 6 (full summary, Members, Neighbours each way)",
+            c.messages <= 6,
         );
     }
     if let Some(l) = &r.latency {

@@ -280,6 +280,7 @@ impl Replica {
 
     /// Tells every peer which peers this device is connected to (a pending debounced list is
     /// sent now, so it is not sent again).
+    /// Peers told this very list already are skipped, unless `pinned`.
     pub(super) fn send_neighbours(&mut self, pinned: bool) {
         self.neighbours_due = None;
         let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
@@ -288,19 +289,33 @@ impl Replica {
         }
         self.neighbours_sent += 1;
         let version = self.neighbours_sent;
-        self.broadcast(SyncMessage::Neighbours {
-            version,
-            peers,
-            pinned,
-        });
+        for to in &peers {
+            let Some(p) = self.peers.get_mut(to) else {
+                continue;
+            };
+            if !pinned && p.neighbours_told == peers {
+                continue;
+            }
+            p.neighbours_told.clone_from(&peers);
+            let msg = SyncMessage::Neighbours {
+                version,
+                peers: peers.clone(),
+                pinned,
+            };
+            self.send(*to, msg);
+        }
     }
 
     /// Tells one peer which peers this device is connected to.
     pub(super) fn send_neighbours_to(&mut self, to: DeviceId) {
         self.neighbours_sent += 1;
+        let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
+        if let Some(p) = self.peers.get_mut(&to) {
+            p.neighbours_told.clone_from(&peers);
+        }
         let msg = SyncMessage::Neighbours {
             version: self.neighbours_sent,
-            peers: self.peers.keys().copied().collect(),
+            peers,
             pinned: false,
         };
         self.send(to, msg);

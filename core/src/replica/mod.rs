@@ -87,6 +87,9 @@ struct Peer {
     last_owner: Option<DeviceId>,
     /// The heads this device last told the peer in a summary: a delta carries what rose.
     heads_told: BTreeMap<DeviceId, u64>,
+    /// The list of connected peers this device last told the peer (`Neighbours`): the same
+    /// list is not sent twice.
+    neighbours_told: Vec<DeviceId>,
 }
 
 /// A running catch-up of one owner's device-owned records.
