@@ -71,6 +71,7 @@ impl MemState {
                 }
                 None
             }
+            StorageCommand::FullSync => None,
             StorageCommand::ClearStaged => {
                 self.staged.clear();
                 None
@@ -388,13 +389,24 @@ fn page<'a, T: Clone + 'a>(
 ///
 /// Commands apply to the live state at once and are journaled. [`MemStore::sync`] makes the
 /// journal durable (a commit); [`MemStore::crash`] throws away whatever was not synced, as a
-/// power loss would. The simulator syncs at the end of each engine step (group commit), before
-/// performing that step's sends.
+/// process crash would. The simulator syncs at the end of each engine step (group commit),
+/// before performing that step's sends.
+///
+/// With [`MemStore::with_power_loss`], it also models a backend that commits lazily (SQLite in
+/// WAL mode with `synchronous = NORMAL`): [`MemStore::power_loss`] rolls back the last
+/// committed batches too, except that a batch holding [`StorageCommand::FullSync`] is fully
+/// durable, and so is every batch before it (syncing the log syncs what precedes it).
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
     live: MemState,
     durable: MemState,
     journal: Vec<StorageCommand>,
+    /// How many lazily committed batches a power loss may roll back (0: not modelled).
+    window: usize,
+    /// Lazily committed batches a power loss may still roll back, oldest first.
+    lazy: std::collections::VecDeque<Vec<StorageCommand>>,
+    /// The durable state before `lazy`: what no power loss can take.
+    safe: MemState,
 }
 
 impl MemStore {
@@ -411,16 +423,64 @@ impl MemStore {
         self.live.execute(cmd)
     }
 
-    /// Makes every executed write durable.
+    /// An empty store whose power losses can roll back up to `window` lazily committed
+    /// batches (see the type's docs).
+    pub fn with_power_loss(window: usize) -> Self {
+        MemStore {
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// Makes every executed write durable (against a power loss too only if the batch holds
+    /// [`StorageCommand::FullSync`], or power losses are not modelled).
     pub fn sync(&mut self) {
-        for cmd in self.journal.drain(..) {
-            self.durable.execute(cmd);
+        if self.window == 0 {
+            for cmd in self.journal.drain(..) {
+                self.durable.execute(cmd);
+            }
+            return;
+        }
+        let batch: Vec<StorageCommand> = std::mem::take(&mut self.journal);
+        let full = batch.contains(&StorageCommand::FullSync);
+        for cmd in &batch {
+            self.durable.execute(cmd.clone());
+        }
+        if full {
+            self.safe = self.durable.clone();
+            self.lazy.clear();
+        } else {
+            self.lazy.push_back(batch);
+            // Older batches are beyond any rollback (the log was checkpointed since).
+            while self.lazy.len() > self.window {
+                if let Some(old) = self.lazy.pop_front() {
+                    for cmd in old {
+                        self.safe.execute(cmd);
+                    }
+                }
+            }
         }
     }
 
     /// Loses every write since the last sync.
     pub fn crash(&mut self) {
         self.journal.clear();
+        self.live = self.durable.clone();
+    }
+
+    /// A power loss: loses every write since the last sync and rolls back the last `batches`
+    /// lazily committed ones (at most the window given to [`MemStore::with_power_loss`]).
+    pub fn power_loss(&mut self, batches: usize) {
+        self.journal.clear();
+        let keep = self.lazy.len().saturating_sub(batches);
+        self.lazy.truncate(keep);
+        let mut state = self.safe.clone();
+        for batch in &self.lazy {
+            for cmd in batch {
+                state.execute(cmd.clone());
+            }
+        }
+        self.durable = state;
         self.live = self.durable.clone();
     }
 
@@ -500,6 +560,36 @@ impl crate::storage::StorageBackend for MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn power_loss_rolls_back_lazy_batches_but_never_a_full_sync_one() {
+        let d = DeviceId::from_u128(1);
+        let e = DeviceId::from_u128(2);
+        let mut s = MemStore::with_power_loss(3);
+        let mark = |s: &mut MemStore, owner, seq, full: bool| {
+            s.execute(StorageCommand::SetWatermark { owner, seq });
+            if full {
+                s.execute(StorageCommand::FullSync);
+            }
+            s.sync();
+        };
+        mark(&mut s, e, 1, false);
+        mark(&mut s, d, 1, true); // makes itself and everything before it safe
+        mark(&mut s, e, 2, false);
+        mark(&mut s, e, 3, false);
+        s.power_loss(1);
+        let r = s.restored();
+        assert_eq!(
+            (r.watermarks.get(&d), r.watermarks.get(&e)),
+            (Some(&1), Some(&2))
+        );
+        s.power_loss(3);
+        let r = s.restored();
+        assert_eq!(
+            (r.watermarks.get(&d), r.watermarks.get(&e)),
+            (Some(&1), Some(&1))
+        );
+    }
 
     #[test]
     fn crash_loses_only_unsynced_writes() {

@@ -54,6 +54,12 @@ pub enum StorageCommand {
     ApplyStaged,
     /// Empties the snapshot stage (a snapshot starts over).
     ClearStaged,
+    /// The batch holding this command must survive an OS crash or a power loss once
+    /// committed, not only a process crash: it holds this device's own writes, and a sequence
+    /// number (or stamp) once sent must never be issued again for another change. A backend
+    /// that commits lazily (SQLite with `synchronous = NORMAL`) syncs this batch fully; writes
+    /// nothing itself.
+    FullSync,
     /// Appends contiguous entries to the shared log, merges each into its record, and raises
     /// the stored version vector to each entry's seq, atomically per entry.
     AppendLog(Vec<SharedChange>),

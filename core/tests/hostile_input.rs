@@ -1271,3 +1271,27 @@ fn changes_from_more_origins_than_a_library_may_have_are_refused_and_the_device_
     let outs = insert_tag(&mut n, 1, Value::from("still here"));
     assert_eq!(failed(&outs, 1), None);
 }
+
+#[test]
+fn own_writes_are_marked_to_survive_a_power_loss_before_anything_is_sent() {
+    let mut n = Node::connected(B);
+    let outs = put(&mut n, 1);
+    let full = outs
+        .iter()
+        .rposition(|o| matches!(o, Output::Storage(StorageCommand::FullSync)))
+        .expect("the batch of an own write is marked FullSync");
+    let write = outs
+        .iter()
+        .position(|o| matches!(o, Output::Storage(StorageCommand::PutOwned(_))))
+        .expect("the write");
+    let first_send = outs
+        .iter()
+        .position(|o| matches!(o, Output::Send { .. }))
+        .expect("the push");
+    assert!(write < full && full < first_send, "{outs:?}");
+    // What the device receives is not: a power loss may roll it back, and it fetches it again.
+    let outs = n.from(B, SyncMessage::StateChange(owned(B, 1, 1).into()));
+    assert!(!outs
+        .iter()
+        .any(|o| matches!(o, Output::Storage(StorageCommand::FullSync))));
+}

@@ -1316,6 +1316,7 @@ fn seeded_world(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         rolling_upgrade: u.arbitrary()?,
         // Not yet: a known limit still fails some of these worlds (README "Known limits").
         lost_device: false,
+        power_loss: u.arbitrary()?,
         idle_ms: 0,
         trace: false,
     };

@@ -3,7 +3,8 @@
 //! N replicas, each a [`hybridsync_core::Replica`] with a [`hybridsync_core::MemStore`], run in
 //! virtual time over a simulated network. Every message goes through the real codec. A seed
 //! drives every fault: loss, duplication, reordering and delay, partitions, crash-restarts
-//! (also in the middle of a step), a device lost for good, delayed storage completions, clock
+//! (also in the middle of a step), power losses that roll back committed batches, a device lost
+//! for good, delayed storage completions, clock
 //! skew and backward clock steps, one device with a clock far in the future, a device that
 //! joins late and one that is
 //! removed. After the faults stop, the run must reach quiescence and pass every check:
@@ -62,6 +63,10 @@ pub struct SimConfig {
     pub lost_device: bool,
     /// Storage completions arrive late.
     pub storage_delay: bool,
+    /// Power losses: besides what a crash loses, the last one to three committed batches roll
+    /// back, as with SQLite under `synchronous = NORMAL`, except batches the engine marked
+    /// `FullSync` (its own writes) and every batch before those.
+    pub power_loss: bool,
     /// Which devices are paired (connect at all); see [`Topology`].
     pub topology: Topology,
     /// Some writes are large: near, at and beyond the frame limit the simulated network
@@ -94,6 +99,7 @@ impl SimConfig {
             removal: true,
             lost_device: false,
             storage_delay: true,
+            power_loss: true,
             topology: Topology::Random,
             large_writes: true,
             rolling_upgrade: true,
@@ -118,6 +124,7 @@ impl SimConfig {
             removal: false,
             lost_device: false,
             storage_delay: false,
+            power_loss: false,
             topology: Topology::FullMesh,
             large_writes: false,
             rolling_upgrade: false,

@@ -23,6 +23,9 @@ const SECOND: u64 = 1_000_000;
 /// The simulated network's frame limit, small so that large writes reach it cheaply. A
 /// message above it is dropped, as the iroh transport drops it, and fails the seed.
 pub const MAX_FRAME: usize = 16 * 1024;
+/// How many lazily committed batches a power loss may roll back (the window of SQLite's WAL
+/// between checkpoints, small here so that rollbacks reach recent work).
+const POWER_LOSS_WINDOW: usize = 3;
 /// The largest write the engine must accept under [`MAX_FRAME`].
 const MAX_WRITE: usize = MAX_FRAME - FRAME_ENVELOPE;
 
@@ -56,6 +59,11 @@ enum Ev {
     },
     Restart {
         dev: usize,
+    },
+    /// A power loss: a crash that also rolls back the last `batches` lazily committed batches.
+    PowerLoss {
+        dev: usize,
+        batches: usize,
     },
     /// The device is lost for good, its disk with it.
     Lose {
@@ -144,6 +152,8 @@ pub(crate) struct World {
     removal: Option<usize>,
     /// When device 1 is lost for good (virtual time), if it is in this seed.
     lose_at: Option<u64>,
+    /// Seeds the power-loss schedule.
+    power_seed: u64,
     /// What survived of the lost device's streams when it was removed: its id and the
     /// device-owned and shared seqs every live device held of it.
     survived: Option<(DeviceId, u64, u64)>,
@@ -236,7 +246,7 @@ impl World {
             devs.push(Dev {
                 id: device(i),
                 replica: None,
-                store: MemStore::new(),
+                store: MemStore::with_power_loss(POWER_LOSS_WINDOW),
                 wal: WriteAhead::new(),
                 epoch: 0,
                 skew_ms,
@@ -278,6 +288,7 @@ impl World {
             ops_done: 0,
             removal: None,
             lose_at: None,
+            power_seed: seed ^ 0x90E7_1055_0000_0000,
             survived: None,
             stop_links_to: BTreeSet::new(),
             stats: BTreeMap::new(),
@@ -368,6 +379,18 @@ impl World {
         if let Some(t) = self.lose_at {
             self.seq += 1;
             self.queue.insert((t, self.seq), Ev::Lose { dev: 1 });
+        }
+        if self.cfg.power_loss {
+            // Drawn apart from the main generator, so other faults replay as before.
+            let mut r = Rng::new(self.power_seed);
+            for _ in 0..2 {
+                let t = r.below(phase);
+                let dev = r.below(n as u64) as usize;
+                let batches = r.range(1, POWER_LOSS_WINDOW as u64 + 1) as usize;
+                self.seq += 1;
+                self.queue
+                    .insert((t, self.seq), Ev::PowerLoss { dev, batches });
+            }
         }
     }
 
@@ -685,17 +708,28 @@ impl World {
     // ------------------------------------------------------------------ faults
 
     fn crash(&mut self, d: usize) {
+        self.crash_rolling_back(d, 0);
+    }
+
+    /// A crash that also rolls back the last `batches` lazily committed batches (a power loss).
+    fn crash_rolling_back(&mut self, d: usize, batches: usize) {
         if self.devs[d].crash_after.is_some() {
             self.count("crashes_mid_step");
         }
-        self.count("crashes");
+        self.count(if batches > 0 {
+            "power_losses"
+        } else {
+            "crashes"
+        });
         if self.cfg.trace {
-            self.trace
-                .push(format!("{:>9} {} crashes", self.now_us, self.devs[d].id));
+            self.trace.push(format!(
+                "{:>9} {} crashes, rolling back {batches} committed batches",
+                self.now_us, self.devs[d].id
+            ));
         }
         let dev = &mut self.devs[d];
         // The batch that was committing, and everything that waited for it, never happened.
-        dev.store.crash();
+        dev.store.power_loss(batches);
         dev.wal.abandon();
         dev.crash_after = None;
         dev.replica = None;
@@ -999,6 +1033,11 @@ impl World {
                 }
             }
             Ev::Restart { dev } => self.restart(dev),
+            Ev::PowerLoss { dev, batches } => {
+                if self.faults && self.alive(dev) {
+                    self.crash_rolling_back(dev, batches);
+                }
+            }
             Ev::Lose { dev } => self.lose(dev),
             Ev::PartitionStart => {
                 if self.faults {

@@ -56,6 +56,9 @@ pub struct Args {
     /// No delayed storage commits.
     #[arg(long)]
     no_storage_delay: bool,
+    /// No power losses (rollback of committed batches not marked FullSync).
+    #[arg(long)]
+    no_power_loss: bool,
     /// No writes near or beyond the frame limit.
     #[arg(long)]
     no_large_writes: bool,
@@ -97,6 +100,7 @@ impl Args {
             c.removal = !self.no_removal;
             c.lost_device = self.lost_device;
             c.storage_delay = !self.no_storage_delay;
+            c.power_loss = !self.no_power_loss;
             c.large_writes = !self.no_large_writes;
             c.rolling_upgrade = !self.no_upgrade;
             c

@@ -72,8 +72,13 @@ pub(crate) fn tune(conn: &Connection, fresh: bool, file: bool) -> rusqlite::Resu
 /// (consistently, never half a batch), because the WAL is only fsynced at checkpoints. The
 /// storage contract's "durable before any later send" then does not hold for those batches:
 /// peers may already hold acks, or the device's own changes, that the device no longer has
-/// (its own sequence head would move back). Call [`SqliteStore::set_full_sync`] (`synchronous
-/// = FULL`, one fsync per batch) where that matters more than write throughput.
+/// (its own sequence head would move back). So a batch holding this device's own writes (the
+/// engine marks it with [`StorageCommand::FullSync`]) is committed with `synchronous = FULL`:
+/// what the device wrote and sent is never rolled back, and no sequence number is issued
+/// twice. What a power loss can still roll back is what the device received (a watermark, log
+/// entries it may have acknowledged): it fetches them again, or takes a snapshot if peers
+/// pruned them meanwhile. Call [`SqliteStore::set_full_sync`] (`synchronous = FULL`, one
+/// fsync per batch) to make every batch survive a power loss.
 ///
 /// # Reads and damaged rows
 ///
@@ -85,6 +90,9 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     ids: Ids,
+    /// `synchronous = FULL` for every batch ([`SqliteStore::set_full_sync`]); otherwise only
+    /// for batches holding [`StorageCommand::FullSync`].
+    full_sync: bool,
     /// The exclusive lock on `<file>.lock` (none in memory). Declared after `conn`: fields
     /// drop in order, so the connection is closed before the lock is released.
     _lock: Option<File>,
@@ -192,6 +200,7 @@ impl SqliteStore {
             conn,
             path,
             ids: Ids::default(),
+            full_sync: false,
             _lock: lock,
         };
         if version < schema::SCHEMA_VERSION {
@@ -218,7 +227,9 @@ impl SqliteStore {
         let mode = if full { "FULL" } else { "NORMAL" };
         self.conn
             .pragma_update(None, "synchronous", mode)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        self.full_sync = full;
+        Ok(())
     }
 
     /// Runs `PRAGMA integrity_check`; [`SqliteError::Corrupt`] with SQLite's report unless the
@@ -252,7 +263,20 @@ impl SqliteStore {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
+        // This device's own writes survive a power loss too: a sequence number once sent is
+        // never issued again (the engine marks their batch with `FullSync`).
+        let full = !self.full_sync && commands.contains(&StorageCommand::FullSync);
+        if full {
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| self.err(e))?;
+        }
         let result = self.execute_batch(&commands);
+        if full {
+            // Should this fail, the connection stays at FULL: slower, never less safe (and the
+            // batch did commit, so it must not be reported as failed).
+            let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        }
         if result.is_err() {
             // The transaction rolled back: ids interned during it may not exist.
             self.ids.clear();
@@ -474,6 +498,8 @@ fn apply(
             }
         }
         StorageCommand::ApplyStaged => apply_staged(tx)?,
+        // Handled around the transaction (`execute_batch`).
+        StorageCommand::FullSync => {}
         StorageCommand::ClearStaged => {
             tx.prepare_cached("DELETE FROM staged")?.execute([])?;
         }

@@ -536,8 +536,23 @@ impl Replica {
 
     // ---------------------------------------------------------------- outputs
 
+    /// Emits a storage command; a command holding this device's own writes (records, log
+    /// entries, its sequence head) is followed by [`StorageCommand::FullSync`]: a power loss
+    /// must never roll back a write the device may have sent, or it would issue the same
+    /// sequence number again for another change.
     fn store(&mut self, cmd: StorageCommand) {
+        let me = self.config.device;
+        let own = match &cmd {
+            StorageCommand::PutOwned(records) => records.iter().any(|r| r.owner == me),
+            StorageCommand::AppendLog(entries) => entries.iter().any(|e| e.origin == me),
+            StorageCommand::SetWatermark { owner, .. } => *owner == me,
+            _ => false,
+        };
         self.outputs.push_back(Output::Storage(cmd));
+        if own {
+            self.outputs
+                .push_back(Output::Storage(StorageCommand::FullSync));
+        }
     }
 
     fn send(&mut self, to: DeviceId, msg: SyncMessage) {
