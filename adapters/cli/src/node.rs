@@ -63,7 +63,9 @@ commands:
                        device to another key (remove-member it first)
   remove-member DEVICE remove a member (its full id, as `peers` prints it); its later
                        messages are refused and it is no longer dialed
-  status               engine state and content digest
+  status               this device, its peers and members, then per device: `watermark`
+                       (device-owned records held), `shared` (shared changes held) and
+                       `pruned` (shared changes dropped from the log), and a content digest
   ticket               print this device's ticket
   quit                 stop";
 
@@ -451,10 +453,15 @@ impl Session {
                 println!("peers {}", s.peers.len());
                 println!("members {}", s.members.len());
                 for (owner, w) in &s.watermarks {
-                    println!("watermark {owner} {w}");
+                    println!("watermark {owner:#} {w}");
                 }
-                println!("version-vector {:?}", s.version_vector);
-                println!("horizon {:?}", s.horizon);
+                // One line per origin, as `watermark` lines are per owner: readable, greppable.
+                for (origin, seq) in s.version_vector.iter() {
+                    println!("shared {origin:#} {seq}");
+                }
+                for (origin, seq) in s.horizon.iter() {
+                    println!("pruned {origin:#} {seq}");
+                }
                 println!("digest {:#018x}", support::digest(&self.node).await?);
             }
             "ticket" => {

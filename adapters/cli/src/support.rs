@@ -39,9 +39,12 @@ pub fn work_dir(given: Option<&Path>, tmp: &Path) -> std::io::Result<PathBuf> {
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // No colour codes where nobody reads colours (a pipe, a file, a test harness).
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -424,6 +424,15 @@ fn mistakes_get_a_clear_message_not_a_silent_ok() {
     // Still a member of its own library, with nothing else changed.
     let status = a.run("status");
     assert!(status.iter().any(|l| l == "members 1"), "{status:?}");
+    // Readable: one `shared <device> <seq>` line per origin, no Rust debug output.
+    assert!(
+        status.iter().any(|l| l == &format!("shared {device_a} 3")),
+        "{status:?}"
+    );
+    assert!(
+        !status.iter().any(|l| l.contains("VersionVector")),
+        "{status:?}"
+    );
     a.quit();
 }
 
