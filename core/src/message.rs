@@ -163,6 +163,7 @@ pub enum SyncMessage {
 /// Machine-readable error codes carried by [`SyncMessage::Error`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// The frame could not be decoded.
     BadFrame,

@@ -17,6 +17,7 @@ pub enum Stream {
 
 /// Why a message or a peer was refused. Nothing a refused message carries is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     /// The sender is not in the library's member set.
     #[error("sender is not a member of the library")]
@@ -55,6 +56,7 @@ pub enum Refusal {
 
 /// Why a local command failed. Nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The model is not registered.
     #[error("unknown model {0:?}")]
@@ -145,6 +147,7 @@ pub enum CommandError {
 /// - **Not this device's own writes.** A local write is reported by its command's completion
 ///   ([`Event::CommandDone`], or the resolved `Node` call), not by a change event.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// A record was written by a peer's real-time change (it may have been a no-op if storage
     /// already held a newer version). Catch-up pages report [`Event::RecordsChanged`]; see
