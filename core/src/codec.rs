@@ -14,6 +14,13 @@ pub enum CodecError {
     /// The bytes decode to a message followed by unexpected trailing bytes.
     #[error("{0} trailing bytes after message")]
     TrailingBytes(usize),
+    /// The message's values would take more memory than the decode budget allows
+    /// ([`value_budget`] of the message's length; see [`crate::value`]).
+    #[error("decoded values exceed the budget of {max} bytes")]
+    TooManyValues {
+        /// The budget, in bytes of decoded values.
+        max: usize,
+    },
 }
 
 /// Encodes a message with postcard.
@@ -22,9 +29,19 @@ pub fn encode(msg: &SyncMessage) -> Vec<u8> {
     postcard::to_stdvec(msg).unwrap_or_default()
 }
 
-/// Decodes one message; the whole input must be consumed.
+pub use crate::value::value_budget;
+
+/// Decodes one message; the whole input must be consumed. The message's values may take at
+/// most [`value_budget`]`(bytes.len())` bytes once decoded (16 per input byte plus 64 KiB);
+/// a message over it is refused with [`CodecError::TooManyValues`].
 pub fn decode(bytes: &[u8]) -> Result<SyncMessage, CodecError> {
-    let (msg, rest) = postcard::take_from_bytes(bytes)?;
+    let max = value_budget(bytes.len());
+    let (decoded, exceeded) =
+        crate::value::with_budget(max, || postcard::take_from_bytes::<SyncMessage>(bytes));
+    if exceeded {
+        return Err(CodecError::TooManyValues { max });
+    }
+    let (msg, rest) = decoded?;
     if rest.is_empty() {
         Ok(msg)
     } else {
@@ -225,6 +242,65 @@ mod tests {
         let mut bytes = encode(&sample()[0]);
         bytes.push(0);
         assert!(matches!(decode(&bytes), Err(CodecError::TrailingBytes(1))));
+    }
+
+    /// A shared change whose one field is a list of `n` nulls (one byte each on the wire).
+    fn nulls(n: usize) -> SyncMessage {
+        use crate::{ChangeKind, Hlc, SharedChange, Value};
+        SyncMessage::SharedChange(SharedChange {
+            origin: DeviceId::from_u128(1),
+            seq: 1,
+            hlc: Hlc {
+                time_ms: 1,
+                counter: 0,
+                device: DeviceId::from_u128(1),
+            },
+            model: "tag".into(),
+            record: uuid::Uuid::from_u128(7),
+            kind: ChangeKind::Insert,
+            fields: [("x".to_owned(), Value::List(vec![Value::Null; n]))].into(),
+        })
+    }
+
+    #[test]
+    fn a_maximal_frame_of_nulls_is_refused_as_too_many_values() {
+        // Decoded, each one-byte null is a 32-byte `Value`: without a budget, 4 MiB on the
+        // wire became 128 MiB (and more while the list grew) in memory.
+        let bytes = encode(&nulls(DEFAULT_MAX_FRAME - 128));
+        assert!(bytes.len() <= DEFAULT_MAX_FRAME);
+        let err = decode(&bytes).expect_err("refused");
+        assert!(
+            matches!(err, CodecError::TooManyValues { max } if max == value_budget(bytes.len())),
+            "{err:?}"
+        );
+        let mut d = FrameDecoder::default();
+        d.push(&encode_frame(&nulls(DEFAULT_MAX_FRAME - 128)));
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::Codec(CodecError::TooManyValues { .. }))
+        ));
+    }
+
+    #[test]
+    fn values_within_the_budget_decode() {
+        // A list of small values (two bytes each) fits any frame; so do a few nulls.
+        use crate::Value;
+        let ints = SyncMessage::Error {
+            request_id: None,
+            code: ErrorCode::Busy,
+            message: String::new(),
+        };
+        assert_eq!(decode(&encode(&ints)).ok(), Some(ints));
+        let few = nulls(1000);
+        assert_eq!(decode(&encode(&few)).ok(), Some(few));
+        let mut change = nulls(0);
+        if let SyncMessage::SharedChange(c) = &mut change {
+            c.fields.insert(
+                "ints".into(),
+                Value::List((0..100_000).map(|i| Value::Int(i % 64)).collect()),
+            );
+        }
+        assert_eq!(decode(&encode(&change)).ok(), Some(change));
     }
 
     #[test]

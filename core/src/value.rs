@@ -8,15 +8,74 @@
 //! lists and maps, so a hostile frame cannot exhaust the decoder's stack (postcard itself has
 //! no recursion limit: a 20 KiB frame of nested one-element lists overflowed a 2 MiB stack and
 //! aborted the process).
+//!
+//! Decoding also bounds *breadth*: a null costs one byte on the wire and a 32-byte [`Value`]
+//! in memory, so a 4 MiB frame of nulls used to decode into 128 MiB (and more while the list
+//! grew). Inside [`crate::codec::decode`] (and [`Value::from_bytes`]) every decoded list item
+//! is charged [`LIST_ITEM_COST`] bytes and every map entry [`MAP_ENTRY_COST`] bytes against a
+//! budget of [`value_budget`]`(input length)`; a message over it is refused
+//! ([`crate::CodecError::TooManyValues`]) and never reaches the engine. A list's storage is
+//! reserved only for the items its length announces and the budget covers, so what a decoded
+//! message holds in `Value`s is at most about the budget: 16 bytes per input byte plus 64 KiB.
+//! Only values dominated by nulls in lists (or maps of tiny entries) are refused: any other list
+//! item costs at least two bytes on the wire.
 
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// The deepest nesting of lists and maps a decoded [`Value`] may have (the default recursion
 /// limit of `serde_json`, so any JSON document `serde_json` parses fits).
 pub const MAX_NESTING: usize = 128;
+
+/// What one decoded list item is charged against the decode budget: the size of a [`Value`].
+pub const LIST_ITEM_COST: usize = std::mem::size_of::<Value>();
+
+/// What one decoded map entry is charged against the decode budget: its key and value
+/// (56 bytes), the B-tree's share of nodes as little as half full (about 64 bytes) and the key's
+/// allocation (at least 16 bytes), rounded up.
+pub const MAP_ENTRY_COST: usize = 160;
+
+/// Memory the decoded `Value`s of one message may take per byte of its encoding.
+pub const VALUE_BYTES_PER_INPUT_BYTE: usize = 16;
+
+/// The decode budget, in bytes of decoded `Value`s, for an input of `len` bytes:
+/// [`VALUE_BYTES_PER_INPUT_BYTE`] per byte plus 64 KiB.
+pub fn value_budget(len: usize) -> usize {
+    len.saturating_mul(VALUE_BYTES_PER_INPUT_BYTE)
+        .saturating_add(64 * 1024)
+}
+
+thread_local! {
+    /// The decode budget left on this thread (`None`: unlimited) and whether it was exceeded.
+    static BUDGET: Cell<(Option<usize>, bool)> = const { Cell::new((None, false)) };
+}
+
+/// Runs `f` (one decode) with a budget of `budget` bytes of decoded `Value`s on this thread.
+/// Returns `f`'s result and whether the budget was exceeded (the decode then failed).
+pub(crate) fn with_budget<T>(budget: usize, f: impl FnOnce() -> T) -> (T, bool) {
+    let saved = BUDGET.with(|b| b.replace((Some(budget), false)));
+    let out = f();
+    let (_, exceeded) = BUDGET.with(|b| b.replace(saved));
+    (out, exceeded)
+}
+
+/// Charges `cost` bytes against the current decode budget, if any.
+fn charge<E: de::Error>(cost: usize) -> Result<(), E> {
+    BUDGET.with(|b| match b.get() {
+        (None, _) => Ok(()),
+        (Some(left), _) if left >= cost => {
+            b.set((Some(left - cost), false));
+            Ok(())
+        }
+        (Some(_), _) => {
+            b.set((Some(0), true));
+            Err(E::custom("decoded values exceed the decode budget"))
+        }
+    })
+}
 
 /// A dynamically typed record value.
 ///
@@ -53,9 +112,10 @@ impl Value {
         postcard::to_stdvec(self).unwrap_or_default()
     }
 
-    /// Decodes a value encoded with [`Value::to_bytes`].
+    /// Decodes a value encoded with [`Value::to_bytes`], within [`value_budget`]`(bytes.len())`
+    /// (a value over it is refused as malformed).
     pub fn from_bytes(bytes: &[u8]) -> Result<Value, postcard::Error> {
-        postcard::from_bytes(bytes)
+        with_budget(value_budget(bytes.len()), || postcard::from_bytes(bytes)).0
     }
 
     /// How many levels of lists and maps this value nests (0 for a scalar). Values deeper than
@@ -237,9 +297,22 @@ impl<'de> Visitor<'de> for ListSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
-        // The announced length is the peer's claim: never preallocate more than a little.
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        // The announced length is the peer's claim: it is charged in full before anything is
+        // reserved (so a list the budget cannot hold is refused at once, and a list that holds
+        // reserves exactly its items); without a length, each item is charged as it comes.
+        let announced = seq.size_hint();
+        let mut out = match announced {
+            Some(n) => {
+                charge(n.saturating_mul(LIST_ITEM_COST))?;
+                let unlimited = BUDGET.with(|b| b.get().0.is_none());
+                Vec::with_capacity(if unlimited { n.min(1024) } else { n })
+            }
+            None => Vec::new(),
+        };
         while let Some(v) = seq.next_element_seed(ValueSeed { depth: self.depth })? {
+            if announced.is_none_or(|n| out.len() >= n) {
+                charge(LIST_ITEM_COST)?;
+            }
             out.push(v);
         }
         Ok(out)
@@ -268,6 +341,7 @@ impl<'de> Visitor<'de> for MapSeed {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = BTreeMap::new();
         while let Some(k) = map.next_key::<String>()? {
+            charge(MAP_ENTRY_COST)?;
             let v = map.next_value_seed(ValueSeed { depth: self.depth })?;
             out.insert(k, v);
         }
@@ -413,6 +487,25 @@ mod tests {
         let json = serde_json::to_string(&v).expect("serialises");
         assert_eq!(serde_json::from_str::<Value>(&json).ok(), Some(v));
         assert!(Value::from_bytes(&[9]).is_err(), "unknown variant index");
+    }
+
+    #[test]
+    fn breadth_is_bounded_by_the_input_length() {
+        // 100,000 nulls: 100 KB on the wire, 3.2 MB decoded: over the budget.
+        let nulls = Value::List(vec![Value::Null; 100_000]);
+        let bytes = nulls.to_bytes();
+        assert!(100_000 * LIST_ITEM_COST > value_budget(bytes.len()));
+        assert!(Value::from_bytes(&bytes).is_err());
+        // A list announcing a billion items in six bytes is refused before anything is reserved.
+        assert!(Value::from_bytes(&[7, 0x80, 0x94, 0xeb, 0xdc, 0x03]).is_err());
+        // Small lists of nulls, and long lists of anything else, decode.
+        let few = Value::List(vec![Value::Null; 1000]);
+        assert_eq!(Value::from_bytes(&few.to_bytes()).ok(), Some(few));
+        let ints = Value::List((0..100_000).map(|i| Value::Int(i % 64)).collect());
+        assert_eq!(Value::from_bytes(&ints.to_bytes()).ok(), Some(ints));
+        // Self-describing formats outside the codec are not budgeted.
+        let json = serde_json::to_string(&nulls).expect("serialises");
+        assert_eq!(serde_json::from_str::<Value>(&json).ok(), Some(nulls));
     }
 
     #[test]
