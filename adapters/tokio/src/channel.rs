@@ -8,24 +8,40 @@
 //! It enforces the same maximum frame size as the iroh transport, with the same outcome: a
 //! message whose encoding exceeds it is not sent (an error is logged). Give every engine on
 //! the network the same limit (`Config::max_frame`), and it never emits such a message.
+//!
+//! Each device's inbox is bounded in encoded bytes ([`CHANNEL_INBOX_BYTES`], on top of the
+//! driver's own [`crate::INBOUND_BYTES`]): a message that would take an inbox past it is dropped
+//! (logged), as a network drops what a peer cannot take; anti-entropy repairs what is lost.
 
 use crate::transport::{BoxFuture, EventSink, Transport};
 use hybridsync_core::codec::DEFAULT_MAX_FRAME;
 use hybridsync_core::{DeviceId, Refusal, SyncMessage};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
+
+/// Encoded bytes of messages one device's inbox holds before the driver's sink takes them
+/// (16 MiB); a message that would go past it is dropped.
+pub const CHANNEL_INBOX_BYTES: usize = 16 * 1024 * 1024;
 
 enum Delivery {
     Up(DeviceId),
     Down(DeviceId),
-    Msg(DeviceId, SyncMessage),
+    /// A message and its encoded length.
+    Msg(DeviceId, SyncMessage, usize),
+}
+
+/// A started transport's inbox and the encoded bytes of the messages in it.
+struct Inbox {
+    tx: mpsc::UnboundedSender<Delivery>,
+    bytes: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
 struct Hub {
     /// Started transports: their inbox.
-    inboxes: BTreeMap<DeviceId, mpsc::UnboundedSender<Delivery>>,
+    inboxes: BTreeMap<DeviceId, Inbox>,
     /// Links as ordered pairs `(min, max)`.
     links: BTreeSet<(DeviceId, DeviceId)>,
     /// Largest message body sent; `None` means [`DEFAULT_MAX_FRAME`].
@@ -38,9 +54,18 @@ fn pair(a: DeviceId, b: DeviceId) -> (DeviceId, DeviceId) {
 
 impl Hub {
     fn deliver(&self, to: DeviceId, d: Delivery) {
-        if let Some(inbox) = self.inboxes.get(&to) {
-            let _ = inbox.send(d);
+        let Some(inbox) = self.inboxes.get(&to) else {
+            return;
+        };
+        if let Delivery::Msg(from, msg, bytes) = &d {
+            let held = inbox.bytes.load(Ordering::Acquire);
+            if held.saturating_add(*bytes) > CHANNEL_INBOX_BYTES {
+                tracing::warn!(me = %from, peer = %to, kind = msg.kind(), bytes, held, "peer's inbox is full: message dropped");
+                return;
+            }
+            inbox.bytes.fetch_add(*bytes, Ordering::AcqRel);
         }
+        let _ = inbox.tx.send(d);
     }
 
     fn both_started(&self, a: DeviceId, b: DeviceId) -> bool {
@@ -172,13 +197,19 @@ impl std::fmt::Debug for ChannelTransport {
 impl Transport for ChannelTransport {
     fn start(&mut self, sink: EventSink) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let held = bytes.clone();
         // Forwarder: preserves order per receiver and lets the sink apply backpressure.
         tokio::spawn(async move {
             while let Some(d) = rx.recv().await {
                 let delivered = match d {
                     Delivery::Up(p) => sink.peer_up(p).await,
                     Delivery::Down(p) => sink.peer_down(p).await,
-                    Delivery::Msg(from, msg) => sink.message(from, msg).await,
+                    Delivery::Msg(from, msg, n) => {
+                        let r = sink.message_sized(from, msg, n).await;
+                        held.fetch_sub(n, Ordering::AcqRel);
+                        r
+                    }
                 };
                 if delivered.is_err() {
                     break;
@@ -186,7 +217,7 @@ impl Transport for ChannelTransport {
             }
         });
         let mut hub = self.network.hub();
-        hub.inboxes.insert(self.me, tx);
+        hub.inboxes.insert(self.me, Inbox { tx, bytes });
         let peers: Vec<DeviceId> = hub
             .links
             .iter()
@@ -214,7 +245,7 @@ impl Transport for ChannelTransport {
             tracing::error!(me = %self.me, peer = %to, kind = msg.kind(), bytes, max, "message exceeds the maximum frame size: not sent");
             return;
         }
-        hub.deliver(to, Delivery::Msg(self.me, msg));
+        hub.deliver(to, Delivery::Msg(self.me, msg, bytes));
     }
 
     fn disconnect(&mut self, peer: DeviceId, reason: Refusal) {
@@ -280,5 +311,36 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_held_within_the_inbox_and_sink_budgets() {
+        let (a, b) = (DeviceId::from_u128(1), DeviceId::from_u128(2));
+        let net = ChannelNetwork::new();
+        let mut ta = net.transport(a);
+        let mut tb = net.transport(b);
+        let (sink_a, _source_a) = EventSink::channel();
+        let (sink_b, mut source_b) = EventSink::channel();
+        ta.start(sink_a);
+        tb.start(sink_b);
+        net.link(a, b);
+        assert!(matches!(
+            source_b.recv().await,
+            Some(TransportEvent::PeerUp(_))
+        ));
+        // 100 messages of 1 MiB for a driver that takes nothing meanwhile.
+        for _ in 0..100 {
+            ta.send(b, error(1024 * 1024));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut got = 0usize;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), source_b.recv()).await
+        {
+            got += 1;
+        }
+        let held = (CHANNEL_INBOX_BYTES + crate::INBOUND_BYTES) / (1024 * 1024);
+        assert!(got <= held, "{got} MiB were held for the driver");
+        assert!(got >= CHANNEL_INBOX_BYTES / (1024 * 1024) - 1, "only {got}");
     }
 }

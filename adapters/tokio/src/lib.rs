@@ -42,6 +42,9 @@ mod node;
 mod storage;
 pub mod transport;
 
-pub use channel::{ChannelNetwork, ChannelTransport};
+pub use channel::{ChannelNetwork, ChannelTransport, CHANNEL_INBOX_BYTES};
 pub use node::{Fetch, Node, NodeBuilder, NodeError, Progress, Status};
-pub use transport::{BoxFuture, EventSink, EventSource, SinkClosed, Transport, TransportEvent};
+pub use transport::{
+    BoxFuture, EventSink, EventSource, InboundPermit, SinkClosed, Transport, TransportEvent,
+    BULK_QUEUE, INBOUND_BYTES, REALTIME_QUEUE,
+};

@@ -31,7 +31,8 @@ use hybridsync_core::{DeviceId, Refusal, SyncMessage};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Something a transport reports to the driver.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,24 +85,50 @@ pub trait Transport: Send + 'static {
 pub const REALTIME_QUEUE: usize = 1024;
 /// Capacity of the bulk inbound queue (catch-up requests and pages).
 pub const BULK_QUEUE: usize = 64;
+/// Encoded bytes of inbound messages an [`EventSink`] holds for the driver, across every peer
+/// and both queues (8 MiB: two maximal frames). A frame's bytes are taken before its body is
+/// read ([`EventSink::reserve`]) and given back when the driver takes the message, so the
+/// frames being read and the messages queued never hold more; a frame larger than the budget
+/// takes all of it. Decoded, a message takes at most 16 bytes per encoded byte plus 4 KiB
+/// ([`hybridsync_core::codec::value_budget`]).
+pub const INBOUND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where a transport reports inbound events. Cheap to clone (one per connection task).
 ///
 /// Two bounded queues: connection events and real-time messages in one, bulk catch-up traffic
 /// in the other; the driver always empties the first before taking from the second, so a
-/// backlog of large pages never delays a real-time change. A full queue makes the sending task
-/// wait: backpressure reaches the peer through the transport's flow control.
+/// backlog of large pages never delays a real-time change. Both are bounded in messages
+/// ([`REALTIME_QUEUE`], [`BULK_QUEUE`]) and together in encoded bytes ([`INBOUND_BYTES`]). A
+/// full queue or an exhausted byte budget makes the sending task wait: backpressure reaches
+/// the peer through the transport's flow control (a reader that waits stops reading).
 #[derive(Clone, Debug)]
 pub struct EventSink {
-    realtime: mpsc::Sender<TransportEvent>,
-    bulk: mpsc::Sender<TransportEvent>,
+    realtime: mpsc::Sender<Queued>,
+    bulk: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    budget: usize,
+}
+
+/// An event with the inbound bytes it holds until the driver takes it.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    event: TransportEvent,
+    _bytes: Option<InboundPermit>,
+}
+
+/// Encoded bytes of one inbound message, taken from the [`EventSink`]'s budget
+/// ([`EventSink::reserve`]) and given back when the driver takes the message (or when the
+/// permit is dropped).
+#[derive(Debug)]
+pub struct InboundPermit {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The driver's receiving end of an [`EventSink`].
 #[derive(Debug)]
 pub struct EventSource {
-    pub(crate) realtime: mpsc::Receiver<TransportEvent>,
-    pub(crate) bulk: mpsc::Receiver<TransportEvent>,
+    pub(crate) realtime: mpsc::Receiver<Queued>,
+    pub(crate) bulk: mpsc::Receiver<Queued>,
 }
 
 /// The driver (or any other consumer) is gone; the event was not delivered.
@@ -110,14 +137,23 @@ pub struct EventSource {
 pub struct SinkClosed;
 
 impl EventSink {
-    /// A connected sink and source.
+    /// A connected sink and source, with a budget of [`INBOUND_BYTES`].
     pub fn channel() -> (EventSink, EventSource) {
+        Self::with_budget(INBOUND_BYTES)
+    }
+
+    /// A connected sink and source holding at most `budget` encoded bytes of messages (at
+    /// least 1).
+    pub fn with_budget(budget: usize) -> (EventSink, EventSource) {
+        let budget = budget.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (rt_tx, rt_rx) = mpsc::channel(REALTIME_QUEUE);
         let (bulk_tx, bulk_rx) = mpsc::channel(BULK_QUEUE);
         (
             EventSink {
                 realtime: rt_tx,
                 bulk: bulk_tx,
+                bytes: Arc::new(Semaphore::new(budget)),
+                budget,
             },
             EventSource {
                 realtime: rt_rx,
@@ -126,32 +162,86 @@ impl EventSink {
         )
     }
 
+    /// The sink's byte budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// Encoded bytes the sink can still take without waiting.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// Takes `bytes` (at most the whole budget) from the budget, waiting while it is held by
+    /// frames being read or messages the driver has not taken yet. A reader calls it once a
+    /// frame's length is known, before reading its body, so a peer that sends faster than
+    /// the driver takes is not read from.
+    pub async fn reserve(&self, bytes: usize) -> Result<InboundPermit, SinkClosed> {
+        let n = u32::try_from(bytes.clamp(1, self.budget)).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            p = self.bytes.clone().acquire_many_owned(n) => p.map_err(|_| SinkClosed)?,
+            _ = self.realtime.closed() => return Err(SinkClosed),
+        };
+        Ok(InboundPermit { _permit: permit })
+    }
+
     /// Reports that `peer` is connected.
     pub async fn peer_up(&self, peer: DeviceId) -> Result<(), SinkClosed> {
-        self.realtime
-            .send(TransportEvent::PeerUp(peer))
-            .await
-            .map_err(|_| SinkClosed)
+        self.push(TransportEvent::PeerUp(peer), None).await
     }
 
     /// Reports that `peer` is disconnected.
     pub async fn peer_down(&self, peer: DeviceId) -> Result<(), SinkClosed> {
-        self.realtime
-            .send(TransportEvent::PeerDown(peer))
-            .await
-            .map_err(|_| SinkClosed)
+        self.push(TransportEvent::PeerDown(peer), None).await
     }
 
     /// Delivers a message from the authenticated device `from`, waiting while the queue is
-    /// full. Real-time messages take the priority queue.
+    /// full or the byte budget is held. Real-time messages take the priority queue. The
+    /// message's bytes are its encoded length (it is encoded once to measure it); a transport
+    /// that knows the frame length uses [`EventSink::reserve`] and
+    /// [`EventSink::message_reserved`] instead.
     pub async fn message(&self, from: DeviceId, msg: SyncMessage) -> Result<(), SinkClosed> {
-        let queue = if msg.is_realtime() {
-            &self.realtime
-        } else {
-            &self.bulk
+        let bytes = hybridsync_core::encode(&msg).len();
+        self.message_sized(from, msg, bytes).await
+    }
+
+    /// Delivers a message whose encoding is `bytes` long, as [`EventSink::message`].
+    pub async fn message_sized(
+        &self,
+        from: DeviceId,
+        msg: SyncMessage,
+        bytes: usize,
+    ) -> Result<(), SinkClosed> {
+        let permit = self.reserve(bytes).await?;
+        self.message_reserved(from, msg, permit).await
+    }
+
+    /// Delivers a message whose bytes were already taken with [`EventSink::reserve`]; they
+    /// are given back when the driver takes it.
+    pub async fn message_reserved(
+        &self,
+        from: DeviceId,
+        msg: SyncMessage,
+        permit: InboundPermit,
+    ) -> Result<(), SinkClosed> {
+        self.push(TransportEvent::Message { from, msg }, Some(permit))
+            .await
+    }
+
+    async fn push(
+        &self,
+        event: TransportEvent,
+        bytes: Option<InboundPermit>,
+    ) -> Result<(), SinkClosed> {
+        let queue = match &event {
+            TransportEvent::Message { msg, .. } if !msg.is_realtime() => &self.bulk,
+            _ => &self.realtime,
         };
         queue
-            .send(TransportEvent::Message { from, msg })
+            .send(Queued {
+                event,
+                _bytes: bytes,
+            })
             .await
             .map_err(|_| SinkClosed)
     }
@@ -163,13 +253,89 @@ impl EventSink {
 }
 
 impl EventSource {
-    /// The next event, real-time queue first; `None` once every sink is dropped.
+    /// The next event, real-time queue first; `None` once every sink is dropped. A message's
+    /// bytes go back to the sink's budget here.
     pub async fn recv(&mut self) -> Option<TransportEvent> {
         tokio::select! {
             biased;
-            Some(e) = self.realtime.recv() => Some(e),
-            Some(e) = self.bulk.recv() => Some(e),
+            Some(e) = self.realtime.recv() => Some(e.event),
+            Some(e) = self.bulk.recv() => Some(e.event),
             else => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn page(len: usize) -> SyncMessage {
+        SyncMessage::Error {
+            request_id: None,
+            code: hybridsync_core::ErrorCode::Busy,
+            message: "x".repeat(len),
+        }
+    }
+
+    /// Queues `msg` until a delivery waits (the driver takes nothing); returns the bytes taken.
+    async fn fill(sink: &EventSink, msg: &SyncMessage, limit: usize) -> usize {
+        let bytes = hybridsync_core::encode(msg).len();
+        let mut queued = 0;
+        while queued <= limit {
+            let send = sink.message(DeviceId::from_u128(1), msg.clone());
+            match tokio::time::timeout(Duration::from_millis(200), send).await {
+                Ok(r) => r.expect("driver alive"),
+                Err(_) => break,
+            }
+            queued += bytes;
+        }
+        queued
+    }
+
+    #[tokio::test]
+    async fn inbound_queues_are_bounded_in_bytes_not_only_in_messages() {
+        let (sink, mut source) = EventSink::channel();
+        // 1 MiB messages: 64 fit the bulk queue's count, 8 the byte budget.
+        let msg = page(1024 * 1024);
+        let queued = fill(&sink, &msg, 64 * 1024 * 1024).await;
+        assert!(
+            queued <= 8 * 1024 * 1024,
+            "{queued} bytes queued for a driver that takes nothing"
+        );
+        assert!(queued >= 7 * 1024 * 1024, "only {queued} bytes queued");
+        // Real-time messages share the budget.
+        let (rt_sink, _rt_source) = EventSink::channel();
+        let rt = SyncMessage::HeartbeatDelta {
+            heads: BTreeSet::new()
+                .into_iter()
+                .map(|d: DeviceId| (d, 0))
+                .collect(),
+            vv: hybridsync_core::VersionVector::new(),
+        };
+        let rt_bytes = hybridsync_core::encode(&rt).len();
+        let rt_queued = fill(&rt_sink, &rt, 4096 * rt_bytes).await;
+        assert_eq!(
+            rt_queued,
+            REALTIME_QUEUE * rt_bytes,
+            "count bound unchanged"
+        );
+        // Once the driver takes a message, a waiting delivery goes through.
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            let msg = msg.clone();
+            async move { sink.message(DeviceId::from_u128(1), msg).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        assert!(matches!(
+            source.recv().await,
+            Some(TransportEvent::Message { .. })
+        ));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("delivered once the driver took one")
+            .expect("task")
+            .expect("driver alive");
     }
 }
