@@ -10,7 +10,7 @@ use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream, VarInt
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointId};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -66,6 +66,13 @@ pub struct IrohConfig {
     pub realtime_queue: usize,
     /// Outbound bulk messages (catch-up pages) queued per peer (default 256).
     pub bulk_queue: usize,
+    /// Encoded bytes of outbound real-time frames queued per peer (default 32 MiB); past it the
+    /// peer is too slow and disconnected, as past [`IrohConfig::realtime_queue`].
+    pub realtime_queue_bytes: usize,
+    /// Encoded bytes of outbound bulk frames (catch-up pages and requests) queued per peer
+    /// (default 16 MiB: four maximal frames); past it the peer is disconnected as too slow (a
+    /// requester that waits for each page never has more than one or two queued).
+    pub bulk_queue_bytes: usize,
     /// Before its first dial of a device, the side with the larger endpoint id waits this long
     /// (plus jitter) so the smaller side's dial usually wins without a duplicate (default
     /// 200 ms; both sides dial anyway, duplicates are resolved deterministically).
@@ -90,6 +97,8 @@ impl Default for IrohConfig {
             refusal_cooldown: Duration::from_secs(10),
             realtime_queue: 65_536,
             bulk_queue: 256,
+            realtime_queue_bytes: 32 * 1024 * 1024,
+            bulk_queue_bytes: 16 * 1024 * 1024,
             dial_grace: Duration::from_millis(200),
             jitter_seed: None,
             close_timeout: None,
@@ -115,8 +124,34 @@ struct Active {
     conn: Connection,
     /// Who dialed it (for de-duplication).
     dialer: EndpointId,
-    realtime: mpsc::Sender<Outbound>,
-    bulk: mpsc::Sender<Outbound>,
+    realtime: OutQueue,
+    bulk: OutQueue,
+}
+
+/// One outbound queue of a connection and the encoded bytes of the frames in it.
+struct OutQueue {
+    tx: mpsc::Sender<Outbound>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl OutQueue {
+    /// Queues `frame`; `false` if the queue is full in frames or in bytes.
+    fn push(&self, frame: Vec<u8>) -> Result<(), mpsc::error::TrySendError<()>> {
+        let len = frame.len();
+        let held = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if held.saturating_add(len) > self.max_bytes.max(1) && held > 0 {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(mpsc::error::TrySendError::Full(()));
+        }
+        self.tx.try_send(Outbound::Frame(frame)).map_err(|e| {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            }
+        })
+    }
 }
 
 #[derive(Default)]
@@ -180,7 +215,16 @@ struct Shared {
 /// - **Frames**: `u32` big-endian length + postcard, via core's `encode_frame` and
 ///   `FrameDecoder`; the length is checked against `max_frame` before reading the body. A bad
 ///   or oversized frame gets an `Error` message, the connection is closed and the peer cools
-///   down; nothing reaches the engine.
+///   down; nothing reaches the engine. A frame whose values would decode into more than 16
+///   bytes per frame byte (plus 4 KiB) is a bad frame too (`CodecError::TooManyValues`).
+/// - **Memory**: once a frame's length is known, its bytes are taken from the driver's inbound
+///   budget (`hybridsync_tokio::INBOUND_BYTES`, 8 MiB across every peer) before its body is
+///   read, and given back when the driver takes the message: while the driver is behind, no
+///   stream is read and QUIC flow control stops the peer. Each reader keeps at most one
+///   frame's buffer (given back once a frame is delivered). Outbound queues are bounded per
+///   peer in frames and in bytes ([`IrohConfig::realtime_queue_bytes`],
+///   [`IrohConfig::bulk_queue_bytes`], plus the frame being written); a peer past either is
+///   disconnected as too slow.
 #[derive(Clone)]
 pub struct IrohTransport {
     shared: Arc<Shared>,
@@ -329,6 +373,7 @@ impl Shared {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (rt_tx, rt_rx) = mpsc::channel(self.config.realtime_queue.max(1));
         let (bulk_tx, bulk_rx) = mpsc::channel(self.config.bulk_queue.max(1));
+        let (rt_bytes, bulk_bytes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let order = self.peer_events.lock().await;
         let replaced = {
             let mut st = lock(&self.state);
@@ -363,8 +408,16 @@ impl Shared {
                     id,
                     conn: conn.clone(),
                     dialer,
-                    realtime: rt_tx,
-                    bulk: bulk_tx,
+                    realtime: OutQueue {
+                        tx: rt_tx,
+                        bytes: rt_bytes.clone(),
+                        max_bytes: self.config.realtime_queue_bytes,
+                    },
+                    bulk: OutQueue {
+                        tx: bulk_tx,
+                        bytes: bulk_bytes.clone(),
+                        max_bytes: self.config.bulk_queue_bytes,
+                    },
                 },
             );
             replaced
@@ -380,8 +433,8 @@ impl Shared {
         // Each side needs two streams; a peer opening more cannot make us buffer more frames.
         conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_INBOUND_STREAMS));
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(writer(conn.clone(), rt_rx, 1));
-        tasks.spawn(writer(conn.clone(), bulk_rx, 0));
+        tasks.spawn(writer(conn.clone(), rt_rx, rt_bytes, 1));
+        tasks.spawn(writer(conn.clone(), bulk_rx, bulk_bytes, 0));
         tasks.spawn(accept_streams(
             self.clone(),
             conn.clone(),
@@ -428,6 +481,7 @@ impl Shared {
         });
         if active
             .realtime
+            .tx
             .try_send(Outbound::Close {
                 error,
                 code: close,
@@ -574,11 +628,19 @@ impl Shared {
 }
 
 /// Writes queued frames to one unidirectional stream, opened on first use.
-async fn writer(conn: Connection, mut rx: mpsc::Receiver<Outbound>, priority: i32) {
+async fn writer(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Outbound>,
+    queued: Arc<AtomicUsize>,
+    priority: i32,
+) {
     let mut stream: Option<SendStream> = None;
     while let Some(out) = rx.recv().await {
         let (bytes, close) = match out {
-            Outbound::Frame(b) => (b, None),
+            Outbound::Frame(b) => {
+                queued.fetch_sub(b.len(), Ordering::AcqRel);
+                (b, None)
+            }
             Outbound::Close {
                 error,
                 code,
@@ -618,14 +680,25 @@ async fn accept_streams(shared: Arc<Shared>, conn: Connection, device: DeviceId,
 }
 
 /// Reads frames from one stream: exactly as many bytes as the current frame needs, so a
-/// hostile length prefix is refused before anything is allocated for its body.
+/// hostile length prefix is refused before anything is allocated for its body. Once a frame's
+/// length is known, its bytes are taken from the sink's budget ([`EventSink::reserve`]) before
+/// its body is read: while the driver is behind, the stream is not read and QUIC flow control
+/// stops the peer.
 async fn reader(shared: Arc<Shared>, mut recv: RecvStream, device: DeviceId, sink: EventSink) {
     let mut decoder = FrameDecoder::new(shared.config.max_frame);
+    let mut permit = None;
     loop {
         let wanted = match decoder.wanted() {
             Ok(n) => n,
             Err(e) => return bad_frame(&shared, device, &e),
         };
+        if permit.is_none() && decoder.buffered() >= 4 {
+            // The prefix is in: `wanted` is the body's length.
+            match sink.reserve(4 + wanted).await {
+                Ok(p) => permit = Some(p),
+                Err(_) => return,
+            }
+        }
         match recv.read_chunk(wanted.min(64 * 1024)).await {
             Ok(Some(chunk)) => decoder.push(&chunk),
             Ok(None) | Err(_) => return,
@@ -633,8 +706,20 @@ async fn reader(shared: Arc<Shared>, mut recv: RecvStream, device: DeviceId, sin
         loop {
             match decoder.next_message() {
                 Ok(Some(msg)) => {
-                    if sink.message(device, msg).await.is_err() {
+                    let p = match permit.take() {
+                        Some(p) => p,
+                        None => match sink.reserve(4).await {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                    };
+                    if sink.message_reserved(device, msg, p).await.is_err() {
                         return;
+                    }
+                    if decoder.buffered() == 0 {
+                        // Give back the buffer a large frame grew, so an idle stream holds
+                        // nothing.
+                        decoder = FrameDecoder::new(shared.config.max_frame);
                     }
                 }
                 Ok(None) => break,
@@ -749,7 +834,7 @@ impl Transport for IrohTransport {
         } else {
             &active.bulk
         };
-        if let Err(e) = queue.try_send(Outbound::Frame(frame)) {
+        if let Err(e) = queue.push(frame) {
             if matches!(e, mpsc::error::TrySendError::Full(_)) {
                 tracing::warn!(peer = %to, "peer too slow: closing the connection");
                 active
