@@ -21,12 +21,12 @@
 
 use crate::node::{NodeError, Progress, Status};
 use crate::storage::{BatchResult, Job};
-use crate::transport::{EventSource, Transport, TransportEvent};
+use crate::transport::{EventSource, InboundPermit, Transport, TransportEvent};
 use hybridsync_core::write_ahead::WriteAhead;
 use hybridsync_core::{
     Command, CommandError, CommandId, DeviceId, Event, Input, Instant, Now, Output, Replica, Stream,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -104,6 +104,14 @@ pub(crate) struct Driver<S> {
     pub(crate) members: BTreeSet<DeviceId>,
     pub(crate) pending: BTreeMap<CommandId, Pending>,
     pub(crate) next_command: u64,
+    /// Inbound bytes of messages the engine took whose storage commands are not committed yet,
+    /// with the number of the batch that commits them: until then, what the message caused
+    /// (records queued for storage, sends and events behind them) is held in memory, so its
+    /// bytes stay taken from the transport's budget.
+    pub(crate) held: VecDeque<(u64, InboundPermit)>,
+    /// Storage batches started and committed.
+    pub(crate) batches_started: u64,
+    pub(crate) batches_done: u64,
 }
 
 impl<S: Send + 'static> Driver<S> {
@@ -138,8 +146,13 @@ impl<S: Send + 'static> Driver<S> {
                     }
                     Some(req) => self.on_request(req),
                 },
-                ev = self.source.recv(), if accept_input => match ev {
-                    Some(ev) => self.on_transport(ev),
+                ev = self.source.recv_held(), if accept_input => match ev {
+                    Some((ev, bytes)) => {
+                        self.on_transport(ev);
+                        if let Some(bytes) = bytes {
+                            self.hold(bytes);
+                        }
+                    }
                     None => transport_open = false,
                 },
                 () = tokio::time::sleep_until(deadline) => self.handle(Input::Tick),
@@ -195,6 +208,7 @@ impl<S: Send + 'static> Driver<S> {
     fn drain(&mut self) {
         self.collect();
         self.flush();
+        self.release_held();
     }
 
     /// Takes the engine's outputs into the write-ahead queues. Two decisions take effect at
@@ -230,13 +244,40 @@ impl<S: Send + 'static> Driver<S> {
         let Some(batch) = flush.batch else {
             return;
         };
+        self.batches_started += 1;
         if self.jobs.send(Job::Batch(batch)).is_err() {
             tracing::error!("the storage thread is gone; actions dropped");
             self.wal.abandon();
         }
     }
 
+    /// Keeps a handled message's inbound bytes until the batch holding its storage commands
+    /// (the one committing, or the next if commands are queued behind it) is committed.
+    fn hold(&mut self, bytes: InboundPermit) {
+        if self.wal.is_idle() {
+            return;
+        }
+        let batch = self.batches_started + u64::from(self.wal.queued_commands() > 0);
+        self.held.push_back((batch, bytes));
+    }
+
+    /// Gives back the inbound bytes of messages whose storage commands are committed.
+    fn release_held(&mut self) {
+        if self.wal.is_idle() {
+            self.held.clear();
+            return;
+        }
+        while self
+            .held
+            .front()
+            .is_some_and(|(batch, _)| *batch <= self.batches_done)
+        {
+            self.held.pop_front();
+        }
+    }
+
     fn on_batch_done(&mut self, result: BatchResult) -> Result<(), NodeError> {
+        self.batches_done += 1;
         let actions = self.wal.committed();
         let reads = match result {
             Ok(reads) => reads,

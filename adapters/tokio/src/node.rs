@@ -183,6 +183,9 @@ impl NodeBuilder {
             members,
             pending: BTreeMap::new(),
             next_command: 0,
+            held: Default::default(),
+            batches_started: 0,
+            batches_done: 0,
         };
         let task = tokio::spawn(driver.run());
         tracing::info!(device = %device, "node started");

@@ -87,9 +87,10 @@ pub const REALTIME_QUEUE: usize = 1024;
 pub const BULK_QUEUE: usize = 64;
 /// Encoded bytes of inbound messages an [`EventSink`] holds for the driver, across every peer
 /// and both queues (8 MiB: two maximal frames). A frame's bytes are taken before its body is
-/// read ([`EventSink::reserve`]) and given back when the driver takes the message, so the
-/// frames being read and the messages queued never hold more; a frame larger than the budget
-/// takes all of it. Decoded, a message takes at most 16 bytes per encoded byte plus 4 KiB
+/// read ([`EventSink::reserve`]) and given back once the storage batch holding what the
+/// message caused is committed (at once if it caused nothing to store), so the frames being
+/// read, the messages queued and the records waiting for the disk never hold more; a frame
+/// larger than the budget takes all of it. Decoded, a message takes at most 16 bytes per encoded byte plus 4 KiB
 /// ([`hybridsync_core::codec::value_budget`]).
 pub const INBOUND_BYTES: usize = 8 * 1024 * 1024;
 
@@ -113,7 +114,7 @@ pub struct EventSink {
 #[derive(Debug)]
 pub(crate) struct Queued {
     event: TransportEvent,
-    _bytes: Option<InboundPermit>,
+    bytes: Option<InboundPermit>,
 }
 
 /// Encoded bytes of one inbound message, taken from the [`EventSink`]'s budget
@@ -238,10 +239,7 @@ impl EventSink {
             _ => &self.realtime,
         };
         queue
-            .send(Queued {
-                event,
-                _bytes: bytes,
-            })
+            .send(Queued { event, bytes })
             .await
             .map_err(|_| SinkClosed)
     }
@@ -256,12 +254,19 @@ impl EventSource {
     /// The next event, real-time queue first; `None` once every sink is dropped. A message's
     /// bytes go back to the sink's budget here.
     pub async fn recv(&mut self) -> Option<TransportEvent> {
-        tokio::select! {
+        self.recv_held().await.map(|(event, _)| event)
+    }
+
+    /// The next event and the bytes it holds; they go back to the sink's budget when the
+    /// permit is dropped (the driver keeps it until what the message caused is committed).
+    pub(crate) async fn recv_held(&mut self) -> Option<(TransportEvent, Option<InboundPermit>)> {
+        let q = tokio::select! {
             biased;
-            Some(e) = self.realtime.recv() => Some(e.event),
-            Some(e) = self.bulk.recv() => Some(e.event),
-            else => None,
-        }
+            Some(e) = self.realtime.recv() => e,
+            Some(e) = self.bulk.recv() => e,
+            else => return None,
+        };
+        Some((q.event, q.bytes))
     }
 }
 
