@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use hybridsync_core::codec::DEFAULT_MAX_FRAME;
 use hybridsync_core::{
-    encode_frame, ChangeKind, DeviceId, ErrorCode, Hlc, SharedChange, SyncMessage, Value,
+    encode_frame, ChangeKind, DeviceId, ErrorCode, Hlc, OwnedRecord, SharedChange, SyncMessage,
+    Value,
 };
 use hybridsync_iroh::{offline_endpoint, DEFAULT_ALPN};
 use iroh::{Endpoint, SecretKey};
@@ -20,10 +21,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// The documented budget: what the victim's peak RSS may grow by under the attack, in MiB.
-/// Inbound: 8 MiB of frames being read or queued for the driver (`INBOUND_BYTES`), at most 16
-/// bytes of decoded values per frame byte plus 4 KiB per message, the reader's 4 MiB frame
-/// buffer per stream (4 streams), the outbound queues and QUIC's windows.
+/// The documented budget: what the victim's peak RSS may grow by under the attack from one
+/// member, in MiB. Inbound: 8 MiB of frames being read, queued for the driver or waiting for
+/// the disk (`INBOUND_BYTES`), decoded into at most 16 bytes of values per frame byte plus
+/// 4 KiB per message (136 MiB); outbound: 48 MiB of queued frames per peer
+/// (`realtime_queue_bytes` + `bulk_queue_bytes`); the rest is QUIC's windows and, in this
+/// in-process test, the attacker's own frames and send buffers.
 const BUDGET_MIB: u64 = 256;
 
 /// How long each phase of the attack lasts.
@@ -106,6 +109,51 @@ async fn flood(ep: &Endpoint, victim: &Dev, frame: &[u8], until: Instant) -> usi
     sent.load(Ordering::Relaxed)
 }
 
+/// Pushes `origin`'s own device-owned records of (almost) a maximal frame each, in seq order
+/// on one stream, until `until`: valid messages the victim stores. Returns the frames written.
+async fn flood_records(ep: &Endpoint, victim: &Dev, origin: DeviceId, until: Instant) -> usize {
+    let mut seq = 0u64;
+    let data = vec![7u8; DEFAULT_MAX_FRAME - 1024];
+    while Instant::now() < until {
+        let conn = match tokio::time::timeout(
+            Duration::from_secs(2),
+            ep.connect(victim.endpoint_addr(), DEFAULT_ALPN),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(mut s) = conn.open_uni().await else {
+            continue;
+        };
+        while Instant::now() < until {
+            let rec = OwnedRecord {
+                owner: origin,
+                seq: seq + 1,
+                hlc: Hlc {
+                    time_ms: seq + 1,
+                    counter: 0,
+                    device: origin,
+                },
+                model: "entry".into(),
+                uuid: Uuid::from_u128(u128::from(seq % 8)),
+                data: Some(data.clone()),
+            };
+            let frame = encode_frame(&SyncMessage::StateChange(rec.into()));
+            match tokio::time::timeout_at(until, s.write_all(&frame)).await {
+                Ok(Ok(())) => seq += 1,
+                _ => break,
+            }
+        }
+        conn.close(0u32.into(), b"done");
+    }
+    usize::try_from(seq).unwrap_or(usize::MAX)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_streaming_maximal_frames_stays_within_the_memory_budget() {
     init_tracing();
@@ -136,10 +184,18 @@ async fn a_member_streaming_maximal_frames_stays_within_the_memory_budget() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut report = Vec::new();
-    for (name, frame) in [("text", &text_frame), ("nulls", &nulls_frame)] {
+    for (name, frame) in [
+        ("text", Some(&text_frame)),
+        ("nulls", Some(&nulls_frame)),
+        ("records", None),
+    ] {
         let base = status_kib("VmRSS:");
         reset_peak();
-        let sent = flood(&ep, &a, frame, Instant::now() + PHASE).await;
+        let until = Instant::now() + PHASE;
+        let sent = match frame {
+            Some(frame) => flood(&ep, &a, frame, until).await,
+            None => flood_records(&ep, &a, rogue, until).await,
+        };
         let peak = status_kib("VmHWM:");
         let grew_mib = peak.saturating_sub(base) / 1024;
         eprintln!(
