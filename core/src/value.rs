@@ -52,6 +52,35 @@ pub fn value_budget(len: usize) -> usize {
         .saturating_add(VALUE_BUDGET_BASE)
 }
 
+/// What the fields of one shared write may take decoded beyond
+/// [`VALUE_BYTES_PER_INPUT_BYTE`] per byte of their encoding: 16 times the smallest register
+/// stamp (18 bytes) that travels with each field of a snapshot record, so no message carrying
+/// the fields (a change, a batch, a log page, a snapshot page) can exceed its decode budget.
+pub const FIELDS_EXCESS_ALLOWANCE: usize = VALUE_BYTES_PER_INPUT_BYTE * 18;
+
+/// Whether the fields of one shared write decode within the budget in every message that
+/// could carry them, so no peer refuses them. `Err((excess, allowance))` if not: `excess` is
+/// what their values take decoded beyond [`VALUE_BYTES_PER_INPUT_BYTE`] per byte of their
+/// encoding, `allowance` is [`FIELDS_EXCESS_ALLOWANCE`]. Only values dominated by nulls in
+/// lists (or maps of tiny entries) can fail.
+pub fn check_fields_decode(fields: &BTreeMap<String, Value>) -> Result<(), (usize, usize)> {
+    let excess = fields
+        .values()
+        .map(|v| {
+            v.decode_cost().saturating_sub(
+                v.to_bytes()
+                    .len()
+                    .saturating_mul(VALUE_BYTES_PER_INPUT_BYTE),
+            )
+        })
+        .fold(0usize, usize::saturating_add);
+    if excess > FIELDS_EXCESS_ALLOWANCE {
+        Err((excess, FIELDS_EXCESS_ALLOWANCE))
+    } else {
+        Ok(())
+    }
+}
+
 thread_local! {
     /// The decode budget left on this thread (`None`: unlimited) and whether it was exceeded.
     static BUDGET: Cell<(Option<usize>, bool)> = const { Cell::new((None, false)) };
@@ -120,6 +149,28 @@ impl Value {
     /// (a value over it is refused as malformed).
     pub fn from_bytes(bytes: &[u8]) -> Result<Value, postcard::Error> {
         with_budget(value_budget(bytes.len()), || postcard::from_bytes(bytes)).0
+    }
+
+    /// What decoding this value charges against the decode budget: [`LIST_ITEM_COST`] per item
+    /// of every list in it and [`MAP_ENTRY_COST`] per entry of every map in it. Computed
+    /// without recursion.
+    pub fn decode_cost(&self) -> usize {
+        let mut cost = 0usize;
+        let mut stack = vec![self];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::List(items) => {
+                    cost = cost.saturating_add(items.len().saturating_mul(LIST_ITEM_COST));
+                    stack.extend(items.iter());
+                }
+                Value::Map(entries) => {
+                    cost = cost.saturating_add(entries.len().saturating_mul(MAP_ENTRY_COST));
+                    stack.extend(entries.values());
+                }
+                _ => {}
+            }
+        }
+        cost
     }
 
     /// How many levels of lists and maps this value nests (0 for a scalar). Values deeper than
@@ -510,6 +561,50 @@ mod tests {
         // Self-describing formats outside the codec are not budgeted.
         let json = serde_json::to_string(&nulls).expect("serialises");
         assert_eq!(serde_json::from_str::<Value>(&json).ok(), Some(nulls));
+    }
+
+    #[test]
+    fn fields_that_pass_the_write_check_decode_in_any_batch() {
+        use crate::codec::{decode, encode};
+        use crate::{ChangeKind, DeviceId, Hlc, SharedChange, SyncMessage};
+        let change = |fields: BTreeMap<String, Value>| SharedChange {
+            origin: DeviceId::from_u128(1),
+            seq: 1,
+            hlc: Hlc {
+                time_ms: 1,
+                counter: 0,
+                device: DeviceId::from_u128(1),
+            },
+            model: "tag".into(),
+            record: uuid::Uuid::from_u128(1),
+            kind: ChangeKind::Insert,
+            fields,
+        };
+        // The most nulls a write may hold, in many changes of one batch: every peer decodes it.
+        let mut n = 0;
+        while check_fields_decode(&[("".into(), Value::List(vec![Value::Null; n + 1]))].into())
+            .is_ok()
+        {
+            n += 1;
+        }
+        assert!(n >= 8, "a few nulls are always fine ({n})");
+        let fields: BTreeMap<String, Value> =
+            [("".into(), Value::List(vec![Value::Null; n]))].into();
+        let batch = SyncMessage::SharedChangeBatch(vec![change(fields); 10_000]);
+        assert!(decode(&encode(&batch)).is_ok());
+        // One more null is refused at the write; ordinary values pass.
+        let over: BTreeMap<String, Value> =
+            [("".into(), Value::List(vec![Value::Null; n + 1]))].into();
+        assert!(check_fields_decode(&over).is_err());
+        let ordinary: BTreeMap<String, Value> = [
+            ("name".into(), Value::from("holiday")),
+            (
+                "ids".into(),
+                Value::List((0..10_000).map(Value::Int).collect()),
+            ),
+        ]
+        .into();
+        assert!(check_fields_decode(&ordinary).is_ok());
     }
 
     #[test]

@@ -30,6 +30,17 @@ pub enum NodeError {
     /// running.
     #[error("read failed: {0}")]
     Read(String),
+    /// A shared write's values would take more memory decoded than peers accept for their
+    /// size (a list dominated by nulls, a map of tiny entries): every peer would refuse the
+    /// messages carrying them, so the write is refused here (nothing changed). See
+    /// [`hybridsync_core::value::check_fields_decode`].
+    #[error("the write's values take {excess} bytes decoded beyond 16 per encoded byte; at most {allowance}")]
+    TooManyValues {
+        /// What the values take beyond the budget for their size.
+        excess: usize,
+        /// The most allowed.
+        allowance: usize,
+    },
 }
 
 /// One page of a running catch-up, reported to the caller of [`Node::request_state`] or
@@ -261,8 +272,13 @@ impl<S: Send + 'static> Node<S> {
         self.inner.events.subscribe()
     }
 
-    /// Runs any command and waits for its completion.
+    /// Runs any command and waits for its completion. A shared write whose values peers would
+    /// refuse to decode is refused first ([`NodeError::TooManyValues`]).
     pub async fn command(&self, cmd: Command) -> Result<(), NodeError> {
+        if let Command::InsertShared { fields, .. } | Command::UpdateShared { fields, .. } = &cmd {
+            hybridsync_core::value::check_fields_decode(fields)
+                .map_err(|(excess, allowance)| NodeError::TooManyValues { excess, allowance })?;
+        }
         let (reply, done) = oneshot::channel();
         self.inner
             .requests

@@ -128,3 +128,44 @@ async fn records_waiting_for_a_slow_disk_hold_the_inbound_budget() {
     }
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_shared_write_peers_would_refuse_to_decode_is_refused_at_once() {
+    let node = Node::builder(Config::new(A, ModelRegistry::spacedrive()))
+        .bootstrap_members([A, B])
+        .start(
+            SlowStore {
+                inner: MemStore::new(),
+                stalled: Arc::new(AtomicBool::new(false)),
+            },
+            Flood {
+                records: 0,
+                size: 0,
+                taken: Arc::new(AtomicUsize::new(0)),
+            },
+        )
+        .await
+        .unwrap();
+    // 100,000 nulls: 100 KB on the wire, 3.2 MB decoded: every peer would refuse the change.
+    let nulls = hybridsync_core::Value::List(vec![hybridsync_core::Value::Null; 100_000]);
+    let r = node
+        .insert_shared(
+            "tag",
+            Uuid::from_u128(1),
+            [("name".to_owned(), nulls)].into(),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(hybridsync_tokio::NodeError::TooManyValues { .. })),
+        "{r:?}"
+    );
+    // Ordinary values are written.
+    node.insert_shared(
+        "tag",
+        Uuid::from_u128(2),
+        [("name".to_owned(), "holiday".into())].into(),
+    )
+    .await
+    .unwrap();
+    node.shutdown().await.unwrap();
+}
