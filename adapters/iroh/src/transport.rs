@@ -5,7 +5,7 @@ use hybridsync_core::codec::DEFAULT_MAX_FRAME;
 use hybridsync_core::{
     encode_frame, DeviceId, ErrorCode, FrameDecoder, FrameError, Refusal, SyncMessage,
 };
-use hybridsync_tokio::{BoxFuture, EventSink, Transport};
+use hybridsync_tokio::{BoxFuture, EventSink, PeerBudget, Transport};
 use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointId};
@@ -73,6 +73,11 @@ pub struct IrohConfig {
     /// (default 16 MiB: four maximal frames); past it the peer is disconnected as too slow (a
     /// requester that waits for each page never has more than one or two queued).
     pub bulk_queue_bytes: usize,
+    /// Encoded bytes one peer's inbound frames may hold of the driver's inbound budget (being
+    /// read, queued, waiting for the disk; default half of `hybridsync_tokio::INBOUND_BYTES`,
+    /// 4 MiB), so one peer that floods leaves the others room. A frame larger than it takes all
+    /// of it.
+    pub inbound_bytes_per_peer: usize,
     /// Before its first dial of a device, the side with the larger endpoint id waits this long
     /// (plus jitter) so the smaller side's dial usually wins without a duplicate (default
     /// 200 ms; both sides dial anyway, duplicates are resolved deterministically).
@@ -99,6 +104,7 @@ impl Default for IrohConfig {
             bulk_queue: 256,
             realtime_queue_bytes: 32 * 1024 * 1024,
             bulk_queue_bytes: 16 * 1024 * 1024,
+            inbound_bytes_per_peer: hybridsync_tokio::INBOUND_BYTES / 2,
             dial_grace: Duration::from_millis(200),
             jitter_seed: None,
             close_timeout: None,
@@ -218,9 +224,10 @@ struct Shared {
 ///   down; nothing reaches the engine. A frame whose values would decode into more than 16
 ///   bytes per frame byte (plus 4 KiB) is a bad frame too (`CodecError::TooManyValues`).
 /// - **Memory**: once a frame's length is known, its bytes are taken from the driver's inbound
-///   budget (`hybridsync_tokio::INBOUND_BYTES`, 8 MiB across every peer) before its body is
-///   read, and given back when the driver takes the message: while the driver is behind, no
-///   stream is read and QUIC flow control stops the peer. Each reader keeps at most one
+///   budget (`hybridsync_tokio::INBOUND_BYTES`, 8 MiB across every peer, at most
+///   [`IrohConfig::inbound_bytes_per_peer`] of it per peer) before its body is read, and given
+///   back once what the message caused is committed: while the driver is behind, no stream is
+///   read and QUIC flow control stops the peer. Each reader keeps at most one
 ///   frame's buffer (given back once a frame is delivered). Outbound queues are bounded per
 ///   peer in frames and in bytes ([`IrohConfig::realtime_queue_bytes`],
 ///   [`IrohConfig::bulk_queue_bytes`], plus the frame being written); a peer past either is
@@ -440,6 +447,7 @@ impl Shared {
             conn.clone(),
             device,
             sink.clone(),
+            PeerBudget::new(self.config.inbound_bytes_per_peer),
         ));
         let reason = conn.closed().await;
         tasks.abort_all();
@@ -671,10 +679,22 @@ async fn writer(
 }
 
 /// Accepts the peer's unidirectional streams; one reader task each.
-async fn accept_streams(shared: Arc<Shared>, conn: Connection, device: DeviceId, sink: EventSink) {
+async fn accept_streams(
+    shared: Arc<Shared>,
+    conn: Connection,
+    device: DeviceId,
+    sink: EventSink,
+    budget: PeerBudget,
+) {
     let mut readers = tokio::task::JoinSet::new();
     while let Ok(recv) = conn.accept_uni().await {
-        readers.spawn(reader(shared.clone(), recv, device, sink.clone()));
+        readers.spawn(reader(
+            shared.clone(),
+            recv,
+            device,
+            sink.clone(),
+            budget.clone(),
+        ));
     }
     readers.abort_all();
 }
@@ -684,7 +704,13 @@ async fn accept_streams(shared: Arc<Shared>, conn: Connection, device: DeviceId,
 /// length is known, its bytes are taken from the sink's budget ([`EventSink::reserve`]) before
 /// its body is read: while the driver is behind, the stream is not read and QUIC flow control
 /// stops the peer.
-async fn reader(shared: Arc<Shared>, mut recv: RecvStream, device: DeviceId, sink: EventSink) {
+async fn reader(
+    shared: Arc<Shared>,
+    mut recv: RecvStream,
+    device: DeviceId,
+    sink: EventSink,
+    budget: PeerBudget,
+) {
     let mut decoder = FrameDecoder::new(shared.config.max_frame);
     let mut permit = None;
     loop {
@@ -694,7 +720,7 @@ async fn reader(shared: Arc<Shared>, mut recv: RecvStream, device: DeviceId, sin
         };
         if permit.is_none() && decoder.buffered() >= 4 {
             // The prefix is in: `wanted` is the body's length.
-            match sink.reserve(4 + wanted).await {
+            match sink.reserve_within(&budget, 4 + wanted).await {
                 Ok(p) => permit = Some(p),
                 Err(_) => return,
             }
@@ -708,7 +734,7 @@ async fn reader(shared: Arc<Shared>, mut recv: RecvStream, device: DeviceId, sin
                 Ok(Some(msg)) => {
                     let p = match permit.take() {
                         Some(p) => p,
-                        None => match sink.reserve(4).await {
+                        None => match sink.reserve_within(&budget, 4).await {
                             Ok(p) => p,
                             Err(_) => return,
                         },

@@ -45,6 +45,6 @@ pub mod transport;
 pub use channel::{ChannelNetwork, ChannelTransport, CHANNEL_INBOX_BYTES};
 pub use node::{Fetch, Node, NodeBuilder, NodeError, Progress, Status};
 pub use transport::{
-    BoxFuture, EventSink, EventSource, InboundPermit, SinkClosed, Transport, TransportEvent,
-    BULK_QUEUE, INBOUND_BYTES, REALTIME_QUEUE,
+    BoxFuture, EventSink, EventSource, InboundPermit, PeerBudget, SinkClosed, Transport,
+    TransportEvent, BULK_QUEUE, INBOUND_BYTES, REALTIME_QUEUE,
 };

@@ -123,6 +123,27 @@ pub(crate) struct Queued {
 #[derive(Debug)]
 pub struct InboundPermit {
     _permit: OwnedSemaphorePermit,
+    _peer: Option<OwnedSemaphorePermit>,
+}
+
+/// One peer's share of an [`EventSink`]'s budget: with [`EventSink::reserve_within`], what
+/// one peer holds (frames being read, queued, waiting for the disk) stays within it, so a
+/// peer that floods cannot take the whole budget from the others. One per connection.
+#[derive(Clone, Debug)]
+pub struct PeerBudget {
+    bytes: Arc<Semaphore>,
+    budget: usize,
+}
+
+impl PeerBudget {
+    /// A peer budget of `budget` encoded bytes (at least 1).
+    pub fn new(budget: usize) -> Self {
+        let budget = budget.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        PeerBudget {
+            bytes: Arc::new(Semaphore::new(budget)),
+            budget,
+        }
+    }
 }
 
 /// The driver's receiving end of an [`EventSink`].
@@ -178,12 +199,39 @@ impl EventSink {
     /// frame's length is known, before reading its body, so a peer that sends faster than
     /// the driver takes is not read from.
     pub async fn reserve(&self, bytes: usize) -> Result<InboundPermit, SinkClosed> {
-        let n = u32::try_from(bytes.clamp(1, self.budget)).unwrap_or(u32::MAX);
-        let permit = tokio::select! {
-            p = self.bytes.clone().acquire_many_owned(n) => p.map_err(|_| SinkClosed)?,
-            _ = self.realtime.closed() => return Err(SinkClosed),
-        };
-        Ok(InboundPermit { _permit: permit })
+        let permit = self.take(&self.bytes, bytes, self.budget).await?;
+        Ok(InboundPermit {
+            _permit: permit,
+            _peer: None,
+        })
+    }
+
+    /// Like [`EventSink::reserve`], taking the bytes from `peer`'s share first (at most all
+    /// of it), then from the sink's budget.
+    pub async fn reserve_within(
+        &self,
+        peer: &PeerBudget,
+        bytes: usize,
+    ) -> Result<InboundPermit, SinkClosed> {
+        let share = self.take(&peer.bytes, bytes, peer.budget).await?;
+        let permit = self.take(&self.bytes, bytes, self.budget).await?;
+        Ok(InboundPermit {
+            _permit: permit,
+            _peer: Some(share),
+        })
+    }
+
+    async fn take(
+        &self,
+        from: &Arc<Semaphore>,
+        bytes: usize,
+        budget: usize,
+    ) -> Result<OwnedSemaphorePermit, SinkClosed> {
+        let n = u32::try_from(bytes.clamp(1, budget)).unwrap_or(u32::MAX);
+        tokio::select! {
+            p = from.clone().acquire_many_owned(n) => p.map_err(|_| SinkClosed),
+            _ = self.realtime.closed() => Err(SinkClosed),
+        }
     }
 
     /// Reports that `peer` is connected.
@@ -342,5 +390,31 @@ mod tests {
             .expect("delivered once the driver took one")
             .expect("task")
             .expect("driver alive");
+    }
+
+    #[tokio::test]
+    async fn a_flooding_peer_leaves_the_others_room() {
+        let (sink, _source) = EventSink::channel();
+        let (flooder, other) = (
+            PeerBudget::new(INBOUND_BYTES / 2),
+            PeerBudget::new(INBOUND_BYTES / 2),
+        );
+        // The flooder reserves 1 MiB frames until it has to wait.
+        let mut held = Vec::new();
+        loop {
+            let r = sink.reserve_within(&flooder, 1024 * 1024);
+            match tokio::time::timeout(Duration::from_millis(100), r).await {
+                Ok(p) => held.push(p.expect("alive")),
+                Err(_) => break,
+            }
+            assert!(held.len() <= 8, "the flooder took the whole budget");
+        }
+        assert_eq!(held.len(), 4, "the flooder holds its share");
+        // Another peer still gets a maximal frame in.
+        let r = sink.reserve_within(&other, 4 * 1024 * 1024);
+        tokio::time::timeout(Duration::from_millis(100), r)
+            .await
+            .expect("room for another peer")
+            .expect("alive");
     }
 }
