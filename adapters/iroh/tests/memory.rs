@@ -23,8 +23,9 @@ use uuid::Uuid;
 
 /// The documented budget: what the victim's peak RSS may grow by under the attack from one
 /// member, in MiB. Inbound: 8 MiB of frames being read, queued for the driver or waiting for
-/// the disk (`INBOUND_BYTES`), decoded into at most 16 bytes of values per frame byte plus
-/// 4 KiB per message (136 MiB); outbound: 48 MiB of queued frames per peer
+/// the disk (`INBOUND_BYTES`; one peer's share is 4 MiB), decoded into at most
+/// `VALUE_BYTES_PER_INPUT_BYTE` bytes of values per frame byte plus 4 KiB per message (with
+/// 16: 136 MiB); outbound: 48 MiB of queued frames per peer
 /// (`realtime_queue_bytes` + `bulk_queue_bytes`); the rest is QUIC's windows and, in this
 /// in-process test, the attacker's own frames and send buffers.
 const BUDGET_MIB: u64 = 256;

@@ -12,6 +12,13 @@
 //!   and read completions come back as [`hybridsync_core::Input::Storage`];
 //! - the transport reports peers and authenticated messages through an [`EventSink`]; real-time
 //!   messages take a priority queue so they never wait behind catch-up pages;
+//! - what peers send is held within a byte budget: a message's encoded bytes are taken from
+//!   [`INBOUND_BYTES`] (8 MiB across every peer; a transport may give each peer a
+//!   [`PeerBudget`] share) before its frame is read, and given back once the storage batch
+//!   holding what it caused is committed, so a peer faster than the disk is simply not read
+//!   (decoded, a message takes at most
+//!   [`hybridsync_core::value::VALUE_BYTES_PER_INPUT_BYTE`] bytes per encoded byte plus 4 KiB:
+//!   [`hybridsync_core::codec::value_budget`]);
 //! - the application's typed reads ([`Node::get_owned`], [`Node::list_shared`], ...) run on the
 //!   storage thread behind every batch already handed to it, so they see every completed
 //!   command and every write an event reported (`examples/view.rs` keeps a view from events).
