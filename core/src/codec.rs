@@ -32,7 +32,7 @@ pub fn encode(msg: &SyncMessage) -> Vec<u8> {
 pub use crate::value::value_budget;
 
 /// Decodes one message; the whole input must be consumed. The message's values may take at
-/// most [`value_budget`]`(bytes.len())` bytes once decoded (16 per input byte plus 4 KiB);
+/// most [`value_budget`]`(bytes.len())` bytes once decoded (24 per input byte plus 4 KiB);
 /// a message over it is refused with [`CodecError::TooManyValues`].
 pub fn decode(bytes: &[u8]) -> Result<SyncMessage, CodecError> {
     let max = value_budget(bytes.len());

@@ -16,9 +16,8 @@
 //! budget of [`value_budget`]`(input length)`; a message over it is refused
 //! ([`crate::CodecError::TooManyValues`]) and never reaches the engine. A list's storage is
 //! reserved only for the items its length announces and the budget covers, so what a decoded
-//! message holds in `Value`s is at most about the budget: 16 bytes per input byte plus 4 KiB.
-//! Only values dominated by nulls in lists (or maps of tiny entries) are refused: any other list
-//! item costs at least two bytes on the wire.
+//! message holds in `Value`s is at most about the budget: [`VALUE_BYTES_PER_INPUT_BYTE`] (24)
+//! bytes per input byte plus 4 KiB. What that refuses is said on the constant.
 
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -38,8 +37,13 @@ pub const LIST_ITEM_COST: usize = std::mem::size_of::<Value>();
 /// allocation (at least 16 bytes), rounded up.
 pub const MAP_ENTRY_COST: usize = 160;
 
-/// Memory the decoded `Value`s of one message may take per byte of its encoding.
-pub const VALUE_BYTES_PER_INPUT_BYTE: usize = 16;
+/// Memory the decoded `Value`s of one message may take per byte of its encoding. 24: a map
+/// entry costs 160 bytes decoded, so an entry of a key of four characters or more and a small
+/// number (seven bytes on the wire) always fits, as application metadata does; what is
+/// refused is lists dominated by nulls (one byte on the wire, 32 decoded) and maps of many
+/// keys of three characters or fewer with tiny values. A local write that peers would refuse
+/// is refused up front (`CommandError::ValueTooDense`).
+pub const VALUE_BYTES_PER_INPUT_BYTE: usize = 24;
 
 /// What every decode may take on top of [`VALUE_BYTES_PER_INPUT_BYTE`] (4 KiB), so that a
 /// small message with a few nulls or map entries is not refused.
@@ -53,7 +57,7 @@ pub fn value_budget(len: usize) -> usize {
 }
 
 /// What the fields of one shared write may take decoded beyond
-/// [`VALUE_BYTES_PER_INPUT_BYTE`] per byte of their encoding: 16 times the smallest register
+/// [`VALUE_BYTES_PER_INPUT_BYTE`] per byte of their encoding: that many times the smallest register
 /// stamp (18 bytes) that travels with each field of a snapshot record, so no message carrying
 /// the fields (a change, a batch, a log page, a snapshot page) can exceed its decode budget.
 pub const FIELDS_EXCESS_ALLOWANCE: usize = VALUE_BYTES_PER_INPUT_BYTE * 18;

@@ -1069,10 +1069,11 @@ fn local_value_nested_past_the_wire_limit_fails_with_a_typed_error() {
         "nothing peers could not decode"
     );
     assert_eq!(n.digest(), before);
-    // One level less is fine.
+    // One level less is fine (keys of a few characters: a map entry of a one-character key
+    // and nothing else is denser than peers decode, `ValueTooDense`).
     let mut ok = Value::Null;
     for _ in 0..MAX_NESTING {
-        ok = Value::Map([("k".to_owned(), ok)].into());
+        ok = Value::Map([("level".to_owned(), ok)].into());
     }
     let outs = insert_tag(&mut n, 2, ok);
     assert!(failed(&outs, 2).is_none());
@@ -1294,4 +1295,41 @@ fn own_writes_are_marked_to_survive_a_power_loss_before_anything_is_sent() {
     assert!(!outs
         .iter()
         .any(|o| matches!(o, Output::Storage(StorageCommand::FullSync))));
+}
+
+/// A write the engine accepts must decode at every peer: a field value denser in list items
+/// than the decode budget allows peers to take (a long list of nulls: one byte on the wire
+/// each) is refused up front with a typed error, and a list just as long of small integers is
+/// accepted and decodes.
+#[test]
+fn a_write_peers_could_not_decode_is_refused_up_front() {
+    let mut n = Node::connected(B);
+    let dense = Value::List(vec![Value::Null; 20_000]);
+    let outs = insert_tag(&mut n, 1, dense);
+    assert_eq!(
+        failed(&outs, 1),
+        Some(hybridsync_core::CommandError::ValueTooDense)
+    );
+    let fine = Value::List((0..20_000).map(|i| Value::Int(i % 50)).collect());
+    let outs = insert_tag(&mut n, 2, fine);
+    assert_eq!(failed(&outs, 2), None);
+    for m in sent_to(&outs, B) {
+        decode(&encode(m)).expect("every message the engine sends decodes at its peer");
+    }
+}
+
+/// The decode budget must never refuse ordinary data: a metadata map of many short keys with
+/// small values (about 8 bytes an entry on the wire, 160 bytes decoded), written and sent, is
+/// accepted and decodes at every peer.
+#[test]
+fn a_metadata_map_of_short_keys_is_accepted_and_decodes_everywhere() {
+    let mut n = Node::connected(B);
+    let map: BTreeMap<String, Value> = (0..200)
+        .map(|i| (format!("k{i:03}"), Value::Int(i % 60)))
+        .collect();
+    let outs = insert_tag(&mut n, 1, Value::Map(map));
+    assert_eq!(failed(&outs, 1), None);
+    for m in sent_to(&outs, B) {
+        decode(&encode(m)).expect("every message the engine sends decodes at its peer");
+    }
 }

@@ -221,7 +221,7 @@ struct Shared {
 /// - **Frames**: `u32` big-endian length + postcard, via core's `encode_frame` and
 ///   `FrameDecoder`; the length is checked against `max_frame` before reading the body. A bad
 ///   or oversized frame gets an `Error` message, the connection is closed and the peer cools
-///   down; nothing reaches the engine. A frame whose values would decode into more than 16
+///   down; nothing reaches the engine. A frame whose values would decode into more than 24
 ///   bytes per frame byte (plus 4 KiB) is a bad frame too (`CodecError::TooManyValues`).
 /// - **Memory**: once a frame's length is known, its bytes are taken from the driver's inbound
 ///   budget (`hybridsync_tokio::INBOUND_BYTES`, 8 MiB across every peer, at most

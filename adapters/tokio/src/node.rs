@@ -34,7 +34,7 @@ pub enum NodeError {
     /// size (a list dominated by nulls, a map of tiny entries): every peer would refuse the
     /// messages carrying them, so the write is refused here (nothing changed). See
     /// [`hybridsync_core::value::check_fields_decode`].
-    #[error("the write's values take {excess} bytes decoded beyond 16 per encoded byte; at most {allowance}")]
+    #[error("the write's values take {excess} bytes decoded beyond what peers decode per encoded byte; at most {allowance}")]
     TooManyValues {
         /// What the values take beyond the budget for their size.
         excess: usize,

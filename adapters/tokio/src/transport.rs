@@ -90,7 +90,8 @@ pub const BULK_QUEUE: usize = 64;
 /// read ([`EventSink::reserve`]) and given back once the storage batch holding what the
 /// message caused is committed (at once if it caused nothing to store), so the frames being
 /// read, the messages queued and the records waiting for the disk never hold more; a frame
-/// larger than the budget takes all of it. Decoded, a message takes at most 16 bytes per encoded byte plus 4 KiB
+/// larger than the budget takes all of it. Decoded, a message takes at most
+/// [`hybridsync_core::value::VALUE_BYTES_PER_INPUT_BYTE`] (24) bytes per encoded byte plus 4 KiB
 /// ([`hybridsync_core::codec::value_budget`]).
 pub const INBOUND_BYTES: usize = 8 * 1024 * 1024;
 

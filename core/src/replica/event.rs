@@ -74,6 +74,11 @@ pub enum CommandError {
     /// could not decode the change.
     #[error("a field value nests deeper than the wire allows")]
     ValueTooDeep,
+    /// A field value holds more list items or map entries for its encoded size than a peer
+    /// decodes ([`crate::value::VALUE_BYTES_PER_INPUT_BYTE`]; e.g. a long list of nulls, one
+    /// byte each on the wire): peers would refuse the change, so it is not written.
+    #[error("a field value holds more items for its size than peers decode")]
+    ValueTooDense,
     /// This device's own sequence counter cannot number the write (a peer raised it to the
     /// top of its range); nothing was written.
     #[error("this device's sequence counter is exhausted")]

@@ -243,6 +243,11 @@ fn shared(
     {
         return Err(CommandError::ValueTooDeep);
     }
+    // Peers refuse to decode values denser than their decode budget: such a write could
+    // never reach them, so it is refused here instead.
+    if crate::value::check_fields_decode(&fields).is_err() {
+        return Err(CommandError::ValueTooDense);
+    }
     Ok((
         model.clone(),
         Write::Shared {
