@@ -484,6 +484,14 @@ impl Replica {
             .map(crate::storage::member_of)
     }
 
+    /// Whether `device` belongs to the library's history: a member or a removed member (its
+    /// records stay), or a stream this device holds.
+    fn known_device(&self, device: DeviceId) -> bool {
+        self.member_records.contains_key(&device.0)
+            || self.watermarks.contains_key(&device)
+            || self.vv.get(device) > 0
+    }
+
     /// Whether `device` is a member.
     pub fn is_member(&self, device: DeviceId) -> bool {
         self.member_records
@@ -846,11 +854,12 @@ impl Replica {
         // sent it after the entries were durable, like an ack), so a lost ack is repaired by
         // the next summary instead of pinning the log until the next write.
         self.on_ack(from, from, vv.clone());
-        // Only the streams of members (and of owners already held, such as a removed member's)
-        // are tracked and fetched: a member naming made-up owners must not grow this device's
-        // watermarks, and with them its own summary, without bound.
-        heads.retain(|owner, _| self.is_member(*owner) || self.watermarks.contains_key(owner));
-        let vv = self.nameable(&vv);
+        // Only the streams of devices of the library (members, removed members: their records
+        // stay part of it) and of streams already held are tracked and fetched: a member naming
+        // made-up owners must not grow this device's watermarks, and with them its own summary,
+        // without bound (the member records are bounded by `MAX_MEMBERS`).
+        heads.retain(|owner, _| self.known_device(*owner));
+        let vv: VersionVector = vv.iter().filter(|(o, _)| self.known_device(*o)).collect();
         if let Some(peer) = self.peers.get_mut(&from) {
             if full {
                 peer.heads = heads;

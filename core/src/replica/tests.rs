@@ -1043,6 +1043,40 @@ fn removed_member_is_refused() {
     assert!(net.node(b).disconnects.contains(&(c, Refusal::NotMember)));
 }
 
+/// A device that joins after a member was removed still gets what that member wrote: its
+/// records stay part of the library, on the devices that joined before and after alike.
+#[test]
+fn device_joining_after_a_removal_gets_the_removed_members_records() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    for i in 0..5 {
+        net.put(b, i, b"from b");
+    }
+    net.tag(b, 100, ChangeKind::Insert, "tag of b");
+    net.settle();
+    net.disconnect(a, b);
+    net.cmd(a, Command::RemoveMember(b));
+    net.cmd(a, Command::AddMember(c));
+    net.settle();
+    net.nodes.remove(&b);
+    net.add_node(c, Restored::bootstrap([a, c]), config(c));
+    net.connect(a, c);
+    // Long enough for a full summary (every 2 minutes) after c learned of b.
+    for _ in 0..30 {
+        net.advance(6_000);
+    }
+    for i in 0..5 {
+        assert_eq!(
+            net.owned(c, b, i).and_then(|r| r.data),
+            Some(b"from b".to_vec()),
+            "record {i} of the removed member"
+        );
+    }
+    assert_eq!(net.tag_name(c, 100), Some(Value::from("tag of b")));
+    net.assert_converged();
+}
+
 // ------------------------------------------------------------------ hostile input
 
 #[test]
