@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     no_removal: bool,
     /// In half the seeds, lose device 1 for good (with its disk) during the run. Off by
-    /// default: a known limit still fails about 1 % of such seeds (README "Known limits").
+    /// default: a known limit still fails some of these seeds (README "Known limits").
     #[arg(long)]
     lost_device: bool,
     /// No delayed storage commits.
