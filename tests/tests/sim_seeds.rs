@@ -115,3 +115,16 @@ fn lost_owner_overwritten_record_is_the_same_everywhere() {
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
     }
 }
+
+/// Simulator finding of this stop's summaries (member registers re-sent every 10 minutes
+/// instead of every minute): a late joiner that missed a member's bootstrap registers before
+/// that member was removed held its member record differently for ever, because `Members` sent
+/// only current members' registers. It now sends every member record.
+#[test]
+fn joiner_gets_a_removed_members_registers() {
+    let cfg = SimConfig::all_faults(3, 300);
+    for seed in [200_176, 200_249, 200_698] {
+        let r = run_seed(&cfg, seed);
+        assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
+    }
+}

@@ -134,16 +134,13 @@ impl Replica {
         out
     }
 
-    /// The current members' registers, in messages of at most `max_write_bytes` (a record is
-    /// under 128 bytes), for `Members`.
+    /// Every member record's registers, removed members' too, in messages of at most
+    /// `max_write_bytes` (a record is under 128 bytes), for `Members`. Removed members' go
+    /// too: a device that missed a member's bootstrap registers before its removal would
+    /// otherwise hold that record differently for ever.
     pub(super) fn member_messages(&self) -> Vec<SyncMessage> {
         let per = (self.config.max_write_bytes() / 128).max(1);
-        let members: Vec<SharedRecord> = self
-            .member_records
-            .values()
-            .filter(|r| is_member_record(r))
-            .cloned()
-            .collect();
+        let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
         members
             .chunks(per)
             .map(|c| SyncMessage::Members(c.to_vec()))
