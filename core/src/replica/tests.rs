@@ -267,6 +267,17 @@ impl Net {
         rec.get("name").cloned()
     }
 
+    /// Delivers only the first queued message, drops the rest, then loses `gone` for good
+    /// (disconnected from `peer` and removed from the network).
+    fn deliver_first_then_lose(&mut self, gone: DeviceId, peer: DeviceId) {
+        let (from, to, bytes) = self.queue.pop_front().expect("a queued message");
+        self.queue.clear();
+        let msg = decode(&bytes).expect("engine output decodes");
+        self.input(to, Input::Message { from, msg });
+        self.disconnect(gone, peer);
+        self.nodes.remove(&gone);
+    }
+
     /// Injects a message as if `from` had sent it to `to` (the transport authenticated `from`).
     fn inject(&mut self, from: DeviceId, to: DeviceId, msg: SyncMessage) {
         self.input(to, Input::Message { from, msg });
@@ -377,17 +388,7 @@ fn owned_change_above_a_gap_never_strands_when_its_owner_is_gone() {
     net.queue.clear(); // the push of seq 2 is lost
     net.put(a, 3, b"three");
     // Seq 3 reaches b above its gap; a is gone for good before it answers b's catch-up.
-    let (from, to, bytes) = net.queue.pop_front().expect("push of seq 3");
-    net.queue.clear();
-    net.input(
-        to,
-        Input::Message {
-            from,
-            msg: decode(&bytes).expect("decodes"),
-        },
-    );
-    net.disconnect(a, b);
-    net.nodes.remove(&a);
+    net.deliver_first_then_lose(a, b);
     net.connect(b, c);
     net.settle();
     for uuid in 1..=3 {
@@ -417,17 +418,7 @@ fn shared_change_above_a_gap_never_strands_when_its_origin_is_gone() {
     net.tag(a, 101, ChangeKind::Insert, "two");
     net.queue.clear(); // the push of the second change is lost
     net.tag(a, 102, ChangeKind::Insert, "three");
-    let (from, to, bytes) = net.queue.pop_front().expect("push of the third change");
-    net.queue.clear();
-    net.input(
-        to,
-        Input::Message {
-            from,
-            msg: decode(&bytes).expect("decodes"),
-        },
-    );
-    net.disconnect(a, b);
-    net.nodes.remove(&a);
+    net.deliver_first_then_lose(a, b);
     net.connect(b, c);
     net.settle();
     for uuid in 100..=102 {
