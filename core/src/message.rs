@@ -17,16 +17,22 @@ pub enum SyncMessage {
     /// Several consecutive device-owned changes of the sender, in seq order (compact
     /// [`owned_batch`](crate::owned_batch) form).
     StateBatch(#[serde(with = "crate::owned_batch")] Vec<OwnedChange>),
-    /// Asks for `owner`'s device-owned records with `seq > since`.
+    /// Asks for `owner`'s device-owned records with `seq > since`: a stream of pages, each
+    /// starting where the previous one ended, up to `window` of them ahead of what the
+    /// requester reported received ([`PagesReceived`](SyncMessage::PagesReceived)). A new
+    /// request for the same owner from the same peer ends the previous stream.
     StateRequest {
-        /// Echoed by the response.
+        /// Echoed by every page of the response.
         request_id: u64,
         /// Whose records.
         owner: DeviceId,
         /// Exclusive lower bound.
         since: u64,
-        /// Maximum records in the page (the responder caps it).
+        /// Maximum records in a page (the responder caps it).
         limit: u32,
+        /// Pages the responder may have sent beyond those reported received; 0 counts as 1
+        /// (one page per round trip). The responder caps it, in pages and in bytes.
+        window: u32,
     },
     /// One page of `owner`'s records with `since < seq <= through`, ordered by seq.
     StateResponse {
@@ -158,6 +164,15 @@ pub enum SyncMessage {
         /// The sender's version vector, where it rose (a cumulative ack, like a summary's).
         vv: VersionVector,
     },
+    /// Flow control of a streamed catch-up: the requester has received `pages` pages of
+    /// `request_id`. Cumulative, so a lost, repeated or reordered one is harmless (the
+    /// responder keeps the highest); it never travels ahead of the request it names.
+    PagesReceived {
+        /// The request whose pages arrived.
+        request_id: u64,
+        /// Pages of it received so far.
+        pages: u32,
+    },
 }
 
 /// Machine-readable error codes carried by [`SyncMessage::Error`].
@@ -189,6 +204,7 @@ impl SyncMessage {
             SyncMessage::StateBatch(_) => "StateBatch",
             SyncMessage::StateRequest { .. } => "StateRequest",
             SyncMessage::StateResponse { .. } => "StateResponse",
+            SyncMessage::PagesReceived { .. } => "PagesReceived",
             SyncMessage::SharedChange(_) => "SharedChange",
             SyncMessage::SharedChangeBatch(_) => "SharedChangeBatch",
             SyncMessage::SharedChangeRequest { .. } => "SharedChangeRequest",

@@ -190,6 +190,11 @@ fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
             owner: ME,
             since: 0,
             limit: 10,
+            window: 1,
+        },
+        SyncMessage::PagesReceived {
+            request_id: 1,
+            pages: 1,
         },
         SyncMessage::StateResponse {
             request_id: 1,

@@ -369,6 +369,12 @@ enum Msg {
         owner: Who,
         since: Seq,
         limit: u32,
+        window: u8,
+    },
+    /// Moves the window of this peer's state request numbered `limit` (its request id).
+    PagesReceived {
+        limit: u32,
+        pages: u32,
     },
     /// Answers the `pick`-th state request sent to this peer.
     StateResponse {
@@ -1014,11 +1020,17 @@ impl Harness {
                 owner,
                 since,
                 limit,
+                window,
             } => SyncMessage::StateRequest {
                 request_id: u64::from(limit),
                 owner: owner.id(),
                 since: since.get(),
                 limit,
+                window: u32::from(window),
+            },
+            Msg::PagesReceived { limit, pages } => SyncMessage::PagesReceived {
+                request_id: u64::from(limit),
+                pages,
             },
             Msg::StateResponse {
                 pick,

@@ -479,7 +479,7 @@ async fn storage_failure_stops_the_node_before_anything_is_sent() {
     assert_eq!(a.status().await, Err(NodeError::Stopped));
 }
 
-/// A transport that logs the catch-up requests it is asked to send.
+/// A transport that logs the catch-up window reports it is asked to send.
 struct RequestLog<T> {
     inner: T,
     log: Arc<Mutex<Vec<String>>>,
@@ -491,11 +491,11 @@ impl<T: Transport> Transport for RequestLog<T> {
     }
 
     fn send(&mut self, to: DeviceId, msg: SyncMessage) {
-        if let SyncMessage::StateRequest { since, .. } = &msg {
+        if let SyncMessage::PagesReceived { pages, .. } = &msg {
             self.log
                 .lock()
                 .expect("log")
-                .push(format!("request {since}"));
+                .push(format!("received {pages}"));
         }
         self.inner.send(to, msg);
     }
@@ -510,7 +510,7 @@ impl<T: Transport> Transport for RequestLog<T> {
 }
 
 #[tokio::test]
-async fn next_catch_up_request_goes_out_while_the_page_commits() {
+async fn catch_up_window_moves_while_the_page_commits() {
     let net = ChannelNetwork::new();
     let mut cfg_a = config(A);
     cfg_a.heartbeat_interval = Duration::from_secs(3600);
@@ -551,9 +551,10 @@ async fn next_catch_up_request_goes_out_while_the_page_commits() {
     a.shutdown().await.expect("shutdown");
     b.shutdown().await.expect("shutdown");
     let log = log.lock().expect("log").clone();
-    // The request for the page after seq 10 does not wait for the page ending at 10 to commit
-    // (the slow store takes 5 ms per batch); nothing is advertised by it.
-    let request = log.iter().position(|l| l == "request 10");
+    // The report of the page ending at seq 10 (the first), which lets A read on, does not
+    // wait for that page to commit (the slow store takes 5 ms per batch); nothing is
+    // advertised by it.
+    let request = log.iter().position(|l| l == "received 1");
     let durable = log.iter().position(|l| l == "durable 10");
     assert!(
         matches!((request, durable), (Some(r), Some(d)) if r < d),

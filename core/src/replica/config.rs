@@ -33,6 +33,15 @@ pub struct Config {
     pub max_page_records: u32,
     /// Byte budget of a served page (default 1 MiB, well below the 4 MiB frame limit).
     pub page_bytes: usize,
+    /// Pages of a device-owned catch-up this device asks to have in flight at once (default
+    /// 32): over a link of round-trip time `r`, catch-up moves at most this many pages per
+    /// `r`, so the window hides the latency as long as the pages it holds take longer than
+    /// `r` to apply. 1 is one page per round trip.
+    pub catch_up_window: u32,
+    /// Bytes of catch-up pages this device, serving, keeps in flight to one requester for one
+    /// stream, whatever window it asks for (default 8 MiB, half the iroh transport's bulk
+    /// queue per peer): the memory a catch-up can take on either side stays bounded.
+    pub serve_window_bytes: usize,
     /// The transport's maximum frame size (default [`DEFAULT_MAX_FRAME`], the iroh
     /// transport's). A local write whose change could not travel in one frame is refused up
     /// front with [`CommandError::TooLarge`](crate::CommandError::TooLarge): every write the
@@ -58,6 +67,8 @@ impl Config {
             page_records: 2048,
             max_page_records: 4096,
             page_bytes: 1024 * 1024,
+            catch_up_window: 32,
+            serve_window_bytes: 8 * 1024 * 1024,
             max_frame: DEFAULT_MAX_FRAME,
             max_pending_reads_per_peer: 4,
             eviction_after: None,

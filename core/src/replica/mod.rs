@@ -100,6 +100,27 @@ struct OwnedFetch {
     since: u64,
     deadline: Instant,
     command: Option<CommandId>,
+    /// Pages of this request received (what [`SyncMessage::PagesReceived`] reports).
+    pages: u32,
+}
+
+/// A device-owned catch-up this device is serving: a stream of pages, each read from storage
+/// when the previous one is sent, while the requester's window allows.
+#[derive(Debug)]
+struct OwnedServe {
+    request_id: u64,
+    /// The next page starts after this seq.
+    since: u64,
+    limit: u32,
+    /// Pages the requester allows beyond those it reported received (capped).
+    window: u32,
+    /// Pages sent, and pages the requester reported received.
+    sent: u32,
+    received: u32,
+    /// Estimated bytes of each page sent and not yet reported received, oldest first.
+    in_flight: VecDeque<usize>,
+    /// A storage read for the next page is pending.
+    reading: bool,
 }
 
 /// A running catch-up of the shared stream.
@@ -364,6 +385,8 @@ pub struct Replica {
     last_seen: BTreeMap<DeviceId, Instant>,
     peers: BTreeMap<DeviceId, Peer>,
     owned_fetches: BTreeMap<DeviceId, OwnedFetch>,
+    /// Device-owned catch-ups served, by (requester, owner).
+    serves: BTreeMap<(DeviceId, DeviceId), OwnedServe>,
     shared_fetch: Option<SharedFetch>,
     reads: BTreeMap<ReadId, PendingRead>,
     next_read: u64,
@@ -407,6 +430,7 @@ impl Replica {
             last_seen: BTreeMap::new(),
             peers: BTreeMap::new(),
             owned_fetches: BTreeMap::new(),
+            serves: BTreeMap::new(),
             shared_fetch: None,
             reads: BTreeMap::new(),
             next_read: 0,
@@ -726,6 +750,7 @@ impl Replica {
             }
         }
         self.reads.retain(|_, r| r.peer != peer);
+        self.serves.retain(|(p, _), _| *p != peer);
     }
 
     fn fail_command(&mut self, id: Option<CommandId>, reason: CommandError) {
@@ -769,7 +794,11 @@ impl Replica {
                 owner,
                 since,
                 limit,
-            } => self.serve_owned(from, request_id, owner, since, limit),
+                window,
+            } => self.serve_owned(from, request_id, owner, since, limit, window),
+            SyncMessage::PagesReceived { request_id, pages } => {
+                self.on_pages_received(from, request_id, pages)
+            }
             SyncMessage::StateResponse {
                 request_id,
                 owner,

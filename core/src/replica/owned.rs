@@ -1,12 +1,19 @@
 //! The device-owned stream: local writes, owner pushes, catch-up requests and responses.
 
-use super::{CommandError, CommandId, Event, OwnedFetch, ReadKind, Refusal, Replica, Stream};
+use super::{
+    CommandError, CommandId, Event, OwnedFetch, OwnedServe, ReadKind, Refusal, Replica, Stream,
+};
 use crate::id::DeviceId;
 use crate::message::{ErrorCode, SyncMessage};
 use crate::model::ModelKind;
 use crate::owned::{OwnedChange, OwnedRecord};
 use crate::storage::StorageCommand;
+use std::collections::VecDeque;
 use std::ops::Bound;
+
+/// Cap on the pages a requester may ask to have in flight (the byte budget binds first with
+/// pages of any size).
+const MAX_WINDOW: u32 = 256;
 
 impl Replica {
     /// Checks one incoming device-owned record; `Err` means the sender misbehaved, `Ok(false)`
@@ -187,7 +194,8 @@ impl Replica {
     }
 
     /// Serves a `StateRequest` for any owner (relay), up to this device's watermark of that
-    /// owner, so a response is never gapped.
+    /// owner, so a response is never gapped: a stream of pages, each read when the previous
+    /// one is sent, while the requester's window allows ([`Replica::continue_serve`]).
     pub(super) fn serve_owned(
         &mut self,
         from: DeviceId,
@@ -195,9 +203,12 @@ impl Replica {
         owner: DeviceId,
         since: u64,
         limit: u32,
+        window: u32,
     ) {
-        let upto = self.watermark(owner);
-        if since >= upto {
+        // A new request from the same peer for the same owner ends the previous stream (the
+        // requester restarted it, or gave up on it).
+        self.serves.remove(&(from, owner));
+        if since >= self.watermark(owner) {
             self.send(
                 from,
                 SyncMessage::StateResponse {
@@ -211,22 +222,78 @@ impl Replica {
             );
             return;
         }
-        let limit = self.page_limit(limit);
-        let kind = ReadKind::Owned { owner, since, upto };
-        if let Some(id) = self.begin_read(from, request_id, kind) {
-            let max_bytes = self.config.page_bytes;
-            self.store(StorageCommand::ReadOwned {
-                id,
-                owner,
-                after: since,
-                upto,
-                limit,
-                max_bytes,
+        // Streams held for one peer are bounded like its reads: each is idle or holds one.
+        let held = self
+            .serves
+            .range((from, DeviceId::NIL)..)
+            .take_while(|((p, _), _)| *p == from);
+        if held.count() >= self.config.max_pending_reads_per_peer {
+            self.event(Event::PeerMisbehaved {
+                peer: from,
+                reason: Refusal::Busy,
             });
+            return self.error_reply(
+                from,
+                Some(request_id),
+                ErrorCode::Busy,
+                "too many catch-ups in progress",
+            );
         }
+        self.serves.insert(
+            (from, owner),
+            OwnedServe {
+                request_id,
+                since,
+                limit: self.page_limit(limit),
+                window: window.clamp(1, MAX_WINDOW),
+                sent: 0,
+                received: 0,
+                in_flight: VecDeque::new(),
+                reading: false,
+            },
+        );
+        self.continue_serve(from, owner);
     }
 
-    /// Sends a page read from storage.
+    /// Reads the next page of the stream served to `peer` for `owner`, unless a read is
+    /// pending or the requester's window is full: `window` pages, or
+    /// [`Config::serve_window_bytes`] (always at least one page), sent and not yet reported
+    /// received.
+    ///
+    /// [`Config::serve_window_bytes`]: crate::Config::serve_window_bytes
+    fn continue_serve(&mut self, peer: DeviceId, owner: DeviceId) {
+        let upto = self.watermark(owner);
+        let byte_budget = self.config.serve_window_bytes;
+        let Some(s) = self.serves.get(&(peer, owner)) else {
+            return;
+        };
+        let in_flight = s.sent - s.received;
+        let full = in_flight >= s.window
+            || (in_flight > 0 && s.in_flight.iter().sum::<usize>() >= byte_budget);
+        if s.reading || full {
+            return;
+        }
+        let (request_id, since, limit) = (s.request_id, s.since, s.limit);
+        let kind = ReadKind::Owned { owner, since, upto };
+        let Some(id) = self.begin_read(peer, request_id, kind) else {
+            self.serves.remove(&(peer, owner));
+            return;
+        };
+        if let Some(s) = self.serves.get_mut(&(peer, owner)) {
+            s.reading = true;
+        }
+        let max_bytes = self.config.page_bytes;
+        self.store(StorageCommand::ReadOwned {
+            id,
+            owner,
+            after: since,
+            upto,
+            limit,
+            max_bytes,
+        });
+    }
+
+    /// Sends a page read from storage, then reads the next one if the stream goes on.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_owned(
         &mut self,
@@ -238,10 +305,22 @@ impl Replica {
         records: Vec<OwnedRecord>,
         more: bool,
     ) {
+        let Some(s) = self
+            .serves
+            .get_mut(&(peer, owner))
+            .filter(|s| s.request_id == request_id)
+        else {
+            return; // the stream ended meanwhile (a newer request replaced it)
+        };
         let (through, has_more) = match records.last() {
             Some(last) if more => (last.seq, true),
             _ => (upto, false),
         };
+        s.reading = false;
+        s.sent += 1;
+        s.since = through;
+        s.in_flight
+            .push_back(records.iter().map(OwnedRecord::budget_size).sum());
         self.send(
             peer,
             SyncMessage::StateResponse {
@@ -257,6 +336,31 @@ impl Replica {
                 has_more,
             },
         );
+        if has_more {
+            self.continue_serve(peer, owner);
+        } else {
+            self.serves.remove(&(peer, owner));
+        }
+    }
+
+    /// `PagesReceived`: the requester's window moved; read on. A count for a stream that
+    /// ended, or below one already reported, changes nothing; one above the pages sent is
+    /// taken as all of them.
+    pub(super) fn on_pages_received(&mut self, from: DeviceId, request_id: u64, pages: u32) {
+        let Some((&key, s)) = self
+            .serves
+            .range_mut((from, DeviceId::NIL)..)
+            .take_while(|((p, _), _)| *p == from)
+            .find(|(_, s)| s.request_id == request_id)
+        else {
+            return;
+        };
+        let pages = pages.min(s.sent);
+        while s.received < pages {
+            s.received += 1;
+            s.in_flight.pop_front();
+        }
+        self.continue_serve(key.0, key.1);
     }
 
     /// Applies a catch-up page after checking it against the request it answers.
@@ -277,8 +381,17 @@ impl Replica {
         if fetch.peer != from || fetch.request_id != request_id {
             return;
         }
-        let well_formed = since == fetch.since
-            && records.len() <= self.config.page_records as usize
+        if since != fetch.since {
+            // Not the page after the last one applied: a repeat of an earlier one (ignored), or
+            // one that overtook or outlived its predecessor (a network that reorders or loses):
+            // the pages in between are not coming, so the stream starts again from the last
+            // page applied. Over one ordered connection this never happens.
+            if since > fetch.since {
+                self.restart_owned_fetch(owner);
+            }
+            return;
+        }
+        let well_formed = records.len() <= self.config.page_records as usize
             && through >= since
             && (!has_more || through > since)
             && records.windows(2).all(|w| w[0].seq < w[1].seq)
@@ -308,27 +421,21 @@ impl Replica {
             }
         }
         if has_more {
-            // Ask for the next page *before* any write of this one (stamps, records,
-            // watermark): the request depends on none of them being durable (it acknowledges
-            // nothing and carries no stamp), so the driver sends it at once and the responder
-            // reads the next page while this one commits (pipelining).
-            let request_id = self.next_request_id();
+            // Move the window *before* any write of this page (stamps, records, watermark):
+            // the report depends on none of them being durable (it acknowledges nothing and
+            // carries no stamp), so the driver sends it at once and the responder reads on
+            // while this page commits. Memory stays bounded all the same: the responder keeps
+            // at most a window in flight, and this device reads no further frames than its
+            // inbound budget while the disk catches up.
             let deadline = self.deadline();
+            let mut pages = 0;
             if let Some(f) = self.owned_fetches.get_mut(&owner) {
-                f.request_id = request_id;
                 f.since = through;
                 f.deadline = deadline;
+                f.pages += 1;
+                pages = f.pages;
             }
-            let limit = self.config.page_records;
-            self.send(
-                from,
-                SyncMessage::StateRequest {
-                    request_id,
-                    owner,
-                    since: through,
-                    limit,
-                },
-            );
+            self.send(from, SyncMessage::PagesReceived { request_id, pages });
         }
         self.observe_owned_stamps(&records);
         let applied = records.len();
@@ -426,9 +533,11 @@ impl Replica {
                 since,
                 deadline,
                 command,
+                pages: 0,
             },
         );
         let limit = self.config.page_records;
+        let window = self.config.catch_up_window;
         self.send(
             peer,
             SyncMessage::StateRequest {
@@ -436,8 +545,18 @@ impl Replica {
                 owner,
                 since,
                 limit,
+                window,
             },
         );
+    }
+
+    /// Starts the running catch-up of `owner` again from its last page applied, from the same
+    /// peer, under a new request id (pages still arriving for the old one are ignored, and the
+    /// responder ends the old stream when the new request arrives).
+    fn restart_owned_fetch(&mut self, owner: DeviceId) {
+        if let Some(f) = self.owned_fetches.remove(&owner) {
+            self.start_owned_fetch(f.peer, owner, f.since, f.command);
+        }
     }
 
     /// `Command::RequestState`. A request for the stream the engine is already catching up

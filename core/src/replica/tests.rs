@@ -1112,6 +1112,7 @@ fn request_flood_keeps_pending_reads_bounded() {
                     owner: a,
                     since: 0,
                     limit: u32::MAX,
+                    window: 1,
                 },
             },
         );
@@ -1160,6 +1161,7 @@ fn absurd_limit_is_capped() {
             owner: a,
             since: 0,
             limit: u32::MAX,
+            window: 1,
         },
     );
     let page = net.node(a).sent.iter().rev().find_map(|(_, m)| match m {
@@ -1392,9 +1394,10 @@ fn clock_observed_from_device_owned_changes_survives_restart() {
 }
 
 #[test]
-fn next_catch_up_request_goes_out_before_the_page_is_stored() {
-    // Pipelining: the request for the next page does not depend on this page being durable,
-    // so it is emitted ahead of the page's writes and a driver can send it while they commit.
+fn pages_received_goes_out_before_the_page_is_stored() {
+    // Pipelining: moving the responder's window does not depend on this page being durable,
+    // so the report is emitted ahead of the page's writes and a driver can send it while
+    // they commit.
     let (a, b) = (dev(1), dev(2));
     let mut net = Net::new(2);
     net.connect(a, b);
@@ -1429,7 +1432,7 @@ fn next_catch_up_request_goes_out_before_the_page_is_stored() {
         matches!(
             o,
             Output::Send {
-                msg: SyncMessage::StateRequest { since: 3, .. },
+                msg: SyncMessage::PagesReceived { pages: 1, .. },
                 ..
             }
         )
@@ -1457,6 +1460,209 @@ fn next_catch_up_request_goes_out_before_the_page_is_stored() {
         ),
         "{outputs:?}"
     );
+}
+
+/// The pages `d` sent `to` answering `request_id`: (since, through, has_more).
+fn pages_sent(net: &Net, d: DeviceId, to: DeviceId, rid: u64) -> Vec<(u64, u64, bool)> {
+    net.node(d)
+        .sent
+        .iter()
+        .filter_map(|(t, m)| match m {
+            SyncMessage::StateResponse {
+                request_id,
+                since,
+                through,
+                has_more,
+                ..
+            } if *t == to && *request_id == rid => Some((*since, *through, *has_more)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A (owner of 20 records, pages of at most 3) serving B, which is connected but asked
+/// nothing yet.
+fn serving_twenty_records() -> (Net, DeviceId, DeviceId) {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for i in 0..20 {
+        net.put(a, i, b"x");
+    }
+    if let Some(n) = net.nodes.get_mut(&a) {
+        n.replica.config.max_page_records = 3;
+    }
+    net.links.insert((a, b));
+    net.input(a, Input::PeerUp { peer: b });
+    net.queue.clear();
+    (net, a, b)
+}
+
+fn state_request(owner: DeviceId, window: u32) -> SyncMessage {
+    SyncMessage::StateRequest {
+        request_id: 7,
+        owner,
+        since: 0,
+        limit: 3,
+        window,
+    }
+}
+
+#[test]
+fn catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() {
+    let (mut net, a, b) = serving_twenty_records();
+    net.inject(b, a, state_request(a, 3));
+    // Three pages go out at once, without a request per page; then A waits.
+    let pages = pages_sent(&net, a, b, 7);
+    assert_eq!(pages, vec![(0, 3, true), (3, 6, true), (6, 9, true)]);
+    net.inject(
+        b,
+        a,
+        SyncMessage::PagesReceived {
+            request_id: 7,
+            pages: 2,
+        },
+    );
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 5, "two more pages");
+    // A repeated, older or unknown report moves nothing.
+    for (request_id, pages) in [(7, 2), (7, 1), (8, 5)] {
+        net.inject(b, a, SyncMessage::PagesReceived { request_id, pages });
+    }
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 5);
+    // A report beyond what was sent counts as all of it.
+    net.inject(
+        b,
+        a,
+        SyncMessage::PagesReceived {
+            request_id: 7,
+            pages: u32::MAX,
+        },
+    );
+    let pages = pages_sent(&net, a, b, 7);
+    assert_eq!(pages.len(), 7, "{pages:?}");
+    assert_eq!(pages.last(), Some(&(18, 20, false)));
+    // Each page starts where the previous one ended.
+    assert!(pages.windows(2).all(|w| w[0].1 == w[1].0), "{pages:?}");
+    // The stream ended: nothing more, whatever B reports.
+    net.inject(
+        b,
+        a,
+        SyncMessage::PagesReceived {
+            request_id: 7,
+            pages: 7,
+        },
+    );
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 7);
+}
+
+#[test]
+fn served_pages_in_flight_are_bounded_in_bytes_whatever_the_window() {
+    let (mut net, a, b) = serving_twenty_records();
+    if let Some(n) = net.nodes.get_mut(&a) {
+        n.replica.config.serve_window_bytes = 1;
+    }
+    net.inject(b, a, state_request(a, 1000));
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 1, "one page at a time");
+    net.inject(
+        b,
+        a,
+        SyncMessage::PagesReceived {
+            request_id: 7,
+            pages: 1,
+        },
+    );
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 2);
+}
+
+#[test]
+fn a_new_request_for_the_same_stream_ends_the_previous_one() {
+    let (mut net, a, b) = serving_twenty_records();
+    net.inject(b, a, state_request(a, 1));
+    net.inject(
+        b,
+        a,
+        SyncMessage::StateRequest {
+            request_id: 8,
+            owner: a,
+            since: 9,
+            limit: 3,
+            window: 1,
+        },
+    );
+    // Request 7's report no longer moves anything; request 8's does.
+    for request_id in [7, 8] {
+        net.inject(
+            b,
+            a,
+            SyncMessage::PagesReceived {
+                request_id,
+                pages: 1,
+            },
+        );
+    }
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 1);
+    assert_eq!(
+        pages_sent(&net, a, b, 8),
+        vec![(9, 12, true), (12, 15, true)]
+    );
+}
+
+#[test]
+fn catch_up_over_a_reordering_network_restarts_from_the_last_page_applied() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for i in 0..20 {
+        net.put(a, i, b"x");
+    }
+    net.connect(a, b);
+    // Deliver until A has streamed B some pages, then swap the first two in the queue.
+    let is_page = |q: &(DeviceId, DeviceId, Vec<u8>)| {
+        matches!(decode(&q.2), Ok(SyncMessage::StateResponse { .. }))
+    };
+    while net.queue.iter().filter(|q| is_page(q)).count() < 2 {
+        let (from, to, bytes) = net.queue.pop_front().expect("traffic until pages flow");
+        let msg = decode(&bytes).expect("decodes");
+        net.input(to, Input::Message { from, msg });
+    }
+    let first = net.queue.iter().position(is_page).expect("a page");
+    let second = first
+        + 1
+        + net
+            .queue
+            .iter()
+            .skip(first + 1)
+            .position(is_page)
+            .expect("a second page");
+    net.queue.swap(first, second);
+    let requests_before = net
+        .node(b)
+        .sent
+        .iter()
+        .filter(|(_, m)| matches!(m, SyncMessage::StateRequest { .. }))
+        .count();
+    net.settle();
+    let restarts: Vec<u64> = net
+        .node(b)
+        .sent
+        .iter()
+        .filter_map(|(_, m)| match m {
+            SyncMessage::StateRequest { since, .. } => Some(*since),
+            _ => None,
+        })
+        .skip(requests_before)
+        .collect();
+    assert_eq!(
+        restarts,
+        vec![0],
+        "one restart, from the cursor before the lost page"
+    );
+    assert!(
+        net.node(b).disconnects.is_empty(),
+        "reordering is not misbehaviour"
+    );
+    net.assert_converged();
+    for i in 0..20 {
+        assert_eq!(net.owned(b, a, i).and_then(|r| r.data), Some(b"x".to_vec()));
+    }
 }
 
 /// Delivers queued messages one at a time until `until` holds.
