@@ -12,7 +12,10 @@
 //!    one SQLite file into another (plain rusqlite, batched `INSERT`s, one process);
 //! 4. **reconnect**: messages and bytes an already-synced pair exchanges when it reconnects;
 //! 5. **latency**: one change from `put` on one device to `RecordChanged` on the other, over
-//!    iroh on 127.0.0.1 with SQLite on both sides.
+//!    iroh on 127.0.0.1 with SQLite on both sides;
+//! 6. **wan**: 3, 4 and 5 again across a [`link::Link`] that adds a round-trip time (50 and
+//!    200 ms by default; a 100 Mbit/s cap; optional loss) on the UDP path between the iroh
+//!    endpoints, with one page per round trip as the baseline of the catch-up window.
 //!
 //! Benchmarks are never timed tests: a missed target is reported in the table, not an error.
 //! Measure release builds only. The machine is small and shared, so every figure is a median
@@ -21,7 +24,9 @@
 mod child;
 mod counting;
 mod latency;
+mod link;
 mod sync;
+mod wan;
 
 use crate::support;
 use hybridsync_sim::bench::{Throughput, WireSize};
@@ -52,6 +57,16 @@ pub struct Args {
     /// Changes timed by the latency benchmark (default 1000; 300 with `--quick`).
     #[arg(long)]
     pub samples: Option<usize>,
+    /// Round-trip times of the WAN part, ms (comma-separated; default 50,200). The first one
+    /// also gets the capped, the one-page-window, the reconnect and the latency runs.
+    #[arg(long, value_delimiter = ',')]
+    pub rtt: Vec<u64>,
+    /// Bandwidth cap of the WAN part's capped run, Mbit/s (default 100; 0: no capped run).
+    #[arg(long)]
+    pub rate_mbit: Option<f64>,
+    /// Probability that the WAN link loses a datagram, each direction (default 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
     /// Keep the SQLite files in this directory instead of a temporary one.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -73,6 +88,8 @@ pub enum Part {
     Reconnect,
     /// Latency of one change.
     Latency,
+    /// Sync, reconnect and latency across a link with a round-trip time.
+    Wan,
 }
 
 /// What one run measures.
@@ -86,6 +103,9 @@ struct Plan {
     rounds: usize,
     reconnect_histories: Vec<u64>,
     latency_samples: usize,
+    wan_rtts_ms: Vec<u64>,
+    wan_rate_mbit: Option<f64>,
+    wan_loss: f64,
 }
 
 impl Plan {
@@ -97,6 +117,7 @@ impl Plan {
                 Part::Sync,
                 Part::Reconnect,
                 Part::Latency,
+                Part::Wan,
             ]
         } else {
             args.only.clone()
@@ -120,6 +141,13 @@ impl Plan {
                 .samples
                 .unwrap_or(if args.quick { 300 } else { 1000 })
                 .max(1),
+            wan_rtts_ms: if args.rtt.is_empty() {
+                vec![50, 200]
+            } else {
+                args.rtt.clone()
+            },
+            wan_rate_mbit: Some(args.rate_mbit.unwrap_or(100.0)).filter(|r| *r > 0.0),
+            wan_loss: args.loss.clamp(0.0, 1.0),
         }
     }
 
@@ -215,6 +243,7 @@ struct Report {
     sync: Option<sync::SyncFigures>,
     reconnect: Vec<sync::ReconnectFigures>,
     latency: Option<latency::LatencyFigures>,
+    wan: Option<wan::WanFigures>,
     targets: Vec<Target>,
     wall_s: f64,
 }
@@ -240,6 +269,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sync: None,
         reconnect: Vec::new(),
         latency: None,
+        wan: None,
         targets: Vec::new(),
         wall_s: 0.0,
     };
@@ -272,7 +302,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             plan.latency_samples
         ));
         report.latency =
-            Some(support::runtime()?.block_on(latency::run(&dir, plan.latency_samples))?);
+            Some(support::runtime()?.block_on(latency::run(&dir, plan.latency_samples, None))?);
+    }
+    if plan.runs(Part::Wan) {
+        report.wan = Some(wan::run(&plan, &dir)?);
     }
     report.machine.load_after = load_average();
     report.wall_s = started.elapsed().as_secs_f64();
@@ -409,6 +442,43 @@ fn targets(r: &Report) -> Vec<Target> {
             l.relay_p99_ms <= 10.0,
         );
     }
+    if let Some(w) = &r.wan {
+        let default_window = |s: &&wan::WanSync| s.window > 1;
+        for s in w.syncs.iter().filter(default_window) {
+            match s.ratio_to_link {
+                None if s.rtt_ms == 50 && s.records >= 1_000_000 => add(
+                    format!("wan sync {}: rtt 50 ms", s.records),
+                    s.total_s,
+                    "s",
+                    "<= 3 s",
+                    s.total_s <= 3.0,
+                ),
+                Some(ratio) => add(
+                    format!(
+                        "wan sync {}: rtt {} ms, {} Mbit/s: / link time",
+                        s.records,
+                        s.rtt_ms,
+                        s.rate_mbit.unwrap_or(0.0)
+                    ),
+                    ratio,
+                    "x",
+                    "<= 1.3x",
+                    ratio <= 1.3,
+                ),
+                None => {}
+            }
+        }
+        if let Some(l) = &w.latency {
+            let bound = w.latency_rtt_ms as f64 + 5.0;
+            add(
+                format!("wan latency A -> B: p99 at rtt {} ms", w.latency_rtt_ms),
+                l.p99_ms,
+                "ms",
+                &format!("<= {bound:.0} ms (1 rtt + 5 ms)"),
+                l.p99_ms <= bound,
+            );
+        }
+    }
     t
 }
 
@@ -531,6 +601,9 @@ fn print_table(r: &Report) {
             l.mean_run_queue_wait_ms, l.tail_run_queue_wait_ms
         );
     }
+    if let Some(w) = &r.wan {
+        print_wan(w);
+    }
     if !r.targets.is_empty() {
         println!("\ntargets");
         for t in &r.targets {
@@ -543,6 +616,42 @@ fn print_table(r: &Report) {
                 t.target
             );
         }
+    }
+}
+
+fn print_wan(w: &wan::WanFigures) {
+    println!("\n6. across a link on 127.0.0.1 that adds a round-trip time (UDP forwarder between the iroh endpoints)");
+    println!(
+        "  {:>9} {:>7} {:>7} {:>9}  {:>8} {:>7} {:>12} {:>10}  rounds",
+        "records", "rtt", "cap", "window", "sync", "pages", "link bytes", "/ link"
+    );
+    for s in &w.syncs {
+        println!(
+            "  {:>9} {:>4} ms {:>7} {:>9}  {:>6.2} s {:>7} {:>12} {:>10}  {}",
+            s.records,
+            s.rtt_ms,
+            s.rate_mbit
+                .map_or("-".to_owned(), |r| format!("{r:.0} Mb/s")),
+            s.window,
+            s.total_s,
+            s.pages,
+            s.down.bytes,
+            s.ratio_to_link
+                .map_or("-".to_owned(), |r| format!("{r:.2}x")),
+            fmt_list(&s.rounds_s)
+        );
+    }
+    if let Some(c) = &w.reconnect {
+        println!(
+            "  reconnect at rtt {} ms, {} records of history: {} messages, {} B, {} round trip(s), connect {:.0} ms; still synced: {}",
+            w.latency_rtt_ms, c.history, c.messages, c.bytes, c.round_trips, c.connect_ms, c.still_synced
+        );
+    }
+    if let Some(l) = &w.latency {
+        println!(
+            "  latency at rtt {} ms, put on A -> RecordChanged on B ({} changes): p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms; through B to C (loopback): p99 {:.2} ms",
+            w.latency_rtt_ms, l.samples, l.p50_ms, l.p99_ms, l.max_ms, l.relay_p99_ms
+        );
     }
 }
 

@@ -15,7 +15,19 @@ use uuid::Uuid;
 
 /// An offline iroh endpoint on 127.0.0.1 (any port) and the address peers dial it at.
 pub async fn loopback_endpoint(key: SecretKey) -> anyhow::Result<(Endpoint, SocketAddr)> {
-    let endpoint = offline_endpoint(key, "127.0.0.1:0".parse()?).await?;
+    loopback_endpoint_at(key, false).await
+}
+
+/// [`loopback_endpoint`] on the IPv4 (`127.0.0.1`) or the IPv6 (`::1`) loopback. Two endpoints
+/// on different ones cannot reach each other directly: the WAN benchmark puts them so, with
+/// its link as the only path between them (iroh's NAT traversal would otherwise find the
+/// direct loopback path around the link).
+pub async fn loopback_endpoint_at(
+    key: SecretKey,
+    v6: bool,
+) -> anyhow::Result<(Endpoint, SocketAddr)> {
+    let bind = if v6 { "[::1]:0" } else { "127.0.0.1:0" };
+    let endpoint = offline_endpoint(key, bind.parse()?).await?;
     let addr = *endpoint
         .addr()
         .ip_addrs()

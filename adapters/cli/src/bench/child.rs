@@ -59,6 +59,12 @@ pub struct ChildArgs {
     /// Give up after this many seconds.
     #[arg(long = "child-timeout", hide = true, default_value_t = 600)]
     pub timeout: u64,
+    /// Listen on the IPv6 loopback instead of the IPv4 one (the source, behind a WAN link).
+    #[arg(long = "child-v6", hide = true)]
+    pub v6: bool,
+    /// The sink's catch-up window in pages (default: the engine's).
+    #[arg(long = "child-window", hide = true)]
+    pub window: Option<u32>,
 }
 
 /// Memory and CPU time of a process, from `/proc/self/status` and `/proc/self/stat`.
@@ -192,10 +198,12 @@ async fn start(
     peer_key: u8,
     peer_addr: Option<SocketAddr>,
     counter: Counter,
+    window: Option<u32>,
+    v6: bool,
 ) -> anyhow::Result<Device> {
     let (secret, me) = identity(key);
     let (peer_secret, peer) = identity(peer_key);
-    let (endpoint, addr) = support::loopback_endpoint(secret).await?;
+    let (endpoint, addr) = support::loopback_endpoint_at(secret, v6).await?;
     let registry = DeviceRegistry::new();
     let mut peer_endpoint = EndpointAddr::new(peer_secret.public());
     if let Some(a) = peer_addr {
@@ -212,7 +220,11 @@ async fn start(
     let transport = IrohTransport::new(endpoint, registry, iroh_config);
     transport.spawn_router();
     let store = Store::open(db).with_context(|| format!("opening {}", db.display()))?;
-    let builder = Node::builder(config(me))
+    let mut config = config(me);
+    if let Some(w) = window {
+        config.catch_up_window = w;
+    }
+    let builder = Node::builder(config)
         .bootstrap_members([me, peer])
         .event_capacity(1 << 16);
     let events = builder.subscribe();
@@ -238,6 +250,8 @@ async fn source(args: &ChildArgs) -> anyhow::Result<()> {
         args.peer_key,
         None,
         Counter::default(),
+        None,
+        args.v6,
     )
     .await?;
     emit(&Reply::Ready { addr: dev.addr });
@@ -317,6 +331,8 @@ async fn sink(args: &ChildArgs) -> anyhow::Result<()> {
         args.peer_key,
         Some(peer_addr),
         Counter::default(),
+        args.window,
+        args.v6,
     )
     .await?;
     let idle_rss_kib = Memory::now().rss_kib;
@@ -343,7 +359,16 @@ async fn sink(args: &ChildArgs) -> anyhow::Result<()> {
                 let counter = Counter::default();
                 counter.start();
                 let t0 = Instant::now();
-                dev = start(db, args.key, args.peer_key, Some(peer_addr), counter).await?;
+                dev = start(
+                    db,
+                    args.key,
+                    args.peer_key,
+                    Some(peer_addr),
+                    counter,
+                    args.window,
+                    args.v6,
+                )
+                .await?;
                 let connected = wait_connected(&mut dev, source_id, deadline).await?;
                 let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
                 tokio::time::sleep(Duration::from_secs(1).saturating_sub(connected.elapsed()))

@@ -4,6 +4,7 @@
 //! time.
 
 use super::child::{config, identity};
+use super::link::{Link, LinkSpec};
 use super::median;
 use super::sync::remove_db;
 use crate::support::{self, Store};
@@ -80,6 +81,7 @@ async fn start(
     db: &Path,
     key: u8,
     keys: [u8; 3],
+    v6: bool,
 ) -> anyhow::Result<(
     Node<Store>,
     broadcast::Receiver<Event>,
@@ -88,7 +90,7 @@ async fn start(
 )> {
     let (secret, me) = identity(key);
     let members = keys.map(|k| identity(k).1);
-    let (endpoint, addr) = support::loopback_endpoint(secret.clone()).await?;
+    let (endpoint, addr) = support::loopback_endpoint_at(secret.clone(), v6).await?;
     let registry = DeviceRegistry::new();
     let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
     transport.spawn_router();
@@ -126,21 +128,42 @@ async fn arrival(
     }
 }
 
-/// Times `samples` changes from A to B and, through B, to C (after a warm-up), one at a time.
-pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
+/// Times `samples` changes from A to B and, through B, to C (after a warm-up), one at a time;
+/// A and B talk across a [`Link`] of shape `link` when given (B and C over loopback).
+pub async fn run(
+    dir: &Path,
+    samples: usize,
+    link: Option<LinkSpec>,
+) -> anyhow::Result<LatencyFigures> {
     let keys = [21u8, 22u8, 23u8];
     let [a_key, b_key, c_key] = keys;
     let (_, a_id) = identity(a_key);
     let (_, b_id) = identity(b_key);
     let (_, c_id) = identity(c_key);
-    let (a, _a_events, a_registry, a_addr) = start(&dir.join("latency-a.db"), a_key, keys).await?;
+    // Across a link, B and C listen on the IPv6 loopback and A on the IPv4 one, so A and B
+    // have no path but the link (see `link`).
+    let v6 = link.is_some();
+    let (a, _a_events, a_registry, a_addr) =
+        start(&dir.join("latency-a.db"), a_key, keys, false).await?;
     let (b, mut b_events, b_registry, b_addr) =
-        start(&dir.join("latency-b.db"), b_key, keys).await?;
+        start(&dir.join("latency-b.db"), b_key, keys, v6).await?;
     let (c, mut c_events, c_registry, c_addr) =
-        start(&dir.join("latency-c.db"), c_key, keys).await?;
+        start(&dir.join("latency-c.db"), c_key, keys, v6).await?;
     // Paired A - B and B - C only.
-    a_registry.insert(b_id, b_addr.clone())?;
-    b_registry.insert(a_id, a_addr)?;
+    let link = match link {
+        Some(spec) => Some(Link::start(spec, Some(socket(&a_addr)?), socket(&b_addr)?)?),
+        None => None,
+    };
+    match &link {
+        Some(l) => {
+            a_registry.insert(b_id, EndpointAddr::new(b_addr.id).with_ip_addr(l.to_b))?;
+            b_registry.insert(a_id, EndpointAddr::new(a_addr.id).with_ip_addr(l.to_a))?;
+        }
+        None => {
+            a_registry.insert(b_id, b_addr.clone())?;
+            b_registry.insert(a_id, a_addr)?;
+        }
+    }
     b_registry.insert(c_id, c_addr)?;
     c_registry.insert(b_id, b_addr)?;
     wait_peer(&a, b_id).await?;
@@ -172,6 +195,7 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
     a.shutdown().await?;
     b.shutdown().await?;
     c.shutdown().await?;
+    drop(link);
     relayed.sort_by(f64::total_cmp);
     latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
     puts.sort_by(f64::total_cmp);
@@ -192,6 +216,14 @@ pub async fn run(dir: &Path, samples: usize) -> anyhow::Result<LatencyFigures> {
         tail_run_queue_wait_ms: mean(&waits[waits.len().saturating_sub(tail)..]),
         mean_run_queue_wait_ms: mean(&waits),
     })
+}
+
+/// The one socket address of an endpoint address built by `start`.
+fn socket(addr: &EndpointAddr) -> anyhow::Result<std::net::SocketAddr> {
+    match addr.ip_addrs().next() {
+        Some(a) => Ok(*a),
+        None => bail!("no socket address"),
+    }
 }
 
 async fn wait_peer(node: &Node<Store>, peer: DeviceId) -> anyhow::Result<()> {

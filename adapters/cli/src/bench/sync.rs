@@ -3,6 +3,7 @@
 
 use super::child::{self, Reply, Synced};
 use super::counting::{total, Sent, Traffic};
+use super::link::{Carried, Link, LinkSpec};
 use super::{median, mib, progress, Part, Plan};
 use crate::support::Store;
 use anyhow::{bail, Context};
@@ -22,7 +23,7 @@ pub const RAW_BATCH: usize = 2048;
 /// SQLite's page cache per connection (`PRAGMA cache_size = -65536` in `SqliteStore`), MiB.
 pub const PAGE_CACHE_MIB: f64 = 64.0;
 /// Key seed of the source device.
-const SOURCE_KEY: u8 = 11;
+pub(crate) const SOURCE_KEY: u8 = 11;
 /// Key seed of the sink device.
 const SINK_KEY: u8 = 12;
 /// First stamp of the seeded records (2025-06-15).
@@ -112,7 +113,7 @@ pub fn run(
             let src = dir.join(format!("source-{history}.db"));
             seed(&src, source_id, history)?;
             let sink = dir.join(format!("sink-{history}.db"));
-            let (_, r) = sync_round(&src, &sink, history, true)?;
+            let (_, r) = sync_round(&src, &sink, history, true, Over::default())?;
             reconnects.push(r.context("no reconnect figures")?);
         }
     }
@@ -144,7 +145,7 @@ pub fn run(
             raw_round()?;
         }
         progress(&format!("sync: round {} of {}", round + 1, plan.rounds));
-        let (figures, r) = sync_round(&src, &sink, n, with_reconnect)?;
+        let (figures, r) = sync_round(&src, &sink, n, with_reconnect, Over::default())?;
         rounds.push(figures);
         if let Some(r) = r {
             reconnect = Some(r);
@@ -201,58 +202,83 @@ pub fn run(
 }
 
 /// One sync round.
-struct Round {
-    synced: Synced,
+pub struct Round {
+    /// What the sink reported.
+    pub synced: Synced,
     source_hwm_kib: u64,
-    source_cpu_s: f64,
+    /// CPU time of the source process.
+    pub source_cpu_s: f64,
+    /// What the link carried source -> sink and sink -> source, when there was one.
+    pub carried: Option<(Carried, Carried)>,
+}
+
+/// Where a round runs: across a [`Link`] of this shape, with this catch-up window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Over {
+    /// The link between the sink and the source (`None`: straight over loopback).
+    pub link: Option<LinkSpec>,
+    /// The sink's catch-up window (`None`: the engine's default).
+    pub window: Option<u32>,
 }
 
 /// Starts a source on `src` and a sink on a fresh `sink`, waits until the sink caught up,
 /// optionally restarts the sink and counts the reconnect, then stops both.
-fn sync_round(
+pub fn sync_round(
     src: &Path,
     sink: &Path,
     records: u64,
     reconnect: bool,
+    over: Over,
 ) -> anyhow::Result<(Round, Option<ReconnectFigures>)> {
     remove_db(sink);
-    let mut source = Proc::spawn(
-        "source",
-        &[
-            "--child".into(),
-            "source".into(),
-            "--child-db".into(),
-            src.display().to_string(),
-            "--child-key".into(),
-            SOURCE_KEY.to_string(),
-            "--child-peer-key".into(),
-            SINK_KEY.to_string(),
-        ],
-    )?;
+    let mut source_args: Vec<String> = if over.link.is_some() {
+        vec!["--child-v6".into()]
+    } else {
+        Vec::new()
+    };
+    source_args.extend([
+        "--child".into(),
+        "source".into(),
+        "--child-db".into(),
+        src.display().to_string(),
+        "--child-key".into(),
+        SOURCE_KEY.to_string(),
+        "--child-peer-key".into(),
+        SINK_KEY.to_string(),
+    ]);
+    let mut source = Proc::spawn("source", &source_args)?;
     let addr = match source.recv(Duration::from_secs(60))? {
         Reply::Ready { addr } => addr,
         other => bail!("source: unexpected {other:?}"),
     };
+    // The sink (A) reaches the source (B) only across the link; the source never dials.
+    let link = over
+        .link
+        .map(|spec| Link::start(spec, None, addr))
+        .transpose()?;
+    let addr = link.as_ref().map_or(addr, |l| l.to_b);
     let timeout = 600u64;
-    let mut sinkp = Proc::spawn(
-        "sink",
-        &[
-            "--child".into(),
-            "sink".into(),
-            "--child-db".into(),
-            sink.display().to_string(),
-            "--child-key".into(),
-            SINK_KEY.to_string(),
-            "--child-peer-key".into(),
-            SOURCE_KEY.to_string(),
-            "--child-peer-addr".into(),
-            addr.to_string(),
-            "--child-head".into(),
-            records.to_string(),
-            "--child-timeout".into(),
-            timeout.to_string(),
-        ],
-    )?;
+    let mut sink_args: Vec<String> = over
+        .window
+        .map(|w| vec!["--child-window".into(), w.to_string()])
+        .unwrap_or_default();
+    sink_args.extend([
+        "--child".into(),
+        "sink".into(),
+        "--child-db".into(),
+        sink.display().to_string(),
+        "--child-key".into(),
+        SINK_KEY.to_string(),
+        "--child-peer-key".into(),
+        SOURCE_KEY.to_string(),
+        "--child-peer-addr".into(),
+        addr.to_string(),
+        "--child-head".into(),
+        records.to_string(),
+        "--child-timeout".into(),
+        timeout.to_string(),
+    ]);
+    let mut sinkp = Proc::spawn("sink", &sink_args)?;
     let synced = match sinkp.recv(Duration::from_secs(timeout + 10))? {
         Reply::Synced(s) => s,
         other => bail!("sink: unexpected {other:?}"),
@@ -285,11 +311,13 @@ fn sync_round(
     }
     sinkp.quit()?;
     source.quit()?;
+    let carried = link.map(|l| (l.b_to_a(), l.a_to_b()));
     Ok((
         Round {
             synced,
             source_hwm_kib,
             source_cpu_s,
+            carried,
         },
         figures,
     ))
