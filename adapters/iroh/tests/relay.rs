@@ -13,134 +13,19 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "support/local_relay.rs"]
+mod local_relay;
 
 use common::{config, converged, init_tracing, iroh_config, store, Store};
 use hybridsync_core::{DeviceId, OwnedRecord, Value};
-use hybridsync_iroh::{bind_endpoint, device_id_for, DeviceRegistry, IrohTransport, NetworkConfig};
+use hybridsync_iroh::{bind_endpoint, device_id_for, DeviceRegistry, IrohTransport};
 use hybridsync_tokio::Node;
-use iroh::tls::CaTlsConfig;
-use iroh::{EndpointAddr, NetReportConfig, RelayConfig, RelayMap, RelayUrl, SecretKey};
-use iroh_relay::server::{
-    CertConfig, RelayConfig as RelayServerConfig, Server, ServerConfig, TlsConfig,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use iroh::{EndpointAddr, SecretKey};
+use local_relay::{LocalRelay, T};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Generous: a loaded 2-core machine runs the relay, both devices and their SQLite threads.
-const T: Duration = Duration::from_secs(30);
-
-/// A relay server on 127.0.0.1 that can be stopped and started again on the same port (so
-/// its URL, which the devices' registries hold, stays valid).
-struct LocalRelay {
-    server: Option<Server>,
-    port: u16,
-    url: RelayUrl,
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
-    /// Datagram bytes the relay delivered to clients in the runs that were stopped.
-    delivered_before: u64,
-}
-
-impl LocalRelay {
-    /// Generates a self-signed certificate for `127.0.0.1` and starts the relay on a free port.
-    async fn start() -> LocalRelay {
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-        let cert = certified.cert.der().clone();
-        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-        let server = spawn(0, &cert, &key).await.unwrap();
-        let port = server.https_addr().unwrap().port();
-        LocalRelay {
-            server: Some(server),
-            port,
-            url: format!("https://127.0.0.1:{port}").parse().unwrap(),
-            cert,
-            key,
-            delivered_before: 0,
-        }
-    }
-
-    /// Stops the relay: every client connection is cut.
-    async fn stop(&mut self) {
-        let server = self.server.take().expect("relay running");
-        self.delivered_before += server.metrics().server.bytes_sent.get();
-        server.shutdown().await.unwrap();
-    }
-
-    /// Starts the relay again on its port, with the same certificate.
-    async fn restart(&mut self) {
-        assert!(self.server.is_none(), "relay already running");
-        let deadline = tokio::time::Instant::now() + T;
-        loop {
-            match spawn(self.port, &self.cert, &self.key).await {
-                Ok(s) => {
-                    self.server = Some(s);
-                    return;
-                }
-                Err(e) => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "cannot restart the relay on port {}: {e}",
-                        self.port
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    /// Datagram bytes the relay delivered to clients so far (all its runs).
-    fn delivered(&self) -> u64 {
-        self.delivered_before
-            + self
-                .server
-                .as_ref()
-                .map_or(0, |s| s.metrics().server.bytes_sent.get())
-    }
-
-    /// The network of a device using only this relay, trusting only its certificate:
-    /// relay only (`direct` false) or with a direct socket on 127.0.0.1 too.
-    fn network(&self, direct: bool) -> NetworkConfig {
-        // No QUIC address discovery (the test relay does not serve it), so nothing probes
-        // the default QAD port on 127.0.0.1.
-        let map = RelayMap::from(RelayConfig::new(self.url.clone(), None));
-        let bind = direct.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-        let mut network = NetworkConfig::relays(bind, map);
-        network.relay_tls = Some(CaTlsConfig::custom_roots([self.cert.clone()]));
-        // The captive-portal check would GET port 80 of the relay's host: not ours.
-        let mut report = NetReportConfig::default();
-        report.captive_portal_check = false;
-        network.net_report = report;
-        network
-    }
-}
-
-async fn spawn(
-    port: u16,
-    cert: &CertificateDer<'static>,
-    key: &PrivatePkcs8KeyDer<'static>,
-) -> Result<Server, iroh_relay::server::SpawnError> {
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.clone()], PrivateKeyDer::Pkcs8(key.clone_key()))
-    .unwrap();
-    let mut relay = RelayServerConfig::new((Ipv4Addr::LOCALHOST, 0));
-    relay.tls = Some(TlsConfig::new(
-        (Ipv4Addr::LOCALHOST, port),
-        CertConfig::Manual { server_config: tls },
-    ));
-    let mut config = ServerConfig::default();
-    config.relay = Some(relay);
-    Server::spawn(config).await
-}
 
 /// A device of these tests: a key, a database, and how it reaches the network.
 struct Dev {
@@ -164,7 +49,7 @@ impl Dev {
     /// What another device knows of this one: its endpoint id and the relay's URL, no
     /// direct address.
     fn by_relay(&self, relay: &LocalRelay) -> EndpointAddr {
-        EndpointAddr::new(self.key.public()).with_relay_url(relay.url.clone())
+        EndpointAddr::new(self.key.public()).with_relay_url(relay.url().clone())
     }
 
     /// Binds a new endpoint (a new port, for a device with a direct socket) and starts the
