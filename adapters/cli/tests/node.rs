@@ -25,8 +25,13 @@ impl Proc {
         Proc::start_with(dir, &["--offline"])
     }
 
-    /// `hybridsync node` on `dir` with `flags` (which must keep it off the internet).
+    /// `hybridsync node` on `dir` with `flags`, which must keep it off the internet.
     fn start_with(dir: &Path, flags: &[&str]) -> Proc {
+        // Without either flag a node uses iroh's public relays and address lookup.
+        assert!(
+            flags.contains(&"--offline") || flags.contains(&"--relay"),
+            "a test node must run --offline or with a local --relay: {flags:?}"
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
             .arg("node")
             .args(flags)
