@@ -10,6 +10,12 @@
 //! to another key (it only updates the addresses of the same key). To pair a device id with
 //! another key anyway, `remove-member` it first.
 //!
+//! How a node reaches its peers ([`Args`]): by default through iroh's public relays, with
+//! iroh's address lookup, so two devices on different networks (a laptop at home, a phone on
+//! mobile data) find each other by endpoint id, also after either one restarts on another port
+//! or network; `--relay URL` uses your own relays instead (and nothing else); `--offline` keeps
+//! to the direct addresses in tickets (the demo, tests and benchmarks never leave 127.0.0.1).
+//!
 //! One node per data directory: the node holds its database's lock (`sync.db.lock`, see
 //! [`hybridsync_sqlite::SqliteStore::open`]) while it runs, so a second node on the same
 //! directory refuses to start; the lock of a killed node is released by the OS.
@@ -21,16 +27,20 @@ use hybridsync_core::{
     Config, DeviceId, Event, ModelKind, ModelRegistry, OwnedRecord, Value, MEMBER_MODEL,
 };
 use hybridsync_iroh::{
-    device_id_for, offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport, RegistryError,
-    Ticket,
+    bind_endpoint, device_id_for, DeviceRegistry, IrohConfig, IrohTransport, NetworkConfig,
+    RegistryError, Ticket,
 };
 use hybridsync_sqlite::SqliteError;
 use hybridsync_tokio::Node;
-use iroh::SecretKey;
+use iroh::tls::CaTlsConfig;
+use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Options of `hybridsync node`.
@@ -41,9 +51,58 @@ pub struct Args {
     /// refuses to start.
     #[arg(long)]
     pub data: PathBuf,
-    /// Local UDP address to listen on (`0.0.0.0:PORT` to accept other machines).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub bind: SocketAddr,
+    /// Local UDP address for direct paths (default: `0.0.0.0:0`, any interface and a new
+    /// port at each start; with `--offline`, `127.0.0.1:0`: this machine only, use
+    /// `0.0.0.0:PORT` to accept other machines on the LAN).
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Direct addresses only: no relay, no address lookup, no server contacted at all. A peer
+    /// is dialed only at the addresses of its ticket, so a peer that restarts on another port
+    /// (or network) must be paired again.
+    #[arg(long, conflicts_with_all = ["relay", "relay_ca"])]
+    pub offline: bool,
+    /// A relay server to use instead of iroh's public relays (repeat for several). The node
+    /// contacts these relays and no other server (no address lookup); its ticket names the
+    /// one it is connected to. Without `--relay` or `--offline`: iroh's public relays and
+    /// its address lookup (number 0's servers).
+    #[arg(long, value_name = "URL")]
+    pub relay: Vec<RelayUrl>,
+    /// PEM file of certificates the relays' TLS may also chain to (a self-hosted relay with a
+    /// self-signed certificate or a private CA), besides the usual public roots.
+    #[arg(long, value_name = "FILE")]
+    pub relay_ca: Option<PathBuf>,
+}
+
+/// How long a node with relays waits for one before it prints its ticket.
+const RELAY_WAIT: Duration = Duration::from_secs(10);
+
+impl Args {
+    /// The network the flags describe.
+    fn network(&self) -> anyhow::Result<NetworkConfig> {
+        if self.offline {
+            let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+            return Ok(NetworkConfig::offline(self.bind.unwrap_or(local)));
+        }
+        let bind = self
+            .bind
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        let mut network = if self.relay.is_empty() {
+            NetworkConfig::n0(bind)
+        } else {
+            NetworkConfig::relays(Some(bind), self.relay.iter().cloned().collect())
+        };
+        if let Some(path) = &self.relay_ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("{} holds no PEM certificate", path.display());
+            }
+            network.relay_tls = Some(CaTlsConfig::embedded().with_extra_roots(certs));
+        }
+        Ok(network)
+    }
 }
 
 const HELP: &str = "\
@@ -66,7 +125,9 @@ commands:
   status               this device, its peers and members, then per device: `watermark`
                        (device-owned records held), `shared` (shared changes held) and
                        `pruned` (shared changes dropped from the log), and a content digest
-  ticket               print this device's ticket
+  ticket               print this device's ticket (its endpoint id, direct addresses
+                       and home relay: a peer reaches it through the relay after its
+                       addresses change, without a new ticket)
   quit                 stop";
 
 /// Runs a node until `quit` (or end of input followed by Ctrl-C).
@@ -216,7 +277,9 @@ fn show(v: &Value) -> String {
 struct Session {
     node: Node<Store>,
     registry: DeviceRegistry,
-    ticket: Ticket,
+    /// Its addresses (the home relay's URL among them) change while it runs: `ticket` reads
+    /// them each time.
+    endpoint: Endpoint,
     dir: PathBuf,
 }
 
@@ -466,7 +529,7 @@ impl Session {
             }
             "ticket" => {
                 args(rest.is_empty())?;
-                println!("ticket {}", self.ticket);
+                println!("ticket {}", Ticket::new(self.endpoint.addr()));
             }
             "help" => println!("{HELP}"),
             "quit" | "exit" => {
@@ -538,9 +601,23 @@ async fn node(args: Args) -> anyhow::Result<()> {
             )
         })?;
     }
-    let endpoint = offline_endpoint(key.clone(), args.bind).await?;
+    let network = args.network()?;
+    let endpoint = bind_endpoint(key.clone(), &network).await?;
+    if network.relays != RelayMode::Disabled {
+        // The ticket should name the home relay: wait (a little) until there is one.
+        if tokio::time::timeout(RELAY_WAIT, endpoint.online())
+            .await
+            .is_err()
+        {
+            println!(
+                "warning: no relay reached within {}s: the ticket holds direct addresses \
+                 only for now (run `ticket` again later)",
+                RELAY_WAIT.as_secs()
+            );
+        }
+    }
     let ticket = Ticket::new(endpoint.addr());
-    let transport = IrohTransport::new(endpoint, registry.clone(), IrohConfig::default());
+    let transport = IrohTransport::new(endpoint.clone(), registry.clone(), IrohConfig::default());
     transport.spawn_router();
     let mut members = vec![me];
     members.extend(peers.iter().map(|t| t.device));
@@ -549,6 +626,9 @@ async fn node(args: Args) -> anyhow::Result<()> {
     let mut events = builder.subscribe();
     let node = builder.start(store, transport).await?;
     println!("device {me:#}");
+    for relay in ticket.addr.relay_urls() {
+        println!("relay {relay}");
+    }
     println!("ticket {ticket}");
     println!("ready (type `help`)");
 
@@ -577,7 +657,7 @@ async fn node(args: Args) -> anyhow::Result<()> {
     let session = Session {
         node,
         registry,
-        ticket,
+        endpoint,
         dir: args.data.clone(),
     };
     let mut stdin = BufReader::new(tokio::io::stdin());

@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../iroh/tests/support/local_relay.rs"]
+mod local_relay;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -17,9 +20,22 @@ struct Proc {
 }
 
 impl Proc {
+    /// `hybridsync node --offline` on `dir`: direct addresses only, nothing leaves 127.0.0.1.
     fn start(dir: &Path) -> Proc {
+        Proc::start_with(dir, &["--offline"])
+    }
+
+    /// `hybridsync node` on `dir` with `flags`, which must keep it off the internet.
+    fn start_with(dir: &Path, flags: &[&str]) -> Proc {
+        // Without either flag a node uses iroh's public relays and address lookup.
+        assert!(
+            flags.contains(&"--offline") || flags.contains(&"--relay"),
+            "a test node must run --offline or with a local --relay: {flags:?}"
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
-            .args(["node", "--data"])
+            .arg("node")
+            .args(flags)
+            .arg("--data")
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -295,7 +311,7 @@ fn node_refuses_to_start_with_a_forged_ticket_in_its_peers_file() {
 /// and stderr, or `None` (and the process killed) if it was still running after [`T`].
 fn refused_start(dir: &Path) -> Option<(std::process::ExitStatus, String)> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
-        .args(["node", "--data"])
+        .args(["node", "--offline", "--data"])
         .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -481,4 +497,79 @@ fn get_count_and_a_model_filter_read_the_records() {
     assert_eq!(b.run("list tag"), vec!["tag holiday color=red".to_owned()]);
     a.quit();
     b.quit();
+}
+
+/// The user story, with a relay of our own on 127.0.0.1 instead of iroh's public
+/// ones: two nodes paired once, both restart on new ports (their old ones held by someone
+/// else), and they find each other again through the relay their tickets name.
+#[test]
+fn paired_nodes_reconnect_through_their_relay_after_both_restart_on_new_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    // The relay runs on this runtime's threads while this thread drives the two processes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = rt.block_on(local_relay::LocalRelay::start());
+    let ca = dir.path().join("relay.pem");
+    std::fs::write(&ca, relay.cert_pem()).unwrap();
+    let url = relay.url().to_string();
+    let ca = ca.to_str().unwrap();
+    // 127.0.0.1: direct addresses stay on loopback (the default binds every interface).
+    let flags = ["--relay", &url, "--relay-ca", ca, "--bind", "127.0.0.1:0"];
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let mut a = Proc::start_with(&da, &flags);
+    let mut b = Proc::start_with(&db, &flags);
+    assert_eq!(a.expect("relay "), url);
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    assert!(ticket_a.ends_with(&format!(",{url}")), "{ticket_a}");
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    a.run("put first yes");
+    b.poll("list", |out| out.iter().any(|l| l.ends_with("first = yes")));
+    a.quit();
+    b.quit();
+
+    // Their old ports are taken: each must be reached at a new one, through the relay.
+    let old_ports: Vec<std::net::UdpSocket> = [&ticket_a, &ticket_b]
+        .iter()
+        .flat_map(|t| t.rsplit('@').next().unwrap().split(','))
+        .filter_map(|item| item.parse::<std::net::SocketAddr>().ok())
+        .map(|addr| std::net::UdpSocket::bind(addr).unwrap())
+        .collect();
+    assert_eq!(old_ports.len(), 2);
+    let mut a = Proc::start_with(&da, &flags);
+    let mut b = Proc::start_with(&db, &flags);
+    let (new_a, new_b) = (a.expect("ticket "), b.expect("ticket "));
+    assert_ne!(new_a, ticket_a, "A got its old port back");
+    assert_ne!(new_b, ticket_b, "B got its old port back");
+    b.run("put second yes");
+    a.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("second = yes"))
+    });
+    a.poll("peers", |out| out.iter().any(|l| l.ends_with(" connected")));
+    a.quit();
+    b.quit();
+    drop(relay);
+}
+
+#[test]
+fn offline_node_names_no_relay_and_relay_flags_conflict_with_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Proc::start(&dir.path().join("a"));
+    let ticket = a.expect("ticket ");
+    assert!(!ticket.contains("://"), "{ticket}");
+    a.quit();
+    let out = Command::new(env!("CARGO_BIN_EXE_hybridsync"))
+        .args([
+            "node",
+            "--offline",
+            "--relay",
+            "https://127.0.0.1:1",
+            "--data",
+        ])
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }

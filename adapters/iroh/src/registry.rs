@@ -1,7 +1,7 @@
 //! The device registry: which iroh endpoints are which devices, and where to dial them.
 
 use hybridsync_core::DeviceId;
-use iroh::{EndpointAddr, EndpointId};
+use iroh::{EndpointAddr, EndpointId, RelayUrl};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -59,7 +59,8 @@ pub enum RegistryError {
 /// Maps authenticated iroh [`EndpointId`]s to [`DeviceId`]s (pairing: what a user approved).
 ///
 /// A connection from an endpoint that is not registered is refused before any message is read.
-/// Registered devices with at least one address are dialed and kept connected. The registry
+/// Registered devices with at least one address (direct or relay URL) are dialed and kept
+/// connected. The registry
 /// can change while the transport runs (cheap to clone; every clone is the same registry).
 /// Registration is about *identity*; membership in the library is the engine's decision (a
 /// registered device that is not a member is refused by the engine and disconnected).
@@ -99,8 +100,9 @@ impl DeviceRegistry {
     }
 
     /// Registers `device` at `addr` (`addr.id` is its authenticated key), or updates the
-    /// addresses of a device already registered with that same key. With no IP address in
-    /// `addr`, the device is accepted but not dialed.
+    /// addresses of a device already registered with that same key. `addr` may hold direct
+    /// addresses and relay URLs; with neither, the device is accepted but dialed only by an
+    /// endpoint with address lookup (which finds it by its id).
     ///
     /// Never re-binds: a device registered with another key ([`RegistryError::DeviceBound`])
     /// and a key registered as another device ([`RegistryError::EndpointBound`]) are refused
@@ -206,8 +208,15 @@ impl DeviceRegistry {
     }
 }
 
-/// What a device shares so others can pair with it: its device id, its endpoint id and its
-/// direct addresses. Text form: `hybridsync:<device uuid>@<endpoint id hex>@<addr>,<addr>`.
+/// What a device shares so others can pair with it: its device id, its endpoint id, its
+/// direct addresses and its home relay's URL. Text form:
+/// `hybridsync:<device uuid>@<endpoint id hex>@<addr>,<addr>,<relay url>`, where each item of
+/// the list is an `ip:port` or a relay URL (`https://...`; a `,` in a URL is written `%2C`).
+/// The list may be empty (the device is then found by address lookup, or dials in itself).
+///
+/// The endpoint id is the stable part: a device that restarts on another port, or on another
+/// network, keeps it, and is reached again through the relay the ticket names (or through
+/// address lookup) without a new ticket; direct addresses are a shortcut that may go stale.
 ///
 /// The device id must be [`device_id_for`] the endpoint id: parsing refuses any other
 /// ([`TicketError::DeviceMismatch`]), so a ticket cannot pair someone else's key under a
@@ -248,7 +257,7 @@ impl Ticket {
 #[derive(Debug, thiserror::Error)]
 pub enum TicketError {
     /// Not of the form `hybridsync:<uuid>@<hex>@<addrs>`.
-    #[error("a ticket looks like hybridsync:<device>@<endpoint>@<addr>,...")]
+    #[error("a ticket looks like hybridsync:<device>@<endpoint>@<addr or relay url>,...")]
     Format,
     /// The device id is not a UUID.
     #[error("bad device id: {0}")]
@@ -256,8 +265,8 @@ pub enum TicketError {
     /// The endpoint id is not 64 hex digits of a valid key.
     #[error("bad endpoint id")]
     Endpoint,
-    /// An address is not `ip:port`.
-    #[error("bad address {0:?}")]
+    /// An item of the address list is neither `ip:port` nor a relay URL.
+    #[error("bad address {0:?} (expected ip:port or a relay url such as https://relay.example)")]
     Address(String),
     /// The device id is not the one the endpoint key stands for ([`device_id_for`]): a
     /// mistyped or forged ticket.
@@ -276,7 +285,18 @@ pub enum TicketError {
 
 impl fmt::Display for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let addrs: Vec<String> = self.addr.ip_addrs().map(ToString::to_string).collect();
+        // Relay URLs go after the direct addresses; `,` separates the items, so a URL's own
+        // commas are percent-encoded (an HTTP server reads `%2C` in a path as `,`).
+        let addrs: Vec<String> = self
+            .addr
+            .ip_addrs()
+            .map(ToString::to_string)
+            .chain(
+                self.addr
+                    .relay_urls()
+                    .map(|u| u.to_string().replace(',', "%2C")),
+            )
+            .collect();
         write!(
             f,
             "hybridsync:{}@{}@{}",
@@ -320,8 +340,12 @@ impl FromStr for Ticket {
         let id = EndpointId::from_bytes(&key).map_err(|_| TicketError::Endpoint)?;
         let mut addr = EndpointAddr::new(id);
         for a in addrs.split(',').filter(|a| !a.is_empty()) {
-            let sock = SocketAddr::from_str(a).map_err(|_| TicketError::Address(a.to_owned()))?;
-            addr = addr.with_ip_addr(sock);
+            let bad = || TicketError::Address(a.to_owned());
+            addr = if a.contains("://") {
+                addr.with_relay_url(RelayUrl::from_str(a).map_err(|_| bad())?)
+            } else {
+                addr.with_ip_addr(SocketAddr::from_str(a).map_err(|_| bad())?)
+            };
         }
         let ticket = Ticket { device, addr };
         ticket.verify()?;
@@ -372,6 +396,49 @@ mod tests {
         assert_eq!(t.device, device_id_for(&key(7)));
         let back: Ticket = t.to_string().parse().expect("parses");
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn ticket_carries_relay_urls_next_to_direct_addresses() {
+        let relay: RelayUrl = "https://relay.example:4433".parse().expect("url");
+        let both = Ticket::new(
+            EndpointAddr::new(key(8))
+                .with_ip_addr("127.0.0.1:4000".parse().expect("addr"))
+                .with_relay_url(relay.clone()),
+        );
+        let text = both.to_string();
+        assert!(
+            text.ends_with("@127.0.0.1:4000,https://relay.example:4433/"),
+            "{text}"
+        );
+        assert_eq!(text.parse::<Ticket>().expect("parses"), both);
+        // Only a relay: the device is reached by id through it, wherever it listens.
+        let relay_only = Ticket::new(EndpointAddr::new(key(8)).with_relay_url(relay.clone()));
+        let back: Ticket = relay_only.to_string().parse().expect("parses");
+        assert_eq!(back.addr.ip_addrs().count(), 0);
+        assert_eq!(back.addr.relay_urls().collect::<Vec<_>>(), vec![&relay]);
+    }
+
+    #[test]
+    fn a_relay_url_with_a_comma_survives_the_ticket() {
+        let relay: RelayUrl = "https://relay.example/a,b".parse().expect("url");
+        let t = Ticket::new(EndpointAddr::new(key(9)).with_relay_url(relay));
+        let back: Ticket = t.to_string().parse().expect("parses");
+        let urls: Vec<String> = back.addr.relay_urls().map(ToString::to_string).collect();
+        assert_eq!(urls, vec!["https://relay.example/a%2Cb".to_owned()]);
+    }
+
+    #[test]
+    fn a_ticket_with_neither_an_address_nor_a_url_in_its_list_is_refused() {
+        let k = key(10);
+        let device = device_id_for(&k).0.simple();
+        for item in ["nope", "https://", "127.0.0.1", "relay.example:443"] {
+            let t = format!("hybridsync:{device}@{k}@{item}");
+            assert!(
+                matches!(t.parse::<Ticket>(), Err(TicketError::Address(a)) if a == item),
+                "{item} accepted"
+            );
+        }
     }
 
     #[test]

@@ -181,6 +181,9 @@ impl State {
 struct Shared {
     endpoint: Endpoint,
     me: EndpointId,
+    /// The endpoint has address lookup services: a device known by its id alone is dialed
+    /// (iroh resolves where it is).
+    lookup: bool,
     registry: DeviceRegistry,
     config: IrohConfig,
     state: Mutex<State>,
@@ -204,9 +207,12 @@ struct Shared {
 ///   nor accepted (closed with [`close_code::NOT_MEMBER`] before any stream is read), and a
 ///   device removed from the set has its connection closed and its dialing stopped.
 /// - **One connection per device**: both sides dial every registered member that has an
-///   address; when two connections meet, both sides keep the one dialed by the smaller
-///   endpoint id (a newer connection from the same dialer replaces a stale one). The larger
-///   id waits a little before its first dial so the usual case has no duplicate at all.
+///   address (direct or relay URL; any member, if the endpoint has address lookup); when two
+///   connections meet, both sides keep the one dialed by the smaller endpoint id (a newer
+///   connection from the same dialer replaces a stale one). The larger id waits a little
+///   before its first dial so the usual case has no duplicate at all. A dial offers iroh every
+///   address the registry holds: a stale direct address costs nothing while the relay URL
+///   still reaches the device.
 /// - **Reconnect** with exponential backoff and jitter (a seeded xorshift, no OS randomness).
 /// - **Streams**: each side sends on two unidirectional streams: real-time messages
 ///   ([`SyncMessage::is_realtime`]) on a high-priority one, catch-up traffic on a low-priority
@@ -274,10 +280,14 @@ impl IrohTransport {
                 (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
             })
         });
+        let lookup = endpoint
+            .address_lookup()
+            .is_ok_and(|services| !services.is_empty());
         IrohTransport {
             shared: Arc::new(Shared {
                 endpoint,
                 me,
+                lookup,
                 registry,
                 config,
                 state: Mutex::new(State::default()),
@@ -317,6 +327,14 @@ impl IrohTransport {
     /// Devices with a live connection.
     pub fn connected(&self) -> BTreeSet<DeviceId> {
         lock(&self.shared.state).conns.keys().copied().collect()
+    }
+
+    /// The live connection to `device`, to see how it is carried: [`Connection::paths`] lists
+    /// its paths (through a relay, or direct once hole punching found one) and which one is
+    /// selected; [`Connection::stats`] counts its traffic. Closing it makes the transport
+    /// dial again.
+    pub fn connection(&self, device: DeviceId) -> Option<Connection> {
+        self.shared.active_conn(device)
     }
 }
 
@@ -611,13 +629,19 @@ impl Shared {
         }
     }
 
+    /// Where to dial `device`, if it can be dialed at all ([`Shared::dialable`]).
     fn shared_addr(&self, device: DeviceId) -> Option<iroh::EndpointAddr> {
-        self.registry
-            .addr_of(device)
-            .filter(|a| a.ip_addrs().next().is_some())
+        self.registry.addr_of(device).filter(|a| self.dialable(a))
     }
 
-    /// Starts a dial loop for every registered member that has none (and an address).
+    /// Whether a device registered at `addr` is dialed: it has a direct address or a relay URL,
+    /// or this endpoint has address lookup to find it by its id. A device with nothing to dial
+    /// is only accepted.
+    fn dialable(&self, addr: &iroh::EndpointAddr) -> bool {
+        !addr.is_empty() || self.lookup
+    }
+
+    /// Starts a dial loop for every registered member that has none (and can be dialed).
     fn reconcile_dialers(self: &Arc<Self>) {
         let devices = self.registry.devices();
         let mut st = lock(&self.state);
@@ -626,7 +650,7 @@ impl Shared {
             if addr.id == self.me || st.dialers.contains_key(&device) || st.excluded(device) {
                 continue;
             }
-            if addr.ip_addrs().next().is_none() {
+            if !self.dialable(&addr) {
                 continue;
             }
             let task = tokio::spawn(self.clone().dial_loop(device));
