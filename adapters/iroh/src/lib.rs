@@ -74,13 +74,6 @@ impl From<BindError> for EndpointError {
     }
 }
 
-/// Bytes a peer may have in flight towards this device on one connection, all streams
-/// together (8 MiB; QUIC's flow-control window). A catch-up moves at most this much per round
-/// trip: 8 MiB keeps a 200 ms link at 40 MB/s, faster than a device applies pages, where the
-/// library default (1.25 MiB per stream) held a 1M-record sync at 200 ms to about 6 MB/s. It
-/// is also what QUIC may buffer for a peer that sends faster than this device reads.
-pub const RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
-
 /// How an endpoint finds a device whose [`iroh::EndpointAddr`] holds no usable address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Lookup {
@@ -182,8 +175,12 @@ pub async fn bind_endpoint(
         .max_idle_timeout(Some(idle))
         .max_concurrent_uni_streams(transport::MAX_INBOUND_STREAMS.into())
         .max_concurrent_bidi_streams(0u32.into())
-        .stream_receive_window(RECEIVE_WINDOW.into())
-        .receive_window(RECEIVE_WINDOW.into())
+        // QUIC's flow-control windows stay at the library's defaults (1.25 MB per stream,
+        // about 100 Mbit/s at 100 ms RTT), which bound a catch-up to about that rate. Larger
+        // ones are not safe: a receiver that reads slower than its peer sends (the driver
+        // stops reading past its inbound budget while the disk catches up) then buffers more
+        // than the QUIC library's 1,024 chunks per stream and the connection fails with
+        // "too many gaps in stream buffer" (`slow_peer.rs` failed so with 8 MiB).
         .build();
     // `Minimal` sets only the crypto provider: every service below is chosen here.
     let mut builder = Endpoint::builder(presets::Minimal)
