@@ -123,6 +123,13 @@ struct OwnedServe {
     reading: bool,
 }
 
+/// What [`Replica::abort_fetches`] selects a running catch-up by, whatever its kind.
+struct FetchView {
+    peer: DeviceId,
+    request_id: u64,
+    deadline: Instant,
+}
+
 /// A running catch-up of the shared stream.
 #[derive(Debug)]
 struct SharedFetch {
@@ -733,24 +740,47 @@ impl Replica {
         // At once: a peer that believes this device still reaches `peer` would not relay it
         // `peer`'s changes.
         self.send_neighbours(false);
+        self.abort_fetches(
+            |f| f.peer == peer,
+            CommandError::Interrupted("peer disconnected"),
+        );
+        self.reads.retain(|_, r| r.peer != peer);
+        self.serves.retain(|(p, _), _| *p != peer);
+    }
+
+    /// Abandons every running catch-up that `selects` picks (device-owned ones and the shared
+    /// one alike), failing the command attached to each with `reason`.
+    fn abort_fetches(&mut self, selects: impl Fn(&FetchView) -> bool, reason: CommandError) {
         let owners: Vec<DeviceId> = self
             .owned_fetches
             .iter()
-            .filter(|(_, f)| f.peer == peer)
+            .filter(|(_, f)| {
+                selects(&FetchView {
+                    peer: f.peer,
+                    request_id: f.request_id,
+                    deadline: f.deadline,
+                })
+            })
             .map(|(o, _)| *o)
             .collect();
-        for o in owners {
-            if let Some(f) = self.owned_fetches.remove(&o) {
-                self.fail_command(f.command, CommandError::Interrupted("peer disconnected"));
-            }
+        let mut commands: Vec<Option<CommandId>> = owners
+            .iter()
+            .filter_map(|o| self.owned_fetches.remove(o))
+            .map(|f| f.command)
+            .collect();
+        let shared = self.shared_fetch.as_ref().is_some_and(|f| {
+            selects(&FetchView {
+                peer: f.peer,
+                request_id: f.request_id,
+                deadline: f.deadline,
+            })
+        });
+        if shared {
+            commands.extend(self.shared_fetch.take().map(|f| f.command));
         }
-        if self.shared_fetch.as_ref().is_some_and(|f| f.peer == peer) {
-            if let Some(f) = self.shared_fetch.take() {
-                self.fail_command(f.command, CommandError::Interrupted("peer disconnected"));
-            }
+        for command in commands {
+            self.fail_command(command, reason.clone());
         }
-        self.reads.retain(|_, r| r.peer != peer);
-        self.serves.retain(|(p, _), _| *p != peer);
     }
 
     fn fail_command(&mut self, id: Option<CommandId>, reason: CommandError) {
@@ -913,32 +943,11 @@ impl Replica {
         message: String,
     ) {
         let Some(rid) = request_id else { return };
-        let owner = self
-            .owned_fetches
-            .iter()
-            .find(|(_, f)| f.peer == from && f.request_id == rid)
-            .map(|(o, _)| *o);
-        if let Some(o) = owner {
-            if let Some(f) = self.owned_fetches.remove(&o) {
-                self.fail_command(
-                    f.command,
-                    CommandError::PeerError(format!("{code:?}: {message}")),
-                );
-            }
-            return;
-        }
-        if self
-            .shared_fetch
-            .as_ref()
-            .is_some_and(|f| f.peer == from && f.request_id == rid)
-        {
-            if let Some(f) = self.shared_fetch.take() {
-                self.fail_command(
-                    f.command,
-                    CommandError::PeerError(format!("{code:?}: {message}")),
-                );
-            }
-        }
+        // Request ids are unique across every kind of catch-up: at most one matches.
+        self.abort_fetches(
+            |f| f.peer == from && f.request_id == rid,
+            CommandError::PeerError(format!("{code:?}: {message}")),
+        );
     }
 
     // ---------------------------------------------------------------- storage
@@ -1082,26 +1091,10 @@ impl Replica {
             self.ack_due = None;
             self.send_acks();
         }
-        let expired: Vec<DeviceId> = self
-            .owned_fetches
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(o, _)| *o)
-            .collect();
-        for o in expired {
-            if let Some(f) = self.owned_fetches.remove(&o) {
-                self.fail_command(f.command, CommandError::Interrupted("request timed out"));
-            }
-        }
-        if self
-            .shared_fetch
-            .as_ref()
-            .is_some_and(|f| f.deadline <= now)
-        {
-            if let Some(f) = self.shared_fetch.take() {
-                self.fail_command(f.command, CommandError::Interrupted("request timed out"));
-            }
-        }
+        self.abort_fetches(
+            |f| f.deadline <= now,
+            CommandError::Interrupted("request timed out"),
+        );
     }
 
     // ---------------------------------------------------------------- commands
