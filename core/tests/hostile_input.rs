@@ -8,7 +8,7 @@
 //! durable state and the wire.
 
 use hybridsync_core::codec::DEFAULT_MAX_FRAME;
-use hybridsync_core::replica::{MAX_CLAIMED_OWN_HEAD, MAX_MEMBERS};
+use hybridsync_core::replica::{MAX_CLAIMED_OWN_HEAD, MAX_MEMBERS, MAX_ORIGINS};
 use hybridsync_core::value::MAX_NESTING;
 use hybridsync_core::{
     decode, encode, encode_frame, ChangeKind, CodecError, Config, DeviceId, ErrorCode, Event,
@@ -739,6 +739,32 @@ fn far_future_snapshot_page_is_refused_without_state_change() {
     );
     assert_ne!(n.digest(), before);
     assert_eq!(n.replica.version_vector().get(B), 5);
+}
+
+#[test]
+fn snapshot_claim_naming_more_origins_than_a_device_tracks_is_refused_without_state_change() {
+    // A member's snapshot claims a version vector over more origins than `MAX_ORIGINS`: a
+    // device that adopted it would track (and send in every summary and ack) all of them, and
+    // the next snapshot could name as many again.
+    let mut n = Node::connected(B);
+    let request_id = snapshot_requested(&mut n);
+    let before = n.digest();
+    let claim: VersionVector = (0..=MAX_ORIGINS as u128)
+        .map(|i| (DeviceId::from_u128(1 << 64 | i), 1))
+        .collect();
+    let outs = n.from(
+        B,
+        SyncMessage::SharedSnapshotResponse {
+            request_id,
+            vv: claim,
+            records: vec![tag_registers(T0, B)],
+            has_more: false,
+        },
+    );
+    assert_eq!(disconnects(&outs), vec![(B, Refusal::TooManyOrigins)]);
+    assert_eq!(n.digest(), before);
+    assert!(n.replica.version_vector().len() <= MAX_ORIGINS);
+    assert_eq!(n.replica.version_vector().len(), 0, "claim not adopted");
 }
 
 // ------------------------------------------------------------------ floods and limits

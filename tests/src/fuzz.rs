@@ -214,6 +214,9 @@ enum Who {
     Stranger,
     /// Any simulated device index.
     Index(u8),
+    /// Any of 65,536 devices no one else knows: members naming arbitrary origins, owners
+    /// and heads.
+    Any(u16),
 }
 
 impl Who {
@@ -224,6 +227,7 @@ impl Who {
             Who::B => device(2),
             Who::Stranger => device(3),
             Who::Index(i) => device(usize::from(i % 8)),
+            Who::Any(i) => DeviceId::from_u128(1 << 64 | u128::from(i)),
         }
     }
 }
@@ -505,6 +509,8 @@ struct Knobs {
     page_bytes: u16,
     max_pending_reads: u8,
     evict: Option<u8>,
+    /// `Config::max_origins` (1 to 32), so a run of a few kilobytes can reach the cap.
+    max_origins: Option<u8>,
 }
 
 /// The replica under test, its store and everything the checks remember.
@@ -520,6 +526,8 @@ struct Harness {
     requests: BTreeMap<DeviceId, Vec<SyncMessage>>,
     /// Every device id the run has mentioned (watermarks are checked for these).
     seen: BTreeSet<DeviceId>,
+    /// Owners the application asked to fetch (`Command::RequestState`): it may ask for any.
+    asked: BTreeSet<DeviceId>,
     /// Values before the step, for the monotonicity checks.
     hlc: Hlc,
     watermarks: BTreeMap<DeviceId, u64>,
@@ -589,6 +597,9 @@ impl Harness {
         config.page_bytes = usize::from(knobs.page_bytes % 8192);
         config.max_pending_reads_per_peer = usize::from(knobs.max_pending_reads % 5);
         config.eviction_after = knobs.evict.map(|s| Duration::from_secs(u64::from(s)));
+        if let Some(m) = knobs.max_origins {
+            config.max_origins = 1 + usize::from(m % 32);
+        }
         let now = Now::new(Instant::ZERO, T0);
         let restored = Restored::bootstrap([Who::Me.id(), Who::A.id(), Who::B.id()]);
         let replica = Replica::new(config.clone(), restored, now);
@@ -601,6 +612,7 @@ impl Harness {
             pending: Vec::new(),
             requests: BTreeMap::new(),
             seen: (0..8).map(device).collect(),
+            asked: BTreeSet::new(),
             hlc: Hlc::ZERO,
             watermarks: BTreeMap::new(),
             vv: VersionVector::new(),
@@ -663,6 +675,9 @@ impl Harness {
                 self.next_cmd += 1;
                 let id = CommandId(self.next_cmd);
                 let cmd = self.build_command(cmd);
+                if let Command::RequestState { owner, .. } = &cmd {
+                    self.asked.insert(*owner);
+                }
                 let is_request = matches!(
                     cmd,
                     Command::RequestState { .. } | Command::RequestSharedChanges { .. }
@@ -900,6 +915,31 @@ impl Harness {
             state.hlc,
             self.stored_shared
         );
+        // Whatever members name (origins, owners, heads, acks, snapshot claims), what the
+        // engine tracks stays bounded: at most `max_origins` origins, and a watermark only for
+        // a device of the library (a member record, current or removed), an origin it tracks,
+        // itself, or an owner the application asked for.
+        assert!(
+            vv.len() <= self.config.max_origins,
+            "{label}: {} origins tracked, cap {}",
+            vv.len(),
+            self.config.max_origins
+        );
+        let library: BTreeSet<DeviceId> = state
+            .shared
+            .values()
+            .filter(|rec| rec.model == MEMBER_MODEL)
+            .map(|rec| DeviceId(rec.uuid))
+            .collect();
+        for (owner, _) in r.watermarks() {
+            assert!(
+                owner == self.me()
+                    || library.contains(&owner)
+                    || vv.get(owner) > 0
+                    || self.asked.contains(&owner),
+                "{label}: a watermark of {owner}, which is no device of the library"
+            );
+        }
         let peers: Vec<DeviceId> = r.peers().collect();
         assert!(!peers.contains(&self.me()), "{label}: connected to itself");
         assert!(

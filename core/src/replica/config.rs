@@ -49,6 +49,12 @@ pub struct Config {
     pub max_frame: usize,
     /// Storage reads pending for one peer's requests before it is answered `Busy` (default 4).
     pub max_pending_reads_per_peer: usize,
+    /// The most shared-change origins this device tracks (default
+    /// [`MAX_ORIGINS`](crate::replica::MAX_ORIGINS)): a change from one more origin, or a
+    /// snapshot whose claim would add more, is refused as misbehaviour
+    /// ([`Refusal::TooManyOrigins`](crate::Refusal::TooManyOrigins)). Lowering it lowers the
+    /// most memory and summary bytes a member can make this device spend on origins.
+    pub max_origins: usize,
     /// A member not heard from for this long stops pinning the shared log (default: never).
     /// When it returns below the pruned horizon it takes a snapshot.
     pub eviction_after: Option<Duration>,
@@ -71,6 +77,7 @@ impl Config {
             serve_window_bytes: 8 * 1024 * 1024,
             max_frame: DEFAULT_MAX_FRAME,
             max_pending_reads_per_peer: 4,
+            max_origins: super::MAX_ORIGINS,
             eviction_after: None,
         }
     }

@@ -101,7 +101,7 @@ impl Replica {
             .map(|c| c.origin)
             .filter(|o| self.vv.get(*o) == 0)
             .collect();
-        if self.vv.len() + new_origins.len() > super::MAX_ORIGINS {
+        if self.vv.len() + new_origins.len() > self.config.max_origins {
             return Err(Refusal::TooManyOrigins);
         }
         let mut logged = Vec::new();
@@ -427,6 +427,12 @@ impl Replica {
         let claim = vv.clone().unwrap_or(page_vv);
         if claim.get(self.config.device) > super::MAX_CLAIMED_OWN_HEAD {
             return self.misbehaved(from, Refusal::ClaimBeyondBound);
+        }
+        // The claim becomes this device's version vector: it may name no more origins than a
+        // change could add (`Config::max_origins`).
+        let new_origins = claim.iter().filter(|(o, _)| self.vv.get(*o) == 0).count();
+        if first_page && self.vv.len() + new_origins > self.config.max_origins {
+            return self.misbehaved(from, Refusal::TooManyOrigins);
         }
         let ordered = records.windows(2).all(|w| w[0].key() < w[1].key())
             && match (after, records.first()) {
