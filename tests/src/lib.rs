@@ -10,7 +10,7 @@
 //! removed. After the faults stop, the run must reach quiescence and pass every check:
 //!
 //! - identical content on every replica (digests of records and registers);
-//! - that content equals the expected state computed by the independent [`reference`] model
+//! - that content equals the expected state computed by the independent [`reference`](mod@reference) model
 //!   from every operation issued (so replicas that agree on a wrong state fail);
 //! - the member set is the expected one;
 //! - the shared log is fully pruned once every member acknowledged it;

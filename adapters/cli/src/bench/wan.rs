@@ -1,5 +1,5 @@
 //! The WAN figures: the initial sync, one change's latency and a reconnect, each across a
-//! [`Link`] on 127.0.0.1 that adds a round-trip time (and optionally caps the bandwidth and
+//! [`Link`](super::link::Link) on 127.0.0.1 that adds a round-trip time (and optionally caps the bandwidth and
 //! loses datagrams) on the real UDP path between the iroh endpoints.
 //!
 //! Next to each sync with the engine's catch-up window, the first round-trip time is also
