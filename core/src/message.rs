@@ -61,14 +61,21 @@ pub enum SyncMessage {
         request_id: u64,
         /// The requester's version vector.
         since: VersionVector,
-        /// Maximum entries in the page (the responder caps it).
+        /// Maximum entries in a page (the responder caps it).
         limit: u32,
+        /// Pages the responder may have sent beyond those reported received
+        /// ([`PagesReceived`](SyncMessage::PagesReceived)); as for
+        /// [`StateRequest`](SyncMessage::StateRequest).
+        window: u32,
     },
-    /// One page of log entries, ordered by `(origin, seq)`, contiguous per origin from
-    /// `since[origin] + 1`.
+    /// One page of log entries, ordered by `(origin, seq)`, contiguous per origin from where
+    /// the previous page of the stream ended (the request's `since` for the first).
     SharedChangeResponse {
         /// The request this answers.
         request_id: u64,
+        /// This page's place in the request's stream, from 0: a requester that sees a gap
+        /// (a page lost or overtaken) asks again from what it applied.
+        page: u32,
         /// The entries.
         entries: Vec<SharedChange>,
         /// Whether more entries follow.
@@ -91,19 +98,26 @@ pub enum SyncMessage {
         /// The sender's shared version vector.
         vv: VersionVector,
     },
-    /// Asks for a page of the current registers of every shared record.
+    /// Asks for the current registers of every shared record, as a stream of pages (see
+    /// [`StateRequest`](SyncMessage::StateRequest) for the window).
     SharedSnapshotRequest {
         /// Echoed by the response.
         request_id: u64,
         /// Exclusive cursor: start after this record (`None`: from the beginning).
         after: Option<SharedKey>,
-        /// Maximum records in the page (the responder caps it).
+        /// Maximum records in a page (the responder caps it).
         limit: u32,
+        /// Pages the responder may have sent beyond those reported received, as for
+        /// [`StateRequest`](SyncMessage::StateRequest).
+        window: u32,
     },
-    /// One page of a shared snapshot, ordered by `(model, uuid)`.
+    /// One page of a shared snapshot, ordered by `(model, uuid)`, starting after the last
+    /// record of the previous page of the stream (after the request's `after` for the first).
     SharedSnapshotResponse {
         /// The request this answers.
         request_id: u64,
+        /// This page's place in the request's stream, from 0.
+        page: u32,
         /// The responder's version vector when the page was read; the snapshot as a whole
         /// covers the vector of its first page.
         vv: VersionVector,

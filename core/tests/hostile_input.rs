@@ -210,9 +210,11 @@ fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
             request_id: 1,
             since: VersionVector::new(),
             limit: 10,
+            window: 1,
         },
         SyncMessage::SharedChangeResponse {
             request_id: 1,
+            page: 0,
             entries: vec![tag_change(from, 1, T0)],
             has_more: false,
             truncated: false,
@@ -233,9 +235,11 @@ fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
             request_id: 1,
             after: None,
             limit: 10,
+            window: 1,
         },
         SyncMessage::SharedSnapshotResponse {
             request_id: 1,
+            page: 0,
             vv,
             records: vec![tag_registers(T0, from)],
             has_more: false,
@@ -681,6 +685,7 @@ fn snapshot_requested(n: &mut Node) -> u64 {
         B,
         SyncMessage::SharedChangeResponse {
             request_id: log_request,
+            page: 0,
             entries: Vec::new(),
             has_more: false,
             truncated: true,
@@ -705,6 +710,7 @@ fn far_future_snapshot_page_is_refused_without_state_change() {
         B,
         SyncMessage::SharedSnapshotResponse {
             request_id,
+            page: 0,
             vv: [(B, 5)].into_iter().collect(),
             records: vec![tag_registers(T0 + HOUR_MS, B)],
             has_more: false,
@@ -732,6 +738,7 @@ fn far_future_snapshot_page_is_refused_without_state_change() {
         B,
         SyncMessage::SharedSnapshotResponse {
             request_id,
+            page: 0,
             vv: [(B, 5)].into_iter().collect(),
             records: vec![tag_registers(T0, B)],
             has_more: false,
@@ -756,6 +763,7 @@ fn snapshot_claim_naming_more_origins_than_a_device_tracks_is_refused_without_st
         B,
         SyncMessage::SharedSnapshotResponse {
             request_id,
+            page: 0,
             vv: claim,
             records: vec![tag_registers(T0, B)],
             has_more: false,
@@ -794,12 +802,14 @@ fn log_and_snapshot_request_floods_from_two_peers_keep_pending_reads_bounded() {
                     request_id: i,
                     since: VersionVector::new(),
                     limit: 10,
+                    window: 1,
                 }
             } else {
                 SyncMessage::SharedSnapshotRequest {
                     request_id: i,
                     after: None,
                     limit: 10,
+                    window: 1,
                 }
             };
             let (outs, reads) = n.feed_holding_reads(Input::Message { from: peer, msg });
@@ -857,6 +867,7 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
                 request_id: 1,
                 since: VersionVector::new(),
                 limit: asked,
+                window: 1,
             },
         });
         assert!(outs.iter().any(|o| matches!(
@@ -869,6 +880,7 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
                 request_id: 2,
                 after: None,
                 limit: asked,
+                window: 1,
             },
         });
         assert!(outs.iter().any(|o| matches!(
@@ -899,6 +911,7 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
             request_id: 3,
             since: VersionVector::new(),
             limit: u32::MAX,
+            window: 1,
         },
     );
     let page = sent_to(&outs, B).into_iter().find_map(|m| match m {
@@ -987,6 +1000,7 @@ fn own_shared_head_claimed_at_the_top_by_a_snapshot_is_refused_and_the_device_ke
         B,
         SyncMessage::SharedSnapshotResponse {
             request_id,
+            page: 0,
             vv: [(ME, u64::MAX), (B, 5)].into_iter().collect(),
             records: Vec::new(),
             has_more: false,
@@ -1065,6 +1079,7 @@ fn log_page_above_a_bound_at_the_top_of_the_range_is_malformed_not_a_panic() {
         B,
         SyncMessage::SharedChangeResponse {
             request_id,
+            page: 0,
             entries: vec![tag_change(C, u64::MAX, T0)],
             has_more: false,
             truncated: false,
@@ -1141,6 +1156,7 @@ fn log_page_removing_its_sender_ends_the_fetch_without_asking_it_for_more() {
         B,
         SyncMessage::SharedChangeResponse {
             request_id,
+            page: 0,
             entries: vec![member_removal(B, 1)],
             has_more: true,
             truncated: false,
@@ -1167,6 +1183,7 @@ fn snapshot_page_removing_its_sender_is_stored_but_its_claim_is_not_adopted() {
         B,
         SyncMessage::SharedSnapshotResponse {
             request_id,
+            page: 0,
             vv: [(B, 5)].into_iter().collect(),
             records: vec![member_removal(B, 1).to_record()],
             has_more: true,

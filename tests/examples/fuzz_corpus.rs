@@ -123,6 +123,7 @@ fn sample_messages() -> Vec<SyncMessage> {
         ));
         out.push(SyncMessage::SharedSnapshotResponse {
             request_id: 9,
+            page: 0,
             vv: state.vv.clone(),
             records: state.shared.values().take(4).cloned().collect(),
             has_more: true,
@@ -150,6 +151,7 @@ fn sample_messages() -> Vec<SyncMessage> {
         request_id: 1,
         after: Some(("tag".into(), uuid::Uuid::from_u128(7))),
         limit: u32::MAX,
+        window: 1,
     });
     out
 }

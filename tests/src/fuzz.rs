@@ -392,10 +392,13 @@ enum Msg {
     SharedChangeRequest {
         since: Entries,
         limit: u32,
+        window: u8,
     },
-    /// Answers the `pick`-th log request sent to this peer.
+    /// Answers the `pick`-th log request sent to this peer: the next page of its stream
+    /// (from where the previous answer ended), or page `page` if given.
     SharedChangeResponse {
         pick: u8,
+        page: Option<u8>,
         entries: Vec<Chg>,
         has_more: bool,
         truncated: bool,
@@ -411,10 +414,12 @@ enum Msg {
     SnapshotRequest {
         after: Option<(ModelSel, Key)>,
         limit: u32,
+        window: u8,
     },
-    /// Answers the `pick`-th snapshot request sent to this peer.
+    /// Answers the `pick`-th snapshot request sent to this peer (next page, or page `page`).
     SnapshotResponse {
         pick: u8,
+        page: Option<u8>,
         vv: Entries,
         records: Vec<Regs>,
         has_more: bool,
@@ -528,6 +533,16 @@ struct Harness {
     seen: BTreeSet<DeviceId>,
     /// Owners the application asked to fetch (`Command::RequestState`): it may ask for any.
     asked: BTreeSet<DeviceId>,
+    /// Per shared request answered: the pages sent and where the stream stands (log: the
+    /// vector after the last page; snapshot: the last record's key).
+    streams: BTreeMap<
+        u64,
+        (
+            u32,
+            VersionVector,
+            Option<hybridsync_core::shared::SharedKey>,
+        ),
+    >,
     /// Values before the step, for the monotonicity checks.
     hlc: Hlc,
     watermarks: BTreeMap<DeviceId, u64>,
@@ -613,6 +628,7 @@ impl Harness {
             requests: BTreeMap::new(),
             seen: (0..8).map(device).collect(),
             asked: BTreeSet::new(),
+            streams: BTreeMap::new(),
             hlc: Hlc::ZERO,
             watermarks: BTreeMap::new(),
             vv: VersionVector::new(),
@@ -1044,7 +1060,7 @@ impl Harness {
         list.get(i).copied()
     }
 
-    fn build(&self, from: DeviceId, msg: Msg) -> Option<SyncMessage> {
+    fn build(&mut self, from: DeviceId, msg: Msg) -> Option<SyncMessage> {
         Some(match msg {
             Msg::OwnedPush(recs) => {
                 let mut rs: Vec<OwnedRecord> = recs.iter().map(|r| self.record(from, r)).collect();
@@ -1128,13 +1144,19 @@ impl Harness {
                     SyncMessage::SharedChangeBatch(cs)
                 }
             }
-            Msg::SharedChangeRequest { since, limit } => SyncMessage::SharedChangeRequest {
+            Msg::SharedChangeRequest {
+                since,
+                limit,
+                window,
+            } => SyncMessage::SharedChangeRequest {
                 request_id: u64::from(limit),
                 since: vv_of(&since),
                 limit,
+                window: u32::from(window),
             },
             Msg::SharedChangeResponse {
                 pick,
+                page,
                 entries,
                 has_more,
                 truncated,
@@ -1148,8 +1170,12 @@ impl Harness {
                     }) => (*request_id, since.clone()),
                     _ => (u64::from(pick), VersionVector::new()),
                 };
-                // Entries numbered contiguously per origin from the request's bound (unless
-                // the fuzzer's seq says to skip).
+                let (sent, since) = match self.streams.get(&request_id) {
+                    Some((n, cursor, _)) => (*n, cursor.clone()),
+                    None => (0, since),
+                };
+                // Entries numbered contiguously per origin from where the stream stands
+                // (unless the fuzzer's seq says to skip).
                 let mut next = since;
                 let mut es: Vec<_> = entries.iter().map(|c| self.change(from, c)).collect();
                 es.sort_by_key(|e| e.origin);
@@ -1158,8 +1184,11 @@ impl Harness {
                     e.seq = next.get(e.origin).saturating_add(1 + skip);
                     next.set(e.origin, e.seq);
                 }
+                self.streams
+                    .insert(request_id, (sent + 1, next.clone(), None));
                 SyncMessage::SharedChangeResponse {
                     request_id,
+                    page: page.map_or(sent, u32::from),
                     entries: es,
                     has_more,
                     truncated,
@@ -1173,13 +1202,19 @@ impl Harness {
                 heads: heads.iter().map(|(w, s)| (w.id(), s.get())).collect(),
                 vv: vv_of(&vv),
             },
-            Msg::SnapshotRequest { after, limit } => SyncMessage::SharedSnapshotRequest {
+            Msg::SnapshotRequest {
+                after,
+                limit,
+                window,
+            } => SyncMessage::SharedSnapshotRequest {
                 request_id: u64::from(limit),
                 after: after.map(|(m, k)| (m.name(), k.uuid())),
                 limit,
+                window: u32::from(window),
             },
             Msg::SnapshotResponse {
                 pick,
+                page,
                 vv,
                 records,
                 has_more,
@@ -1193,14 +1228,22 @@ impl Harness {
                     }) => (*request_id, after.clone()),
                     _ => (u64::from(pick), None),
                 };
+                let (sent, after) = match self.streams.get(&request_id) {
+                    Some((n, _, last)) => (*n, last.clone().or(after)),
+                    None => (0, after),
+                };
                 let mut rs: Vec<_> = records.iter().map(|r| self.registers(r)).collect();
                 rs.sort_by_key(|r| r.key());
                 rs.dedup_by_key(|r| r.key());
-                if let Some(a) = after {
-                    rs.retain(|r| r.key() > a);
+                if let Some(a) = &after {
+                    rs.retain(|r| r.key() > *a);
                 }
+                let last = rs.last().map(|r| r.key()).or(after);
+                self.streams
+                    .insert(request_id, (sent + 1, VersionVector::new(), last));
                 SyncMessage::SharedSnapshotResponse {
                     request_id,
+                    page: page.map_or(sent, u32::from),
                     vv: vv_of(&vv),
                     records: rs,
                     has_more,

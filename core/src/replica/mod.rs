@@ -104,14 +104,10 @@ struct OwnedFetch {
     pages: u32,
 }
 
-/// A device-owned catch-up this device is serving: a stream of pages, each read from storage
-/// when the previous one is sent, while the requester's window allows.
+/// The flow control of one catch-up this device serves: pages are read from storage one at a
+/// time, each when the previous one is sent, while the requester's window allows.
 #[derive(Debug)]
-struct OwnedServe {
-    request_id: u64,
-    /// The next page starts after this seq.
-    since: u64,
-    limit: u32,
+struct ServeWindow {
     /// Pages the requester allows beyond those it reported received (capped).
     window: u32,
     /// Pages sent, and pages the requester reported received.
@@ -121,6 +117,91 @@ struct OwnedServe {
     in_flight: VecDeque<usize>,
     /// A storage read for the next page is pending.
     reading: bool,
+}
+
+impl ServeWindow {
+    fn new(window: u32) -> ServeWindow {
+        ServeWindow {
+            window: window.clamp(1, MAX_WINDOW),
+            sent: 0,
+            received: 0,
+            in_flight: VecDeque::new(),
+            reading: false,
+        }
+    }
+
+    /// Whether the next page may be read now: no read pending, fewer pages in flight than
+    /// the window allows so far, and fewer than `byte_budget` bytes (one page is always
+    /// allowed). The window opens as pages arrive (slow start, doubling every round trip):
+    /// one page at first, one more for every page reported received, up to the requested
+    /// window, so a requester that stops early (its pages are refused, it gave up) has cost
+    /// few pages more than it took.
+    fn may_read(&self, byte_budget: usize) -> bool {
+        let in_flight = self.sent - self.received;
+        let window = self
+            .window
+            .min(self.received.saturating_add(INITIAL_WINDOW));
+        !self.reading
+            && in_flight < window
+            && (in_flight == 0 || self.in_flight.iter().sum::<usize>() < byte_budget)
+    }
+
+    /// A page of about `bytes` was sent; returns its index in the stream.
+    fn sent_page(&mut self, bytes: usize) -> u32 {
+        self.reading = false;
+        self.sent += 1;
+        self.in_flight.push_back(bytes);
+        self.sent - 1
+    }
+
+    /// The requester reports `pages` received (cumulative; one above the pages sent counts
+    /// as all of them, an older report changes nothing).
+    fn received(&mut self, pages: u32) {
+        let pages = pages.min(self.sent);
+        while self.received < pages {
+            self.received += 1;
+            self.in_flight.pop_front();
+        }
+    }
+}
+
+/// Cap on the pages a requester may ask to have in flight (the byte budget binds first with
+/// pages of any size).
+const MAX_WINDOW: u32 = 256;
+
+/// Pages a served catch-up sends before the requester reports any (see
+/// [`ServeWindow::may_read`]).
+const INITIAL_WINDOW: u32 = 1;
+
+/// A device-owned catch-up this device is serving.
+#[derive(Debug)]
+struct OwnedServe {
+    request_id: u64,
+    /// The next page starts after this seq.
+    since: u64,
+    limit: u32,
+    flow: ServeWindow,
+}
+
+/// A shared catch-up this device is serving (one per requester: a requester runs one).
+#[derive(Debug)]
+struct SharedServe {
+    request_id: u64,
+    cursor: SharedCursor,
+    limit: u32,
+    flow: ServeWindow,
+}
+
+/// Where the next page of a served shared catch-up starts.
+#[derive(Debug)]
+enum SharedCursor {
+    /// Log entries after this vector.
+    Log(VersionVector),
+    /// Records after `after`; `vv` is the first page's vector, which the snapshot covers.
+    Snapshot {
+        after: Option<SharedKey>,
+        vv: Option<VersionVector>,
+    },
 }
 
 /// What [`Replica::abort_fetches`] selects a running catch-up by, whatever its kind.
@@ -139,6 +220,8 @@ struct SharedFetch {
     deadline: Instant,
     command: Option<CommandId>,
     applied: u64,
+    /// Pages of the current request received (the next page's expected index).
+    pages: u32,
 }
 
 #[derive(Debug)]
@@ -394,6 +477,8 @@ pub struct Replica {
     owned_fetches: BTreeMap<DeviceId, OwnedFetch>,
     /// Device-owned catch-ups served, by (requester, owner).
     serves: BTreeMap<(DeviceId, DeviceId), OwnedServe>,
+    /// Shared catch-ups served, by requester.
+    shared_serves: BTreeMap<DeviceId, SharedServe>,
     shared_fetch: Option<SharedFetch>,
     reads: BTreeMap<ReadId, PendingRead>,
     next_read: u64,
@@ -438,6 +523,7 @@ impl Replica {
             peers: BTreeMap::new(),
             owned_fetches: BTreeMap::new(),
             serves: BTreeMap::new(),
+            shared_serves: BTreeMap::new(),
             shared_fetch: None,
             reads: BTreeMap::new(),
             next_read: 0,
@@ -746,6 +832,7 @@ impl Replica {
         );
         self.reads.retain(|_, r| r.peer != peer);
         self.serves.retain(|(p, _), _| *p != peer);
+        self.shared_serves.remove(&peer);
     }
 
     /// Abandons every running catch-up that `selects` picks (device-owned ones and the shared
@@ -846,25 +933,29 @@ impl Replica {
                 request_id,
                 since,
                 limit,
-            } => self.serve_log(from, request_id, since, limit),
+                window,
+            } => self.serve_log(from, request_id, since, limit, window),
             SyncMessage::SharedChangeResponse {
                 request_id,
+                page,
                 entries,
                 has_more,
                 truncated,
-            } => self.on_log_response(from, request_id, entries, has_more, truncated),
+            } => self.on_log_response(from, request_id, page, entries, has_more, truncated),
             SyncMessage::AckSharedChanges { acker, vv } => self.on_ack(from, acker, vv),
             SyncMessage::SharedSnapshotRequest {
                 request_id,
                 after,
                 limit,
-            } => self.serve_snapshot(from, request_id, after, limit),
+                window,
+            } => self.serve_snapshot(from, request_id, after, limit, window),
             SyncMessage::SharedSnapshotResponse {
                 request_id,
+                page,
                 vv,
                 records,
                 has_more,
-            } => self.on_snapshot_response(from, request_id, vv, records, has_more),
+            } => self.on_snapshot_response(from, request_id, page, vv, records, has_more),
             SyncMessage::Error {
                 request_id,
                 code,
@@ -979,29 +1070,12 @@ impl Replica {
                     more,
                 )
             }
-            (ReadKind::Log, StorageDone::Log { entries, more, .. }) => self.send(
-                read.peer,
-                SyncMessage::SharedChangeResponse {
-                    request_id: read.request_id,
-                    entries,
-                    has_more: more,
-                    truncated: false,
-                },
-            ),
-            (ReadKind::Snapshot { vv }, StorageDone::Snapshot { records, more, .. }) => self.send(
-                read.peer,
-                SyncMessage::SharedSnapshotResponse {
-                    request_id: read.request_id,
-                    vv,
-                    // Hidden registers carry nothing the requester can see or needs: without
-                    // them a record is never larger than its visible fields.
-                    records: records
-                        .into_iter()
-                        .map(SharedRecord::without_hidden)
-                        .collect(),
-                    has_more: more,
-                },
-            ),
+            (ReadKind::Log, StorageDone::Log { entries, more, .. }) => {
+                self.answer_log(read.peer, read.request_id, entries, more)
+            }
+            (ReadKind::Snapshot { vv }, StorageDone::Snapshot { records, more, .. }) => {
+                self.answer_snapshot(read.peer, read.request_id, vv, records, more)
+            }
             _ => self.error_reply(
                 read.peer,
                 Some(read.request_id),

@@ -1,19 +1,15 @@
 //! The device-owned stream: local writes, owner pushes, catch-up requests and responses.
 
 use super::{
-    CommandError, CommandId, Event, OwnedFetch, OwnedServe, ReadKind, Refusal, Replica, Stream,
+    CommandError, CommandId, Event, OwnedFetch, OwnedServe, ReadKind, Refusal, Replica,
+    ServeWindow, Stream,
 };
 use crate::id::DeviceId;
 use crate::message::{ErrorCode, SyncMessage};
 use crate::model::ModelKind;
 use crate::owned::{OwnedChange, OwnedRecord};
 use crate::storage::StorageCommand;
-use std::collections::VecDeque;
 use std::ops::Bound;
-
-/// Cap on the pages a requester may ask to have in flight (the byte budget binds first with
-/// pages of any size).
-const MAX_WINDOW: u32 = 256;
 
 impl Replica {
     /// Checks one incoming device-owned record; `Err` means the sender misbehaved, `Ok(false)`
@@ -245,11 +241,7 @@ impl Replica {
                 request_id,
                 since,
                 limit: self.page_limit(limit),
-                window: window.clamp(1, MAX_WINDOW),
-                sent: 0,
-                received: 0,
-                in_flight: VecDeque::new(),
-                reading: false,
+                flow: ServeWindow::new(window),
             },
         );
         self.continue_serve(from, owner);
@@ -267,10 +259,7 @@ impl Replica {
         let Some(s) = self.serves.get(&(peer, owner)) else {
             return;
         };
-        let in_flight = s.sent - s.received;
-        let full = in_flight >= s.window
-            || (in_flight > 0 && s.in_flight.iter().sum::<usize>() >= byte_budget);
-        if s.reading || full {
+        if !s.flow.may_read(byte_budget) {
             return;
         }
         let (request_id, since, limit) = (s.request_id, s.since, s.limit);
@@ -280,7 +269,7 @@ impl Replica {
             return;
         };
         if let Some(s) = self.serves.get_mut(&(peer, owner)) {
-            s.reading = true;
+            s.flow.reading = true;
         }
         let max_bytes = self.config.page_bytes;
         self.store(StorageCommand::ReadOwned {
@@ -316,11 +305,9 @@ impl Replica {
             Some(last) if more => (last.seq, true),
             _ => (upto, false),
         };
-        s.reading = false;
-        s.sent += 1;
         s.since = through;
-        s.in_flight
-            .push_back(records.iter().map(OwnedRecord::budget_size).sum());
+        s.flow
+            .sent_page(records.iter().map(OwnedRecord::budget_size).sum());
         self.send(
             peer,
             SyncMessage::StateResponse {
@@ -347,20 +334,23 @@ impl Replica {
     /// ended, or below one already reported, changes nothing; one above the pages sent is
     /// taken as all of them.
     pub(super) fn on_pages_received(&mut self, from: DeviceId, request_id: u64, pages: u32) {
-        let Some((&key, s)) = self
+        let owned = self
             .serves
             .range_mut((from, DeviceId::NIL)..)
             .take_while(|((p, _), _)| *p == from)
-            .find(|(_, s)| s.request_id == request_id)
-        else {
-            return;
-        };
-        let pages = pages.min(s.sent);
-        while s.received < pages {
-            s.received += 1;
-            s.in_flight.pop_front();
+            .find(|(_, s)| s.request_id == request_id);
+        if let Some((&key, s)) = owned {
+            s.flow.received(pages);
+            return self.continue_serve(key.0, key.1);
         }
-        self.continue_serve(key.0, key.1);
+        if let Some(s) = self
+            .shared_serves
+            .get_mut(&from)
+            .filter(|s| s.request_id == request_id)
+        {
+            s.flow.received(pages);
+            self.continue_shared_serve(from);
+        }
     }
 
     /// Applies a catch-up page after checking it against the request it answers.
@@ -723,6 +713,7 @@ mod feed_tests {
         };
         let msg = SyncMessage::SharedChangeResponse {
             request_id,
+            page: 0,
             entries: Vec::new(),
             has_more: false,
             truncated: true,
@@ -748,8 +739,9 @@ mod feed_tests {
         };
         let mut vv = VersionVector::new();
         vv.set(A, 1);
-        let page = |request_id, has_more| SyncMessage::SharedSnapshotResponse {
+        let page = |request_id, page, has_more| SyncMessage::SharedSnapshotResponse {
             request_id,
+            page,
             vv: vv.clone(),
             records: vec![tag.to_record()],
             has_more,
@@ -759,23 +751,24 @@ mod feed_tests {
             now(),
             Input::Message {
                 from: A,
-                msg: page(request_id, true),
+                msg: page(request_id, 0, true),
             },
         );
         let outs = drain(&mut b);
         let applied = |o: &Output| matches!(o, Output::Event(Event::SharedSnapshotApplied { .. }));
         assert!(!outs.iter().any(applied), "{outs:?}");
-        let Some(request_id) = outs.iter().find_map(|o| match o {
-            Output::Send {
-                msg: SyncMessage::SharedSnapshotRequest { request_id, .. },
-                ..
-            } => Some(*request_id),
-            _ => None,
-        }) else {
-            panic!("no next page request: {outs:?}")
-        };
-        // The last page: applied, then reported.
-        let mut last = page(request_id, false);
+        assert!(
+            outs.iter().any(|o| matches!(
+                o,
+                Output::Send {
+                    msg: SyncMessage::PagesReceived { pages: 1, .. },
+                    ..
+                }
+            )),
+            "the window moves: {outs:?}"
+        );
+        // The last page of the same stream: applied, then reported.
+        let mut last = page(request_id, 1, false);
         if let SyncMessage::SharedSnapshotResponse { records, .. } = &mut last {
             records.clear();
         }

@@ -1,7 +1,8 @@
 //! The shared stream: local writes, pushes, log catch-up and the snapshot fallback.
 
 use super::{
-    CommandError, CommandId, Event, ReadKind, Refusal, Replica, SharedFetch, SharedMode, Stream,
+    CommandError, CommandId, Event, ReadKind, Refusal, Replica, ServeWindow, SharedCursor,
+    SharedFetch, SharedMode, SharedServe, Stream,
 };
 use crate::id::DeviceId;
 use crate::message::SyncMessage;
@@ -10,6 +11,12 @@ use crate::shared::{SharedChange, SharedKey, SharedRecord};
 use crate::storage::StorageCommand;
 use crate::version_vector::VersionVector;
 use crate::ClockError;
+
+/// A storage read a served shared catch-up asks for.
+enum ReadCommand {
+    Log(VersionVector),
+    Snapshot(Option<SharedKey>),
+}
 
 /// What became of one incoming shared change.
 enum Accepted {
@@ -220,20 +227,25 @@ impl Replica {
         }
     }
 
-    /// Serves a log request: `truncated` below the pruned horizon, else a page from storage.
+    /// Serves a log request: `truncated` below the pruned horizon, else a stream of pages
+    /// from storage ([`Replica::continue_shared_serve`]).
     pub(super) fn serve_log(
         &mut self,
         from: DeviceId,
         request_id: u64,
         since: VersionVector,
         limit: u32,
+        window: u32,
     ) {
+        // A requester runs one shared catch-up at a time: a new request ends the previous.
+        self.shared_serves.remove(&from);
         let truncated = self.horizon.iter().any(|(o, h)| since.get(o) < h);
         if truncated || !since.is_behind(&self.vv) {
             self.send(
                 from,
                 SyncMessage::SharedChangeResponse {
                     request_id,
+                    page: 0,
                     entries: Vec::new(),
                     has_more: false,
                     truncated,
@@ -241,36 +253,194 @@ impl Replica {
             );
             return;
         }
-        let limit = self.page_limit(limit);
-        if let Some(id) = self.begin_read(from, request_id, ReadKind::Log) {
-            let max_bytes = self.config.page_bytes;
-            self.store(StorageCommand::ReadLog {
-                id,
-                since,
-                limit,
-                max_bytes,
-            });
-        }
+        self.begin_shared_serve(from, request_id, SharedCursor::Log(since), limit, window);
     }
 
-    /// Serves a snapshot page; the first page's vector is what the whole snapshot covers.
+    /// Serves a snapshot as a stream of pages; the first page's vector is what the whole
+    /// snapshot covers.
     pub(super) fn serve_snapshot(
         &mut self,
         from: DeviceId,
         request_id: u64,
         after: Option<SharedKey>,
         limit: u32,
+        window: u32,
+    ) {
+        self.shared_serves.remove(&from);
+        let cursor = SharedCursor::Snapshot { after, vv: None };
+        self.begin_shared_serve(from, request_id, cursor, limit, window);
+    }
+
+    fn begin_shared_serve(
+        &mut self,
+        from: DeviceId,
+        request_id: u64,
+        cursor: SharedCursor,
+        limit: u32,
+        window: u32,
     ) {
         let limit = self.page_limit(limit);
-        let vv = self.vv.clone();
-        if let Some(id) = self.begin_read(from, request_id, ReadKind::Snapshot { vv }) {
-            let max_bytes = self.config.page_bytes;
-            self.store(StorageCommand::ReadSharedSnapshot {
+        self.shared_serves.insert(
+            from,
+            SharedServe {
+                request_id,
+                cursor,
+                limit,
+                flow: ServeWindow::new(window),
+            },
+        );
+        self.continue_shared_serve(from);
+    }
+
+    /// Reads the next page of the shared catch-up served to `peer`, unless a read is pending
+    /// or the requester's window is full (as [`Replica::continue_serve`]). A log that was
+    /// pruned below the stream's cursor meanwhile ends the stream with `truncated`.
+    pub(super) fn continue_shared_serve(&mut self, peer: DeviceId) {
+        let byte_budget = self.config.serve_window_bytes;
+        let max_bytes = self.config.page_bytes;
+        let Some(s) = self.shared_serves.get(&peer) else {
+            return;
+        };
+        if !s.flow.may_read(byte_budget) {
+            return;
+        }
+        let (request_id, limit, page) = (s.request_id, s.limit, s.flow.sent);
+        let (kind, read) = match &s.cursor {
+            SharedCursor::Log(since) => {
+                if self.horizon.iter().any(|(o, h)| since.get(o) < h) {
+                    self.shared_serves.remove(&peer);
+                    return self.send(
+                        peer,
+                        SyncMessage::SharedChangeResponse {
+                            request_id,
+                            page,
+                            entries: Vec::new(),
+                            has_more: false,
+                            truncated: true,
+                        },
+                    );
+                }
+                let since = since.clone();
+                (ReadKind::Log, ReadCommand::Log(since))
+            }
+            SharedCursor::Snapshot { after, vv } => {
+                let vv = vv.clone().unwrap_or_else(|| self.vv.clone());
+                (
+                    ReadKind::Snapshot { vv },
+                    ReadCommand::Snapshot(after.clone()),
+                )
+            }
+        };
+        let Some(id) = self.begin_read(peer, request_id, kind) else {
+            self.shared_serves.remove(&peer);
+            return;
+        };
+        if let Some(s) = self.shared_serves.get_mut(&peer) {
+            s.flow.reading = true;
+        }
+        self.store(match read {
+            ReadCommand::Log(since) => StorageCommand::ReadLog {
+                id,
+                since,
+                limit,
+                max_bytes,
+            },
+            ReadCommand::Snapshot(after) => StorageCommand::ReadSharedSnapshot {
                 id,
                 after,
                 limit,
                 max_bytes,
-            });
+            },
+        });
+    }
+
+    /// Sends a log page read from storage, then reads the next one if the stream goes on.
+    pub(super) fn answer_log(
+        &mut self,
+        peer: DeviceId,
+        request_id: u64,
+        entries: Vec<SharedChange>,
+        more: bool,
+    ) {
+        let Some(s) = self
+            .shared_serves
+            .get_mut(&peer)
+            .filter(|s| s.request_id == request_id)
+        else {
+            return; // the stream ended meanwhile (a newer request replaced it)
+        };
+        if let SharedCursor::Log(since) = &mut s.cursor {
+            for e in &entries {
+                if e.seq > since.get(e.origin) {
+                    since.set(e.origin, e.seq);
+                }
+            }
+        }
+        let page = s
+            .flow
+            .sent_page(entries.iter().map(SharedChange::budget_size).sum());
+        self.send(
+            peer,
+            SyncMessage::SharedChangeResponse {
+                request_id,
+                page,
+                entries,
+                has_more: more,
+                truncated: false,
+            },
+        );
+        self.end_or_continue_shared_serve(peer, more);
+    }
+
+    /// Sends a snapshot page read from storage, then reads the next one if the stream goes on.
+    pub(super) fn answer_snapshot(
+        &mut self,
+        peer: DeviceId,
+        request_id: u64,
+        vv: VersionVector,
+        records: Vec<SharedRecord>,
+        more: bool,
+    ) {
+        let Some(s) = self
+            .shared_serves
+            .get_mut(&peer)
+            .filter(|s| s.request_id == request_id)
+        else {
+            return;
+        };
+        // Hidden registers carry nothing the requester can see or needs: without them a
+        // record is never larger than its visible fields.
+        let records: Vec<SharedRecord> = records
+            .into_iter()
+            .map(SharedRecord::without_hidden)
+            .collect();
+        if let SharedCursor::Snapshot { after, vv: claim } = &mut s.cursor {
+            if let Some(last) = records.last() {
+                *after = Some(last.key());
+            }
+            claim.get_or_insert_with(|| vv.clone());
+        }
+        let page = s
+            .flow
+            .sent_page(records.iter().map(SharedRecord::budget_size).sum());
+        self.send(
+            peer,
+            SyncMessage::SharedSnapshotResponse {
+                request_id,
+                page,
+                vv,
+                records,
+                has_more: more,
+            },
+        );
+        self.end_or_continue_shared_serve(peer, more);
+    }
+
+    fn end_or_continue_shared_serve(&mut self, peer: DeviceId, more: bool) {
+        if more {
+            self.continue_shared_serve(peer);
+        } else {
+            self.shared_serves.remove(&peer);
         }
     }
 
@@ -280,16 +450,55 @@ impl Replica {
             .is_some_and(|f| f.peer == from && f.request_id == request_id)
     }
 
-    /// Applies a log page after checking it is contiguous per origin from the request's bound.
+    /// Whether `page` is the next page of the running shared catch-up; if it is a later one
+    /// (a page was lost or overtaken: the network reorders), the catch-up starts again from
+    /// what this device applied. An earlier one (a repeat) is ignored.
+    fn next_shared_page(&mut self, from: DeviceId, page: u32) -> bool {
+        let expected = self.shared_fetch.as_ref().map_or(0, |f| f.pages);
+        if page == expected {
+            return true;
+        }
+        if page > expected {
+            match self.shared_fetch.as_ref().map(|f| &f.mode) {
+                Some(SharedMode::Log { .. }) => {
+                    let since = self.vv.clone();
+                    self.send_log_request(from, since);
+                }
+                Some(SharedMode::Snapshot { after, vv }) => {
+                    let (after, vv) = (after.clone(), vv.clone());
+                    self.start_snapshot_page(from, after, vv);
+                }
+                None => {}
+            }
+        }
+        false
+    }
+
+    /// Tells the server of the running shared catch-up that one more page arrived, so it
+    /// reads on.
+    fn shared_page_received(&mut self, from: DeviceId, request_id: u64) {
+        let deadline = self.deadline();
+        let Some(f) = self.shared_fetch.as_mut() else {
+            return;
+        };
+        f.pages += 1;
+        f.deadline = deadline;
+        let pages = f.pages;
+        self.send(from, SyncMessage::PagesReceived { request_id, pages });
+    }
+
+    /// Applies a log page after checking it is contiguous per origin from where the previous
+    /// page ended.
     pub(super) fn on_log_response(
         &mut self,
         from: DeviceId,
         request_id: u64,
+        page: u32,
         entries: Vec<SharedChange>,
         has_more: bool,
         truncated: bool,
     ) {
-        if !self.current_shared_fetch(from, request_id) {
+        if !self.current_shared_fetch(from, request_id) || !self.next_shared_page(from, page) {
             return;
         }
         let Some(SharedMode::Log { since }) = self.shared_fetch.as_ref().map(|f| &f.mode) else {
@@ -340,9 +549,17 @@ impl Replica {
             target: Some(applied.saturating_add(remaining)),
         });
         if has_more && progressed {
-            let since = self.vv.clone();
-            self.send_log_request(from, since);
+            // The server streams on from where this page ended. Reported after this page's
+            // writes, not before as for device-owned pages: a page that applied nothing (its
+            // entries refused or held) ends the catch-up here, and the server, which sends one
+            // page more for each page reported, has sent nothing more for it.
+            self.shared_page_received(from, request_id);
+            if let Some(f) = self.shared_fetch.as_mut() {
+                f.mode = SharedMode::Log { since: expect };
+            }
         } else {
+            // Nothing applied (refused or held entries): stop here rather than take pages
+            // that would all sit above the same gap; a later summary starts again.
             self.finish_shared_fetch(from, Stream::SharedLog);
         }
     }
@@ -362,17 +579,20 @@ impl Replica {
         if let Some(f) = self.shared_fetch.as_mut() {
             f.request_id = request_id;
             f.deadline = deadline;
+            f.pages = 0;
             f.mode = SharedMode::Log {
                 since: since.clone(),
             };
         }
         let limit = self.config.page_records;
+        let window = self.config.catch_up_window;
         self.send(
             peer,
             SyncMessage::SharedChangeRequest {
                 request_id,
                 since,
                 limit,
+                window,
             },
         );
     }
@@ -388,18 +608,21 @@ impl Replica {
         if let Some(f) = self.shared_fetch.as_mut() {
             f.request_id = request_id;
             f.deadline = deadline;
+            f.pages = 0;
             f.mode = SharedMode::Snapshot {
                 after: after.clone(),
                 vv,
             };
         }
         let limit = self.config.page_records;
+        let window = self.config.catch_up_window;
         self.send(
             peer,
             SyncMessage::SharedSnapshotRequest {
                 request_id,
                 after,
                 limit,
+                window,
             },
         );
     }
@@ -412,11 +635,12 @@ impl Replica {
         &mut self,
         from: DeviceId,
         request_id: u64,
+        page: u32,
         page_vv: VersionVector,
         records: Vec<SharedRecord>,
         has_more: bool,
     ) {
-        if !self.current_shared_fetch(from, request_id) {
+        if !self.current_shared_fetch(from, request_id) || !self.next_shared_page(from, page) {
             return;
         }
         let Some(SharedMode::Snapshot { after, vv }) = self.shared_fetch.as_ref().map(|f| &f.mode)
@@ -504,7 +728,16 @@ impl Replica {
             target: None,
         });
         if has_more {
-            return self.start_snapshot_page(from, last, Some(claim));
+            // The server streams on after this page's last record; the claim stays the first
+            // page's.
+            self.shared_page_received(from, request_id);
+            if let Some(f) = self.shared_fetch.as_mut() {
+                f.mode = SharedMode::Snapshot {
+                    after: last,
+                    vv: Some(claim),
+                };
+            }
+            return;
         }
         // The snapshot covers `claim`: apply it, and adopt its vector as version vector and
         // horizon (in that order, one batch: write-ahead).
@@ -559,6 +792,7 @@ impl Replica {
             deadline: self.deadline(),
             command,
             applied: 0,
+            pages: 0,
         });
         self.send_log_request(peer, since);
     }

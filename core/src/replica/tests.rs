@@ -1511,23 +1511,37 @@ fn state_request(owner: DeviceId, window: u32) -> SyncMessage {
 fn catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() {
     let (mut net, a, b) = serving_twenty_records();
     net.inject(b, a, state_request(a, 3));
-    // Three pages go out at once, without a request per page; then A waits.
-    let pages = pages_sent(&net, a, b, 7);
-    assert_eq!(pages, vec![(0, 3, true), (3, 6, true), (6, 9, true)]);
+    // One page at first (slow start), then one more in flight for every page reported, up
+    // to the window of three, without a request per page.
+    assert_eq!(pages_sent(&net, a, b, 7), vec![(0, 3, true)]);
     net.inject(
         b,
         a,
         SyncMessage::PagesReceived {
             request_id: 7,
-            pages: 2,
+            pages: 1,
         },
     );
-    assert_eq!(pages_sent(&net, a, b, 7).len(), 5, "two more pages");
+    let pages = pages_sent(&net, a, b, 7);
+    assert_eq!(pages[1..], [(3, 6, true), (6, 9, true)], "two in flight");
+    net.inject(
+        b,
+        a,
+        SyncMessage::PagesReceived {
+            request_id: 7,
+            pages: 3,
+        },
+    );
+    assert_eq!(
+        pages_sent(&net, a, b, 7).len(),
+        6,
+        "three in flight: the window"
+    );
     // A repeated, older or unknown report moves nothing.
-    for (request_id, pages) in [(7, 2), (7, 1), (8, 5)] {
+    for (request_id, pages) in [(7, 3), (7, 1), (8, 6)] {
         net.inject(b, a, SyncMessage::PagesReceived { request_id, pages });
     }
-    assert_eq!(pages_sent(&net, a, b, 7).len(), 5);
+    assert_eq!(pages_sent(&net, a, b, 7).len(), 6);
     // A report beyond what was sent counts as all of it.
     net.inject(
         b,
@@ -1650,10 +1664,10 @@ fn catch_up_over_a_reordering_network_restarts_from_the_last_page_applied() {
         })
         .skip(requests_before)
         .collect();
-    assert_eq!(
-        restarts,
-        vec![0],
-        "one restart, from the cursor before the lost page"
+    assert_eq!(restarts.len(), 1, "one restart: {restarts:?}");
+    assert!(
+        restarts[0] % 3 == 0 && restarts[0] < 20,
+        "from the end of a page applied: {restarts:?}"
     );
     assert!(
         net.node(b).disconnects.is_empty(),
@@ -1662,6 +1676,117 @@ fn catch_up_over_a_reordering_network_restarts_from_the_last_page_applied() {
     net.assert_converged();
     for i in 0..20 {
         assert_eq!(net.owned(b, a, i).and_then(|r| r.data), Some(b"x".to_vec()));
+    }
+}
+
+/// The log pages `d` sent `to` answering `request_id`: (page, entries, has_more).
+fn log_pages_sent(net: &Net, d: DeviceId, to: DeviceId, rid: u64) -> Vec<(u32, usize, bool)> {
+    net.node(d)
+        .sent
+        .iter()
+        .filter_map(|(t, m)| match m {
+            SyncMessage::SharedChangeResponse {
+                request_id,
+                page,
+                entries,
+                has_more,
+                ..
+            } if *t == to && *request_id == rid => Some((*page, entries.len(), *has_more)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn shared_log_catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for i in 0..20 {
+        net.tag(a, i, ChangeKind::Insert, "t");
+    }
+    if let Some(n) = net.nodes.get_mut(&a) {
+        n.replica.config.max_page_records = 3;
+    }
+    net.links.insert((a, b));
+    net.input(a, Input::PeerUp { peer: b });
+    net.queue.clear();
+    net.inject(
+        b,
+        a,
+        SyncMessage::SharedChangeRequest {
+            request_id: 7,
+            since: VersionVector::new(),
+            limit: 3,
+            window: 2,
+        },
+    );
+    assert_eq!(
+        log_pages_sent(&net, a, b, 7),
+        vec![(0, 3, true)],
+        "one page at first, then A waits"
+    );
+    net.inject(
+        b,
+        a,
+        SyncMessage::PagesReceived {
+            request_id: 7,
+            pages: 1,
+        },
+    );
+    let pages = log_pages_sent(&net, a, b, 7);
+    assert_eq!(
+        pages,
+        vec![(0, 3, true), (1, 3, true), (2, 3, true)],
+        "the window of two, numbered in stream order"
+    );
+}
+
+#[test]
+fn shared_catch_up_over_a_reordering_network_restarts_from_what_it_applied() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for i in 0..20 {
+        net.tag(a, i, ChangeKind::Insert, &format!("t{i}"));
+    }
+    net.connect(a, b);
+    let is_page = |q: &(DeviceId, DeviceId, Vec<u8>)| {
+        matches!(decode(&q.2), Ok(SyncMessage::SharedChangeResponse { .. }))
+    };
+    while net.queue.iter().filter(|q| is_page(q)).count() < 2 {
+        let (from, to, bytes) = net.queue.pop_front().expect("traffic until pages flow");
+        let msg = decode(&bytes).expect("decodes");
+        net.input(to, Input::Message { from, msg });
+    }
+    let first = net.queue.iter().position(is_page).expect("a page");
+    let second = first
+        + 1
+        + net
+            .queue
+            .iter()
+            .skip(first + 1)
+            .position(is_page)
+            .expect("a second page");
+    net.queue.swap(first, second);
+    let requests = |net: &Net| {
+        net.node(b)
+            .sent
+            .iter()
+            .filter(|(_, m)| matches!(m, SyncMessage::SharedChangeRequest { .. }))
+            .count()
+    };
+    let before = requests(&net);
+    net.settle();
+    assert!(
+        requests(&net) > before,
+        "B asked again from what it applied"
+    );
+    assert!(
+        net.node(b).disconnects.is_empty(),
+        "reordering is not misbehaviour"
+    );
+    net.assert_converged();
+    for i in 0..20 {
+        assert_eq!(net.tag_name(b, i), Some(Value::from(format!("t{i}"))));
     }
 }
 

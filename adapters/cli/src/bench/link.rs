@@ -267,11 +267,18 @@ fn deliver(
             }
             let to = dest.lock().ok().and_then(|d| *d);
             if let Some(to) = to {
-                if socket.send_to(&bytes, to).is_ok() {
+                // Counted before it leaves, so the far end never sees a datagram the counters
+                // do not show yet.
+                counters
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                counters.datagrams.fetch_add(1, Ordering::Relaxed);
+                if socket.send_to(&bytes, to).is_err() {
                     counters
                         .bytes
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    counters.datagrams.fetch_add(1, Ordering::Relaxed);
+                        .fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+                    counters.datagrams.fetch_sub(1, Ordering::Relaxed);
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
