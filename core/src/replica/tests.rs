@@ -1666,7 +1666,7 @@ fn catch_up_over_a_reordering_network_restarts_from_the_last_page_applied() {
         .collect();
     assert_eq!(restarts.len(), 1, "one restart: {restarts:?}");
     assert!(
-        restarts[0] % 3 == 0 && restarts[0] < 20,
+        restarts[0].is_multiple_of(3) && restarts[0] < 20,
         "from the end of a page applied: {restarts:?}"
     );
     assert!(
