@@ -58,7 +58,7 @@ pub struct SimConfig {
     /// others agree on how much of its streams survived, a member removes it. Whatever any
     /// live device held of it must reach every live device; the reference then expects
     /// exactly that surviving prefix of its writes. Off in [`SimConfig::all_faults`]: some of
-    /// these seeds (4 of 6,000 at 300 operations) still fail on a known limit (a record the lost
+    /// these seeds (13 of 6,000 at 300 operations) still fail on a known limit (a record the lost
     /// device overwrote after some devices fetched an older version; README "Known limits").
     pub lost_device: bool,
     /// Storage completions arrive late.
