@@ -211,6 +211,16 @@ struct FetchView {
     deadline: Instant,
 }
 
+impl FetchView {
+    fn of(peer: DeviceId, request_id: u64, deadline: Instant) -> FetchView {
+        FetchView {
+            peer,
+            request_id,
+            deadline,
+        }
+    }
+}
+
 /// A running catch-up of the shared stream.
 #[derive(Debug)]
 struct SharedFetch {
@@ -841,13 +851,7 @@ impl Replica {
         let owners: Vec<DeviceId> = self
             .owned_fetches
             .iter()
-            .filter(|(_, f)| {
-                selects(&FetchView {
-                    peer: f.peer,
-                    request_id: f.request_id,
-                    deadline: f.deadline,
-                })
-            })
+            .filter(|(_, f)| selects(&FetchView::of(f.peer, f.request_id, f.deadline)))
             .map(|(o, _)| *o)
             .collect();
         let mut commands: Vec<Option<CommandId>> = owners
@@ -855,13 +859,10 @@ impl Replica {
             .filter_map(|o| self.owned_fetches.remove(o))
             .map(|f| f.command)
             .collect();
-        let shared = self.shared_fetch.as_ref().is_some_and(|f| {
-            selects(&FetchView {
-                peer: f.peer,
-                request_id: f.request_id,
-                deadline: f.deadline,
-            })
-        });
+        let shared = self
+            .shared_fetch
+            .as_ref()
+            .is_some_and(|f| selects(&FetchView::of(f.peer, f.request_id, f.deadline)));
         if shared {
             commands.extend(self.shared_fetch.take().map(|f| f.command));
         }

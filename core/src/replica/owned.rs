@@ -343,11 +343,7 @@ impl Replica {
             s.flow.received(pages);
             return self.continue_serve(key.0, key.1);
         }
-        if let Some(s) = self
-            .shared_serves
-            .get_mut(&from)
-            .filter(|s| s.request_id == request_id)
-        {
+        if let Some(s) = self.shared_serve(from, request_id) {
             s.flow.received(pages);
             self.continue_shared_serve(from);
         }

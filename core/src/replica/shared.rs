@@ -362,18 +362,12 @@ impl Replica {
         entries: Vec<SharedChange>,
         more: bool,
     ) {
-        let Some(s) = self
-            .shared_serves
-            .get_mut(&peer)
-            .filter(|s| s.request_id == request_id)
-        else {
-            return; // the stream ended meanwhile (a newer request replaced it)
+        let Some(s) = self.shared_serve(peer, request_id) else {
+            return;
         };
         if let SharedCursor::Log(since) = &mut s.cursor {
             for e in &entries {
-                if e.seq > since.get(e.origin) {
-                    since.set(e.origin, e.seq);
-                }
+                since.raise(e.origin, e.seq);
             }
         }
         let page = s
@@ -401,11 +395,7 @@ impl Replica {
         records: Vec<SharedRecord>,
         more: bool,
     ) {
-        let Some(s) = self
-            .shared_serves
-            .get_mut(&peer)
-            .filter(|s| s.request_id == request_id)
-        else {
+        let Some(s) = self.shared_serve(peer, request_id) else {
             return;
         };
         // Hidden registers carry nothing the requester can see or needs: without them a
@@ -434,6 +424,18 @@ impl Replica {
             },
         );
         self.end_or_continue_shared_serve(peer, more);
+    }
+
+    /// The shared catch-up served to `peer` under `request_id`, unless it ended meanwhile (a
+    /// newer request from the peer replaced it).
+    pub(super) fn shared_serve(
+        &mut self,
+        peer: DeviceId,
+        request_id: u64,
+    ) -> Option<&mut SharedServe> {
+        self.shared_serves
+            .get_mut(&peer)
+            .filter(|s| s.request_id == request_id)
     }
 
     fn end_or_continue_shared_serve(&mut self, peer: DeviceId, more: bool) {
