@@ -31,6 +31,7 @@ pub mod owned;
 pub mod owned_batch;
 pub mod replica;
 pub mod shared;
+pub mod shared_batch;
 pub mod storage;
 pub mod time;
 pub mod value;

@@ -51,10 +51,11 @@ pub enum SyncMessage {
         /// Whether the responder has more records after `through`.
         has_more: bool,
     },
-    /// A real-time push of one shared change.
-    SharedChange(SharedChange),
-    /// Several shared changes.
-    SharedChangeBatch(Vec<SharedChange>),
+    /// A real-time push of one shared change (compact [`shared_batch`](crate::shared_batch)
+    /// form, as a run of one).
+    SharedChange(#[serde(with = "crate::shared_batch::one")] SharedChange),
+    /// Several shared changes (compact [`shared_batch`](crate::shared_batch) form).
+    SharedChangeBatch(#[serde(with = "crate::shared_batch")] Vec<SharedChange>),
     /// Asks for log entries with `seq > since[origin]`, per origin.
     SharedChangeRequest {
         /// Echoed by the response.
@@ -76,7 +77,8 @@ pub enum SyncMessage {
         /// This page's place in the request's stream, from 0: a requester that sees a gap
         /// (a page lost or overtaken) asks again from what it applied.
         page: u32,
-        /// The entries.
+        /// The entries (compact [`shared_batch`](crate::shared_batch) form).
+        #[serde(with = "crate::shared_batch")]
         entries: Vec<SharedChange>,
         /// Whether more entries follow.
         has_more: bool,

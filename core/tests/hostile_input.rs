@@ -369,11 +369,17 @@ fn unknown_variants_anywhere_in_a_message_are_typed_decode_errors() {
     let mut change = tag_change(B, 1, T0);
     change.fields = [("n".to_owned(), Value::Null)].into();
     change.kind = ChangeKind::Delete;
-    let bytes = encode(&SyncMessage::SharedChange(change));
+    let bytes = encode(&SyncMessage::SharedChange(change.clone()));
+    // The fields come last: count 1, key "n" (length 1, b'n'), `Null` (tag 0).
     let null_at = bytes.len() - 1;
-    // ... kind, then the one-entry map: count 1, key "n" (length 1, b'n'), `Null` (tag 0).
-    let kind_at = null_at - 4;
-    assert_eq!((bytes[kind_at], bytes[null_at]), (2, 0));
+    // The kind is the one byte that differs from the same change as an update.
+    change.kind = ChangeKind::Update;
+    let update = encode(&SyncMessage::SharedChange(change));
+    assert_eq!(update.len(), bytes.len());
+    let kind_at = (0..bytes.len())
+        .find(|&i| bytes[i] != update[i])
+        .expect("the kinds differ");
+    assert_eq!((bytes[kind_at], update[kind_at], bytes[null_at]), (2, 1, 0));
     let mut bad_kind = bytes.clone();
     bad_kind[kind_at] = 3;
     assert!(matches!(decode(&bad_kind), Err(CodecError::Malformed(_))));

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Instant as WallInstant;
 use uuid::Uuid;
 
+pub mod pair;
+
 const T0: u64 = 1_750_000_000_000;
 
 /// Throughput of the engine against its raw baseline.
@@ -27,6 +29,9 @@ pub struct Throughput {
     pub baseline_per_s: f64,
     /// `engine_per_s / baseline_per_s`.
     pub ratio: f64,
+    /// The ratio of each round (engine and baseline alternate: each round runs one, then
+    /// the other), in round order: the spread.
+    pub ratios: Vec<f64>,
 }
 
 /// Encoded size of a representative change.
@@ -44,6 +49,16 @@ pub struct WireSize {
     /// 12 `rand_a` and 62 `rand_b` bits drawn from a fixed-seed generator; 16 ids per
     /// millisecond), postcard.
     pub batched_postcard_random_v7: f64,
+    /// Per change inside a `StateBatch` of 1,000 written 16 to a millisecond, so the stamp
+    /// counters rise within each millisecond (as a real burst of writes does), postcard.
+    pub batched_postcard_rising_counters: f64,
+    /// One `SharedChange` of a tag (a UUIDv7 id, one small field), postcard.
+    pub shared_single_postcard: usize,
+    /// Per change inside a `SharedChangeBatch` of 1,000 such changes, 16 to a millisecond
+    /// (rising counters), postcard.
+    pub shared_batched_postcard: f64,
+    /// The same batch with random (v4) record ids.
+    pub shared_batched_postcard_random_ids: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -148,12 +163,12 @@ pub fn apply_owned(n: usize, rounds: usize) -> Throughput {
             ))
         })
         .collect();
-    let mut engine = Vec::new();
-    let mut base = Vec::new();
-    for _ in 0..rounds.max(1) {
+    let engine = || {
         let (secs, state) = run_engine(me, owner, &frames);
         assert_eq!(state.owned.len(), n, "engine applied every record");
-        engine.push(n as f64 / secs);
+        n as f64 / secs
+    };
+    let base = || {
         let start = WallInstant::now();
         let mut map: BTreeMap<(DeviceId, String, Uuid), OwnedRecord> = BTreeMap::new();
         for f in &frames {
@@ -170,17 +185,11 @@ pub fn apply_owned(n: usize, rounds: usize) -> Throughput {
                 }
             }
         }
-        base.push(n as f64 / start.elapsed().as_secs_f64());
         assert_eq!(map.len(), n);
-    }
-    let (e, b) = (median(engine), median(base));
-    Throughput {
-        name: "device-owned apply".into(),
-        changes: n,
-        engine_per_s: e,
-        baseline_per_s: b,
-        ratio: e / b,
-    }
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    let (engine, base) = alternate(rounds, engine, base);
+    throughput("device-owned apply", n, engine, base)
 }
 
 /// Engine apply throughput of remote shared changes against the raw baseline (postcard decode
@@ -191,16 +200,16 @@ pub fn apply_shared(n: usize, rounds: usize) -> Throughput {
         .chunks(1000)
         .map(|c| encode(&SyncMessage::SharedChangeBatch(c.to_vec())))
         .collect();
-    let mut engine = Vec::new();
-    let mut base = Vec::new();
-    for _ in 0..rounds.max(1) {
+    let engine = || {
         let (secs, state) = run_engine(me, origin, &frames);
         assert_eq!(
             state.vv.get(origin),
             n as u64,
             "engine applied every change"
         );
-        engine.push(n as f64 / secs);
+        n as f64 / secs
+    };
+    let base = || {
         let start = WallInstant::now();
         let mut map: BTreeMap<(String, Uuid), SharedRecord> = BTreeMap::new();
         for f in &frames {
@@ -212,15 +221,43 @@ pub fn apply_shared(n: usize, rounds: usize) -> Throughput {
                 }
             }
         }
-        base.push(n as f64 / start.elapsed().as_secs_f64());
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    let (engine, base) = alternate(rounds, engine, base);
+    throughput("shared apply", n, engine, base)
+}
+
+/// Runs `rounds` rounds of `a` and `b`, alternating which goes first (AB, BA, AB...), so
+/// neither always runs on a machine the other just warmed or loaded; returns each one's
+/// results in round order.
+fn alternate(
+    rounds: usize,
+    mut a: impl FnMut() -> f64,
+    mut b: impl FnMut() -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        if round % 2 == 0 {
+            ra.push(a());
+            rb.push(b());
+        } else {
+            rb.push(b());
+            ra.push(a());
+        }
     }
+    (ra, rb)
+}
+
+fn throughput(name: &str, changes: usize, engine: Vec<f64>, base: Vec<f64>) -> Throughput {
+    let ratios: Vec<f64> = engine.iter().zip(&base).map(|(e, b)| e / b).collect();
     let (e, b) = (median(engine), median(base));
     Throughput {
-        name: "shared apply".into(),
-        changes: n,
+        name: name.into(),
+        changes,
         engine_per_s: e,
         baseline_per_s: b,
         ratio: e / b,
+        ratios,
     }
 }
 
@@ -269,7 +306,46 @@ pub fn wire_size() -> WireSize {
         .collect::<Vec<_>>()})
     .to_string()
     .len();
+    let rising: Vec<hybridsync_core::OwnedChange> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut c = hybridsync_core::OwnedChange::from(r.clone());
+            c.time_ms = T0 + i as u64 / 16;
+            c.counter = (i % 16) as u32;
+            c
+        })
+        .collect();
+    let batch_rising = encode(&SyncMessage::StateBatch(rising)).len();
+    let tags = |id: &dyn Fn(u64) -> Uuid| -> Vec<SharedChange> {
+        (0..1000u64)
+            .map(|i| SharedChange {
+                origin: owner,
+                seq: 1 + i,
+                hlc: Hlc::new(T0 + i / 16, (i % 16) as u32, owner),
+                model: "tag".into(),
+                record: id(i),
+                kind: ChangeKind::Update,
+                fields: [("name".to_owned(), Value::String(format!("tag {i}")))].into(),
+            })
+            .collect()
+    };
+    let shared = tags(&v7_like);
+    let shared_single = encode(&SyncMessage::SharedChange(shared[500].clone())).len();
+    let shared_batch = encode(&SyncMessage::SharedChangeBatch(shared)).len();
+    let mut rng = hybridsync_core::conformance::SplitMix64::new(11);
+    let v4: Vec<Uuid> = (0..1000)
+        .map(|_| {
+            let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+            uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid()
+        })
+        .collect();
+    let shared_random = encode(&SyncMessage::SharedChangeBatch(tags(&|i| v4[i as usize]))).len();
     WireSize {
+        batched_postcard_rising_counters: batch_rising as f64 / 1000.0,
+        shared_single_postcard: shared_single,
+        shared_batched_postcard: shared_batch as f64 / 1000.0,
+        shared_batched_postcard_random_ids: shared_random as f64 / 1000.0,
         single_postcard: single,
         single_json,
         batched_postcard: batch as f64 / 1000.0,

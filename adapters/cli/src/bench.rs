@@ -29,7 +29,7 @@ mod sync;
 mod wan;
 
 use crate::support;
-use hybridsync_sim::bench::{Throughput, WireSize};
+use hybridsync_sim::bench::{pair, Throughput, WireSize};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -90,6 +90,9 @@ pub enum Part {
     Latency,
     /// Sync, reconnect and latency across a link with a round-trip time.
     Wan,
+    /// The shared path against the device-owned one, in-process: catch-up of an empty
+    /// device and the concurrent-edit workload.
+    Shared,
 }
 
 /// What one run measures.
@@ -118,6 +121,7 @@ impl Plan {
                 Part::Reconnect,
                 Part::Latency,
                 Part::Wan,
+                Part::Shared,
             ]
         } else {
             args.only.clone()
@@ -244,8 +248,16 @@ struct Report {
     reconnect: Vec<sync::ReconnectFigures>,
     latency: Option<latency::LatencyFigures>,
     wan: Option<wan::WanFigures>,
+    shared: Option<SharedFigures>,
     targets: Vec<Target>,
     wall_s: f64,
+}
+
+/// The shared path against the device-owned one (`--only shared`).
+#[derive(Clone, Debug, Serialize)]
+struct SharedFigures {
+    catch_up: pair::CatchUp,
+    concurrent: pair::ConcurrentEdits,
 }
 
 /// Runs the benchmark (or, with the hidden `--child`, one device process of it).
@@ -270,6 +282,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         reconnect: Vec::new(),
         latency: None,
         wan: None,
+        shared: None,
         targets: Vec::new(),
         wall_s: 0.0,
     };
@@ -306,6 +319,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if plan.runs(Part::Wan) {
         report.wan = Some(wan::run(&plan, &dir)?);
+    }
+    if plan.runs(Part::Shared) {
+        let records = if plan.quick { 20_000 } else { 100_000 };
+        progress(&format!(
+            "shared vs owned: catch-up of {records} records x {} rounds, concurrent edits",
+            plan.rounds
+        ));
+        report.shared = Some(SharedFigures {
+            catch_up: pair::catch_up(records, plan.rounds),
+            concurrent: pair::concurrent_edits(1_000, 10_000, plan.rounds),
+        });
     }
     report.machine.load_after = load_average();
     report.wall_s = started.elapsed().as_secs_f64();
@@ -384,6 +408,39 @@ fn targets(r: &Report) -> Vec<Target> {
             "B",
             "<= 65 B",
             w.batched_postcard_random_v7 <= 65.0,
+        );
+        add(
+            "wire: per change in a batch, rising stamp counters".into(),
+            w.batched_postcard_rising_counters,
+            "B",
+            "<= 65 B",
+            w.batched_postcard_rising_counters <= 65.0,
+        );
+        add(
+            "wire: per shared change in a batch of 1,000".into(),
+            w.shared_batched_postcard,
+            "B",
+            "<= 64 B and <= the owned figure",
+            w.shared_batched_postcard <= 64.0
+                && w.shared_batched_postcard <= w.batched_postcard_rising_counters,
+        );
+    }
+    if let Some(sh) = &r.shared {
+        let c = &sh.catch_up;
+        add(
+            format!("shared catch-up of {}: time / owned", c.records),
+            c.ratio,
+            "x",
+            "<= 1.3x",
+            c.ratio <= 1.3,
+        );
+        let e = &sh.concurrent;
+        add(
+            "concurrent edits: bytes on the wire".into(),
+            e.total_bytes as f64,
+            "B",
+            "<= 1 MB",
+            e.total_bytes <= 1_000_000,
         );
     }
     if let Some(s) = &r.sync {
@@ -504,8 +561,13 @@ fn print_table(r: &Report) {
         );
         for e in &r.engine {
             println!(
-                "  {:<22} {:>9} {:>16.0} {:>16.0} {:>7.2}x",
-                e.name, e.changes, e.engine_per_s, e.baseline_per_s, e.ratio
+                "  {:<22} {:>9} {:>16.0} {:>16.0} {:>7.2}x   rounds: {}",
+                e.name,
+                e.changes,
+                e.engine_per_s,
+                e.baseline_per_s,
+                e.ratio,
+                fmt_list(&e.ratios)
             );
         }
     }
@@ -524,6 +586,25 @@ fn print_table(r: &Report) {
             "  {:<34} {:>8.1} B",
             "  same, random-bit UUIDv7 ids", w.batched_postcard_random_v7
         );
+        println!(
+            "  {:<34} {:>8.1} B",
+            "  same, rising stamp counters", w.batched_postcard_rising_counters
+        );
+        println!(
+            "  {:<34} {:>8} B",
+            "single SharedChange (a tag)", w.shared_single_postcard
+        );
+        println!(
+            "  {:<34} {:>8.1} B",
+            "per change, SharedChangeBatch", w.shared_batched_postcard
+        );
+        println!(
+            "  {:<34} {:>8.1} B",
+            "  same, random (v4) ids", w.shared_batched_postcard_random_ids
+        );
+    }
+    if let Some(sh) = &r.shared {
+        print_shared(sh);
     }
     if let Some(s) = &r.sync {
         println!(
@@ -617,6 +698,51 @@ fn print_table(r: &Report) {
             );
         }
     }
+}
+
+fn print_shared(sh: &SharedFigures) {
+    let c = &sh.catch_up;
+    println!(
+        "\nshared vs device-owned, in-process (two engines on MemStore, every message encoded)"
+    );
+    println!(
+        "  catch-up of {} records by an empty device (medians; rounds alternate the paths)",
+        c.records
+    );
+    let per = |t: &pair::Traffic| t.bytes as f64 / c.records as f64;
+    println!(
+        "    owned   {:>8.3} s   {:>6.1} B/record   {:>6} + {} messages",
+        c.owned_s,
+        per(&c.owned_traffic[0]),
+        c.owned_traffic[0].messages,
+        c.owned_traffic[1].messages
+    );
+    println!(
+        "    shared  {:>8.3} s   {:>6.1} B/record   {:>6} + {} messages",
+        c.shared_s,
+        per(&c.shared_traffic[0]),
+        c.shared_traffic[0].messages,
+        c.shared_traffic[1].messages
+    );
+    println!(
+        "    shared / owned {:.2}x (rounds: {})",
+        c.ratio,
+        fmt_list(&c.ratios)
+    );
+    let e = &sh.concurrent;
+    println!(
+        "  concurrent edits: {} records, {} updates on each of two devices apart, then synced",
+        e.records, e.updates_per_device
+    );
+    println!(
+        "    {:.3} s, {} B on the wire ({} + {} B, {} + {} messages)",
+        e.seconds,
+        e.total_bytes,
+        e.traffic[0].bytes,
+        e.traffic[1].bytes,
+        e.traffic[0].messages,
+        e.traffic[1].messages
+    );
 }
 
 fn print_wan(w: &wan::WanFigures) {
