@@ -144,11 +144,7 @@ impl MemState {
                 limit,
                 max_bytes,
             } => {
-                let rows = self
-                    .log
-                    .iter()
-                    .filter(|((o, s), _)| *s > since.get(*o))
-                    .map(|(_, e)| e);
+                let rows = log_after(&self.log, &since);
                 let (entries, more) = page(rows, limit, max_bytes, SharedChange::budget_size);
                 Some(StorageDone::Log { id, entries, more })
             }
@@ -555,6 +551,31 @@ impl crate::storage::StorageBackend for MemStore {
     fn load_restored(&mut self) -> Result<Restored, Self::Error> {
         Ok(self.restored())
     }
+}
+
+/// The entries of `log` above `since`, ordered by `(origin, seq)`: one range per origin, so a
+/// page costs what it returns, not a scan of the whole log.
+fn log_after<'a>(
+    log: &'a BTreeMap<(DeviceId, u64), SharedChange>,
+    since: &'a VersionVector,
+) -> impl Iterator<Item = &'a SharedChange> + 'a {
+    let mut next_origin = log.keys().next().map(|(o, _)| *o);
+    let mut current: Option<std::collections::btree_map::Range<'a, (DeviceId, u64), SharedChange>> =
+        None;
+    std::iter::from_fn(move || loop {
+        if let Some((_, e)) = current.as_mut().and_then(Iterator::next) {
+            return Some(e);
+        }
+        let origin = next_origin?;
+        next_origin = log
+            .range((Bound::Excluded((origin, u64::MAX)), Bound::Unbounded))
+            .next()
+            .map(|((o, _), _)| *o);
+        current = Some(log.range((
+            Bound::Excluded((origin, since.get(origin))),
+            Bound::Included((origin, u64::MAX)),
+        )));
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! ```text
 //! run    = models: [string]          distinct models, in order of first use
 //!          changes: [change]
-//! change = Next(                     seq = previous seq + 1, counter 0, previous model, live
+//! change = Next(                     seq = previous seq + 1, the counter follows (below),
+//!                                    previous model, live
 //!              time_delta, id_high_delta, id_low, data)
 //!        | Any(seq_delta, time_delta, meta, id_high_delta, id_low, data)
 //!
@@ -19,7 +20,8 @@
 //! ```
 //!
 //! where "previous" starts at 0 (and model index 0) for the first change, and the variant is
-//! one byte. In a catch-up run nearly every change is a `Next`: for an `entry` record with a
+//! one byte. In a `Next` the stamp counter follows the previous one: previous + 1 within the
+//! same millisecond (time delta 0), 0 in a later one, as a burst of writes numbers them. In a catch-up run nearly every change is a `Next`: for an `entry` record with a
 //! UUIDv7 id that is about 12 bytes of protocol per change instead of ~51 (the id's timestamp
 //! half and the stamp are deltas, seq and model are implied). Every value round-trips exactly,
 //! in any order and at any magnitude: deltas are wrapping, so a run that is not in seq order
@@ -71,21 +73,42 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OwnedChange>, 
 struct Previous {
     seq: u64,
     time_ms: u64,
+    counter: u32,
     id_high: u64,
     model: usize,
 }
 
-/// Whether a change is encoded as `Next`: the seq after the previous one, stamp counter 0,
-/// live, and the previous change's model.
-fn is_next(seq_delta: u64, counter: u32, tombstone: bool, model: usize, prev_model: usize) -> bool {
-    seq_delta == 1 && counter == 0 && !tombstone && model == prev_model
+/// The stamp counter a `Next` implies after a time step of `time_delta` (`None` after the
+/// largest counter within one millisecond: such a change is an `Any`).
+fn next_counter(prev: &Previous, time_delta: u64) -> Option<u32> {
+    if time_delta == 0 {
+        prev.counter.checked_add(1)
+    } else {
+        Some(0)
+    }
+}
+
+/// Whether a change is encoded as `Next`: the seq after the previous one, the counter that
+/// follows the previous stamp, live, and the previous change's model.
+fn is_next(
+    prev: &Previous,
+    seq_delta: u64,
+    time_delta: u64,
+    counter: u32,
+    tombstone: bool,
+    model: usize,
+) -> bool {
+    seq_delta == 1
+        && next_counter(prev, time_delta) == Some(counter)
+        && !tombstone
+        && model == prev.model
 }
 
 /// One change as encoded (borrowed; the variants mirror [`WireChange`]).
 #[derive(Serialize)]
 enum WireChangeRef<'a> {
-    /// `(time_delta, id_high_delta, id_low, data)`: the next seq, counter 0, the previous
-    /// change's model, live.
+    /// `(time_delta, id_high_delta, id_low, data)`: the next seq, the counter that follows,
+    /// the previous change's model, live.
     Next(i64, i64, [u8; 8], &'a serde_bytes::Bytes),
     /// `(seq_delta, time_delta, meta, id_high_delta, id_low, data)`.
     Any(u64, i64, u128, i64, [u8; 8], &'a serde_bytes::Bytes),
@@ -140,7 +163,14 @@ impl Serialize for Changes<'_> {
             let time_delta = c.time_ms.wrapping_sub(prev.time_ms) as i64;
             let high_delta = id_high.wrapping_sub(prev.id_high) as i64;
             let data = serde_bytes::Bytes::new(c.data.as_deref().unwrap_or_default());
-            let change = if is_next(seq_delta, c.counter, c.data.is_none(), index, prev.model) {
+            let change = if is_next(
+                &prev,
+                seq_delta,
+                time_delta as u64,
+                c.counter,
+                c.data.is_none(),
+                index,
+            ) {
                 WireChangeRef::Next(time_delta, high_delta, id_low, data)
             } else {
                 // counter < 2^32 and index < n < 2^64: cannot overflow.
@@ -152,6 +182,7 @@ impl Serialize for Changes<'_> {
             prev = Previous {
                 seq: c.seq,
                 time_ms: c.time_ms,
+                counter: c.counter,
                 id_high,
                 model: index,
             };
@@ -223,9 +254,14 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
         while let Some(wire) = seq.next_element::<WireChange>()? {
             let (seq_delta, time_delta, counter, tombstone, index, high_delta, id_low, data) =
                 match wire {
-                    WireChange::Next(time_delta, high_delta, id_low, data) => (
-                        1, time_delta, 0, false, prev.model, high_delta, id_low, data,
-                    ),
+                    WireChange::Next(time_delta, high_delta, id_low, data) => {
+                        let Some(counter) = next_counter(&prev, time_delta as u64) else {
+                            return Err(de::Error::custom("`Next` after the largest counter"));
+                        };
+                        (
+                            1, time_delta, counter, false, prev.model, high_delta, id_low, data,
+                        )
+                    }
                     WireChange::Any(seq_delta, time_delta, meta, high_delta, id_low, data) => {
                         let tombstone = meta & 1 == 1;
                         let rest = meta >> 1;
@@ -235,7 +271,14 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
                         let counter = u32::try_from(rest / n)
                             .map_err(|_| de::Error::custom("stamp counter out of range"))?;
                         let index = index as usize;
-                        if is_next(seq_delta, counter, tombstone, index, prev.model) {
+                        if is_next(
+                            &prev,
+                            seq_delta,
+                            time_delta as u64,
+                            counter,
+                            tombstone,
+                            index,
+                        ) {
                             return Err(de::Error::custom("`Any` where `Next` applies"));
                         }
                         (
@@ -269,6 +312,7 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
             prev = Previous {
                 seq: c.seq,
                 time_ms: c.time_ms,
+                counter: c.counter,
                 id_high,
                 model: index,
             };
@@ -282,6 +326,7 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_bytes::Bytes;
 
     /// A `StateBatch`-like wrapper to encode a run on its own.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -298,9 +343,12 @@ mod tests {
         }
     }
 
+    fn encode(run: &Run) -> Vec<u8> {
+        postcard::to_stdvec(run).expect("encodes")
+    }
+
     fn round_trip(run: &Run) -> Run {
-        let bytes = postcard::to_stdvec(run).expect("encodes");
-        postcard::from_bytes(&bytes).expect("decodes")
+        postcard::from_bytes(&encode(run)).expect("decodes")
     }
 
     #[test]
@@ -320,6 +368,52 @@ mod tests {
         // Variant 1 + time 1 + id high 1 + id low 8 + length 1 + payload 20.
         assert!(bytes.len() <= 1000 * 32 + 32, "{} bytes", bytes.len());
         assert_eq!(round_trip(&run), run);
+    }
+
+    #[test]
+    fn a_burst_within_one_millisecond_costs_what_one_change_per_millisecond_does() {
+        // 16 writes a millisecond, counters 0..16 in each: every change after the first is a
+        // `Next`, as with one write a millisecond.
+        let burst: Vec<OwnedChange> = (1..=1000u64)
+            .map(|i| OwnedChange {
+                time_ms: 1_700_000_000_000 + i / 16,
+                counter: (i % 16) as u32,
+                ..change(
+                    i,
+                    "entry",
+                    (0x0190_0000_7000 << 64) | u128::from(i),
+                    Some(&[7; 20]),
+                )
+            })
+            .collect();
+        let spread: Vec<OwnedChange> = (1..=1000u64)
+            .map(|i| {
+                change(
+                    i,
+                    "entry",
+                    (0x0190_0000_7000 << 64) | u128::from(i),
+                    Some(&[7; 20]),
+                )
+            })
+            .collect();
+        let (burst, spread) = (Run(burst), Run(spread));
+        let (b, s) = (encode(&burst), encode(&spread));
+        // (The burst's first change, counter 1, is an `Any`: a few bytes more, once.)
+        assert!(
+            b.len() <= s.len() + 8,
+            "burst {} B, spread {} B",
+            b.len(),
+            s.len()
+        );
+        assert_eq!(round_trip(&burst), burst);
+    }
+
+    #[test]
+    fn next_after_the_largest_counter_in_the_same_millisecond_is_refused() {
+        let top = WireChangeRef::Any(2, 1, u128::from(u32::MAX) << 1, 0, [0; 8], Bytes::new(b""));
+        let next = WireChangeRef::Next(0, 0, [0; 8], Bytes::new(b""));
+        let bytes = postcard::to_stdvec(&(["a"], vec![top, next])).expect("encodes");
+        assert!(decodes(&bytes).is_err());
     }
 
     #[test]
