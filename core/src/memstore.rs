@@ -77,11 +77,22 @@ impl MemState {
                 None
             }
             StorageCommand::AppendLog(entries) => {
-                for e in entries {
-                    self.shared
-                        .entry(e.key())
-                        .or_insert_with_key(empty_record)
-                        .apply(&e);
+                for mut e in entries {
+                    // Look the record up with the entry's own model name (moved out and back):
+                    // most entries update a record that exists, and need no key of their own.
+                    let key = (std::mem::take(&mut e.model), e.record);
+                    match self.shared.get_mut(&key) {
+                        Some(record) => {
+                            e.model = key.0;
+                            record.apply(&e);
+                        }
+                        None => {
+                            e.model = key.0.clone();
+                            let mut record = empty_record(&key);
+                            record.apply(&e);
+                            self.shared.insert(key, record);
+                        }
+                    }
                     self.vv.raise(e.origin, e.seq);
                     self.log.insert((e.origin, e.seq), e);
                 }
