@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+mod compact;
 #[cfg(feature = "test-support")]
 pub mod conformance;
 pub mod digest;

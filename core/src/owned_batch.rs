@@ -28,20 +28,18 @@
 //! only costs more bytes.
 //!
 //! Decoding accepts only the canonical form: models distinct, each first used in table order,
-//! none unused, none longer than [`MAX_MODEL_NAME`], a tombstone with no data, a counter that
+//! none unused, none longer than [`MAX_MODEL_NAME`](crate::MAX_MODEL_NAME), a tombstone with no data, a counter that
 //! fits its `u32`, and `Any` only where `Next` does not apply. So a run has one canonical encoding (postcard itself also accepts over-long
 //! varints, which re-encode shorter), and re-encoding what a peer sent is never longer than what
 //! it sent. Decoding allocates in proportion to the input: a bounded reservation up front, and
-//! each change's copy of its model name at most [`MAX_MODEL_NAME`] bytes.
+//! each change's copy of its model name at most [`MAX_MODEL_NAME`](crate::MAX_MODEL_NAME) bytes.
 
-use crate::model::MAX_MODEL_NAME;
+use crate::compact::{check_models, join_id, split_id};
 use crate::owned::OwnedChange;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::BTreeSet;
 use std::fmt;
-use uuid::Uuid;
 
 /// How many changes a decoder reserves room for before it has seen them.
 const PREALLOCATE: usize = 1024;
@@ -121,24 +119,6 @@ enum WireChange {
     Any(u64, i64, u128, i64, [u8; 8], serde_bytes::ByteBuf),
 }
 
-/// The id's two halves: the big-endian first 8 bytes and the last 8 bytes.
-fn split_id(id: &Uuid) -> (u64, [u8; 8]) {
-    let b = id.as_bytes();
-    let mut high = [0u8; 8];
-    let mut low = [0u8; 8];
-    high.copy_from_slice(&b[..8]);
-    low.copy_from_slice(&b[8..]);
-    (u64::from_be_bytes(high), low)
-}
-
-/// Inverse of [`split_id`].
-fn join_id(high: u64, low: [u8; 8]) -> Uuid {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&high.to_be_bytes());
-    b[8..].copy_from_slice(&low);
-    Uuid::from_bytes(b)
-}
-
 /// The changes of a run, serialized against its model table.
 struct Changes<'a> {
     changes: &'a [OwnedChange],
@@ -206,15 +186,7 @@ impl<'de> Visitor<'de> for RunVisitor {
         let models: Vec<String> = run
             .next_element()?
             .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-        // Every change gets its own copy of its model name: a long name would let a small
-        // frame of many tiny changes claim memory quadratic in its size.
-        if models.iter().any(|m| m.len() > MAX_MODEL_NAME) {
-            return Err(de::Error::custom("model name too long"));
-        }
-        let mut distinct = BTreeSet::new();
-        if !models.iter().all(|m| distinct.insert(m.as_str())) {
-            return Err(de::Error::custom("a model is listed twice"));
-        }
+        check_models(&models)?;
         let (changes, used) = run
             .next_element_seed(ChangesSeed { models: &models })?
             .ok_or_else(|| de::Error::invalid_length(1, &self))?;
@@ -325,8 +297,10 @@ impl<'de> Visitor<'de> for ChangesSeed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MAX_MODEL_NAME;
     use proptest::prelude::*;
     use serde_bytes::Bytes;
+    use uuid::Uuid;
 
     /// A `StateBatch`-like wrapper to encode a run on its own.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

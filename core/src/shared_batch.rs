@@ -34,7 +34,7 @@
 //!
 //! Decoding accepts only the canonical form (one encoding per run, as for
 //! [`owned_batch`](crate::owned_batch)): tables distinct, each entry first used in table order,
-//! none unused, model names at most [`MAX_MODEL_NAME`] bytes, `Any` only where `Next` does not
+//! none unused, model names at most [`MAX_MODEL_NAME`](crate::MAX_MODEL_NAME) bytes, `Any` only where `Next` does not
 //! apply, a device only where it differs from the origin, field names strictly increasing.
 //!
 //! Memory: each change gets its own copy of its model name (bounded by the cap) and of its
@@ -46,9 +46,9 @@
 //! carries it. A change takes at least 12 bytes here, so a run's values take at most
 //! 24 + 432 / 12 = 60 bytes per byte of input.
 
+use crate::compact::{check_models, join_id, split_id};
 use crate::hlc::Hlc;
 use crate::id::DeviceId;
-use crate::model::MAX_MODEL_NAME;
 use crate::shared::{ChangeKind, SharedChange};
 use crate::value::{Value, FIELDS_EXCESS_ALLOWANCE};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
@@ -56,7 +56,6 @@ use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use uuid::Uuid;
 
 /// How many changes a decoder reserves room for before it has seen them.
 const PREALLOCATE: usize = 1024;
@@ -204,7 +203,7 @@ enum WireChangeRef<'a> {
     ),
 }
 
-/// One change as decoded; the fields are read by [`FieldsSeed`].
+/// One change as decoded (the fields in their canonical order, [`Fields`]).
 #[derive(Deserialize)]
 enum WireChange {
     Next(i64, i64, [u8; 8], Fields),
@@ -221,24 +220,6 @@ enum WireChange {
         [u8; 8],
         Fields,
     ),
-}
-
-/// The id's two halves: the big-endian first 8 bytes and the last 8 bytes.
-fn split_id(id: &Uuid) -> (u64, [u8; 8]) {
-    let b = id.as_bytes();
-    let mut high = [0u8; 8];
-    let mut low = [0u8; 8];
-    high.copy_from_slice(&b[..8]);
-    low.copy_from_slice(&b[8..]);
-    (u64::from_be_bytes(high), low)
-}
-
-/// Inverse of [`split_id`].
-fn join_id(high: u64, low: [u8; 8]) -> Uuid {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&high.to_be_bytes());
-    b[8..].copy_from_slice(&low);
-    Uuid::from_bytes(b)
 }
 
 /// The changes of a run, serialized against its tables.
@@ -319,15 +300,7 @@ impl<'de> Visitor<'de> for RunVisitor {
         let models: Vec<String> = run
             .next_element()?
             .ok_or_else(|| de::Error::invalid_length(1, &self))?;
-        // Every change gets its own copy of its model name: a long name would let a small
-        // frame of many tiny changes claim memory quadratic in its size.
-        if models.iter().any(|m| m.len() > MAX_MODEL_NAME) {
-            return Err(de::Error::custom("model name too long"));
-        }
-        let mut distinct = BTreeSet::new();
-        if !models.iter().all(|m| distinct.insert(m.as_str())) {
-            return Err(de::Error::custom("a model is listed twice"));
-        }
+        check_models(&models)?;
         let mut distinct = BTreeSet::new();
         if !origins.iter().all(|o| distinct.insert(*o)) {
             return Err(de::Error::custom("an origin is listed twice"));
@@ -515,7 +488,9 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MAX_MODEL_NAME;
     use proptest::prelude::*;
+    use uuid::Uuid;
 
     /// A `SharedChangeBatch`-like wrapper to encode a run on its own.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
