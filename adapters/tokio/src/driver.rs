@@ -87,31 +87,75 @@ impl Clock {
     }
 }
 
+/// How many requests from [`crate::Node`] handles may wait for the run loop: past it, a
+/// handle's call waits (backpressure on the application instead of an unbounded queue).
+pub(crate) const REQUEST_QUEUE: usize = 1024;
+
+/// The run loop: the engine, its clock, the transport's events, the storage thread's results
+/// and the handles' requests, driven by [`Driver::run`].
 pub(crate) struct Driver<S> {
-    pub(crate) replica: Replica,
-    pub(crate) clock: Clock,
-    pub(crate) transport: Box<dyn Transport>,
-    pub(crate) source: EventSource,
-    pub(crate) requests: mpsc::UnboundedReceiver<Request>,
-    pub(crate) jobs: std_mpsc::Sender<Job<S>>,
-    pub(crate) batch_done: mpsc::UnboundedReceiver<BatchResult>,
-    pub(crate) events: broadcast::Sender<Event>,
+    replica: Replica,
+    clock: Clock,
+    transport: Box<dyn Transport>,
+    source: EventSource,
+    requests: mpsc::Receiver<Request>,
+    jobs: std_mpsc::Sender<Job<S>>,
+    batch_done: mpsc::UnboundedReceiver<BatchResult>,
+    events: broadcast::Sender<Event>,
     /// The write-ahead ordering of the engine's outputs.
-    pub(crate) wal: WriteAhead,
+    wal: WriteAhead,
     /// Peers the transport reported up and the engine has not refused since.
-    pub(crate) up: BTreeSet<DeviceId>,
+    up: BTreeSet<DeviceId>,
     /// The member set the transport was last told ([`Transport::set_members`]).
-    pub(crate) members: BTreeSet<DeviceId>,
-    pub(crate) pending: BTreeMap<CommandId, Pending>,
-    pub(crate) next_command: u64,
+    members: BTreeSet<DeviceId>,
+    pending: BTreeMap<CommandId, Pending>,
+    next_command: u64,
     /// Inbound bytes of messages the engine took whose storage commands are not committed yet,
     /// with the number of the batch that commits them: until then, what the message caused
     /// (records queued for storage, sends and events behind them) is held in memory, so its
     /// bytes stay taken from the transport's budget.
-    pub(crate) held: VecDeque<(u64, InboundPermit)>,
+    held: VecDeque<(u64, InboundPermit)>,
     /// Storage batches started and committed.
-    pub(crate) batches_started: u64,
-    pub(crate) batches_done: u64,
+    batches_started: u64,
+    batches_done: u64,
+}
+
+/// What a [`Driver`] is built from: the parts [`crate::NodeBuilder::start`] set up.
+pub(crate) struct DriverParts<S> {
+    pub(crate) replica: Replica,
+    pub(crate) clock: Clock,
+    pub(crate) transport: Box<dyn Transport>,
+    pub(crate) source: EventSource,
+    pub(crate) requests: mpsc::Receiver<Request>,
+    pub(crate) jobs: std_mpsc::Sender<Job<S>>,
+    pub(crate) batch_done: mpsc::UnboundedReceiver<BatchResult>,
+    pub(crate) events: broadcast::Sender<Event>,
+    /// The member set the transport was told at start.
+    pub(crate) members: BTreeSet<DeviceId>,
+}
+
+impl<S> Driver<S> {
+    /// A run loop over `parts`, with nothing pending and no peer up.
+    pub(crate) fn new(parts: DriverParts<S>) -> Self {
+        Driver {
+            replica: parts.replica,
+            clock: parts.clock,
+            transport: parts.transport,
+            source: parts.source,
+            requests: parts.requests,
+            jobs: parts.jobs,
+            batch_done: parts.batch_done,
+            events: parts.events,
+            wal: WriteAhead::new(),
+            up: BTreeSet::new(),
+            members: parts.members,
+            pending: BTreeMap::new(),
+            next_command: 0,
+            held: VecDeque::new(),
+            batches_started: 0,
+            batches_done: 0,
+        }
+    }
 }
 
 impl<S: Send + 'static> Driver<S> {

@@ -1,6 +1,6 @@
 //! [`Node`]: the async handle an application uses.
 
-use crate::driver::{Clock, Driver, Request};
+use crate::driver::{Clock, Driver, DriverParts, Request, REQUEST_QUEUE};
 use crate::storage::{Job, StorageWorker};
 use crate::transport::{EventSink, Transport};
 use hybridsync_core::storage::{OwnedCursor, Page, RecordReader, SharedView};
@@ -179,8 +179,8 @@ impl NodeBuilder {
         let (sink, source) = EventSink::channel();
         transport.start(sink);
         let events = self.events;
-        let (req_tx, req_rx) = mpsc::unbounded_channel();
-        let driver = Driver {
+        let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+        let driver = Driver::new(DriverParts {
             replica,
             clock,
             transport: Box::new(transport),
@@ -189,15 +189,8 @@ impl NodeBuilder {
             jobs: worker.jobs.clone(),
             batch_done,
             events: events.clone(),
-            wal: hybridsync_core::write_ahead::WriteAhead::new(),
-            up: BTreeSet::new(),
             members,
-            pending: BTreeMap::new(),
-            next_command: 0,
-            held: Default::default(),
-            batches_started: 0,
-            batches_done: 0,
-        };
+        });
         let task = tokio::spawn(driver.run());
         tracing::info!(device = %device, "node started");
         Ok(Node {
@@ -219,7 +212,7 @@ type RunHandles = (
 
 struct Inner<S> {
     device: DeviceId,
-    requests: mpsc::UnboundedSender<Request>,
+    requests: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     jobs: std::sync::Mutex<std_mpsc::Sender<Job<S>>>,
     run: Mutex<Option<RunHandles>>,
@@ -228,8 +221,11 @@ struct Inner<S> {
 /// The async handle of a running sync engine: one device, one storage backend, one transport.
 ///
 /// Cheap to clone; every clone drives the same engine. Local writes resolve once they are
-/// durable (and, if peers are connected, handed to the transport). Dropping every clone stops
-/// the run loop; prefer [`Node::shutdown`], which also hands the storage backend back.
+/// durable (and, if peers are connected, handed to the transport). At most 1,024 calls wait
+/// for the run loop at a time; further calls wait for room, so an application that writes
+/// faster than the engine commits is slowed down rather than queued without bound. Dropping
+/// every clone stops the run loop; prefer [`Node::shutdown`], which also hands the storage
+/// backend back.
 pub struct Node<S> {
     inner: Arc<Inner<S>>,
 }
@@ -287,6 +283,7 @@ impl<S: Send + 'static> Node<S> {
                 reply,
                 progress: None,
             })
+            .await
             .map_err(|_| NodeError::Stopped)?;
         match done.await {
             Ok(r) => r.map_err(NodeError::Command),
@@ -371,29 +368,44 @@ impl<S: Send + 'static> Node<S> {
         self.command(Command::RemoveMember(device)).await
     }
 
-    fn fetch(&self, cmd: Command) -> Fetch {
+    async fn fetch(&self, cmd: Command) -> Fetch {
         let (reply, done) = oneshot::channel();
         let (ptx, progress) = mpsc::unbounded_channel();
         // If the loop is gone, `done` resolves to an error and `finish` reports `Stopped`.
-        let _ = self.inner.requests.send(Request::Command {
-            cmd,
-            reply,
-            progress: Some(ptx),
-        });
+        let _ = self
+            .inner
+            .requests
+            .send(Request::Command {
+                cmd,
+                reply,
+                progress: Some(ptx),
+            })
+            .await;
         Fetch { progress, done }
     }
 
     /// Fetches `owner`'s device-owned records from the connected `peer` (from `since`, default
     /// the current watermark). The engine also catches up on its own; this is for an
     /// application that wants to drive or observe a catch-up.
-    pub fn request_state(&self, peer: DeviceId, owner: DeviceId, since: Option<u64>) -> Fetch {
+    pub async fn request_state(
+        &self,
+        peer: DeviceId,
+        owner: DeviceId,
+        since: Option<u64>,
+    ) -> Fetch {
         self.fetch(Command::RequestState { peer, owner, since })
+            .await
     }
 
     /// Fetches shared changes from the connected `peer` (from `since`, default the current
     /// version vector), falling back to a snapshot if the peer pruned its log below it.
-    pub fn request_shared_changes(&self, peer: DeviceId, since: Option<VersionVector>) -> Fetch {
+    pub async fn request_shared_changes(
+        &self,
+        peer: DeviceId,
+        since: Option<VersionVector>,
+    ) -> Fetch {
         self.fetch(Command::RequestSharedChanges { peer, since })
+            .await
     }
 
     /// A snapshot of the engine's state.
@@ -402,6 +414,7 @@ impl<S: Send + 'static> Node<S> {
         self.inner
             .requests
             .send(Request::Status(tx))
+            .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
@@ -442,7 +455,13 @@ impl<S: Send + 'static> Node<S> {
             return Err(NodeError::Stopped);
         };
         let (tx, rx) = oneshot::channel();
-        if self.inner.requests.send(Request::Shutdown(tx)).is_ok() {
+        if self
+            .inner
+            .requests
+            .send(Request::Shutdown(tx))
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         let run_result = task.await.map_err(|_| NodeError::Stopped)?;

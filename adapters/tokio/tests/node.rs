@@ -245,7 +245,7 @@ async fn request_state_reports_progress_then_completes() {
             other => panic!("no session: {other:?}"),
         }
     }
-    let mut fetch = b.request_state(A, A, Some(0));
+    let mut fetch = b.request_state(A, A, Some(0)).await;
     let mut pages = 0;
     while let Some(p) = fetch.next_progress().await {
         assert_eq!(p.stream, Stream::Owned(A));
