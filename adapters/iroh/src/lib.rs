@@ -37,7 +37,9 @@ mod registry;
 mod transport;
 
 pub use registry::{device_id_for, DeviceRegistry, RegistryError, Ticket, TicketError};
-pub use transport::{close_code, IrohConfig, IrohTransport, SyncProtocol, DEFAULT_ALPN};
+pub use transport::{
+    close_code, IrohConfig, IrohTransport, SyncProtocol, DEFAULT_ALPN, REALTIME_LANE,
+};
 
 use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
 use iroh::endpoint::{

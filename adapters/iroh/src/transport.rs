@@ -19,11 +19,29 @@ use tokio::task::AbortHandle;
 /// The default ALPN of the sync protocol.
 pub const DEFAULT_ALPN: &[u8] = b"/spacedrive/sync/2.0.0";
 
-/// Unidirectional streams a peer may have open towards us (it uses two). [`crate::offline_endpoint`]
-/// sets it (and no bidirectional streams) in the endpoint's transport config, so it is the
-/// credit of the handshake; the transport sets it again on each connection, for endpoints
-/// bound otherwise (whose handshake credit is then the library default, 100).
+/// Unidirectional streams a peer may have open towards us (it uses four: one real-time, three
+/// bulk lanes). [`crate::offline_endpoint`] sets it (and no bidirectional streams) in the
+/// endpoint's transport config, so it is the credit of the handshake; the transport sets it
+/// again on each connection, for endpoints bound otherwise (whose handshake credit is then the
+/// library default, 100).
 pub(crate) const MAX_INBOUND_STREAMS: u32 = 4;
+
+/// The first byte of every unidirectional stream names its lane: this one for real-time
+/// messages, 1 to 3 for the three bulk lanes (catch-up, whose frames go round-robin over
+/// them and are read back in that order). A stream whose first byte is anything else, or
+/// names a bulk lane another stream of the connection already carries, closes the connection
+/// (`close_code::BAD_FRAME`, `ErrorCode::ProtocolViolation`).
+pub const REALTIME_LANE: u8 = 0;
+
+/// Bulk frames (catch-up pages and requests) are written round-robin over this many streams:
+/// frame `k` of a connection on lane `k % BULK_LANES`, and the receiver reads them back in
+/// that order. Each stream has its own QUIC flow-control window (1.25 MB, the library's
+/// default; larger ones are not safe, see [`crate::bind_endpoint`]), so three lanes keep three
+/// windows in flight per round trip instead of one.
+const BULK_LANES: u8 = 3;
+
+/// The lane header bytes of the bulk lanes, in round-robin order.
+const BULK_HEADERS: [u8; BULK_LANES as usize] = [1, 2, 3];
 
 /// QUIC application close codes used by this transport.
 pub mod close_code {
@@ -458,8 +476,8 @@ impl Shared {
         // Each side needs two streams; a peer opening more cannot make us buffer more frames.
         conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_INBOUND_STREAMS));
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(writer(conn.clone(), rt_rx, rt_bytes, 1));
-        tasks.spawn(writer(conn.clone(), bulk_rx, bulk_bytes, 0));
+        tasks.spawn(writer(conn.clone(), rt_rx, rt_bytes, 1, &[REALTIME_LANE]));
+        tasks.spawn(writer(conn.clone(), bulk_rx, bulk_bytes, 0, &BULK_HEADERS));
         tasks.spawn(accept_streams(
             self.clone(),
             conn.clone(),
@@ -659,14 +677,17 @@ impl Shared {
     }
 }
 
-/// Writes queued frames to one unidirectional stream, opened on first use.
+/// Writes queued frames round-robin to one unidirectional stream per header of `lanes`
+/// (frame `k` to lane `k % lanes.len()`), each opened on first use with its header byte.
 async fn writer(
     conn: Connection,
     mut rx: mpsc::Receiver<Outbound>,
     queued: Arc<AtomicUsize>,
     priority: i32,
+    lanes: &'static [u8],
 ) {
-    let mut stream: Option<SendStream> = None;
+    let mut streams: Vec<Option<SendStream>> = lanes.iter().map(|_| None).collect();
+    let mut next = 0usize;
     while let Some(out) = rx.recv().await {
         let (bytes, close) = match out {
             Outbound::Frame(b) => {
@@ -679,16 +700,24 @@ async fn writer(
                 reason,
             } => (error, Some((code, reason))),
         };
-        if stream.is_none() {
+        let lane = next % lanes.len().max(1);
+        next = next.wrapping_add(1);
+        let Some(slot) = streams.get_mut(lane) else {
+            return;
+        };
+        if slot.is_none() {
             match conn.open_uni().await {
-                Ok(s) => {
+                Ok(mut s) => {
                     let _ = s.set_priority(priority);
-                    stream = Some(s);
+                    if s.write_all(&lanes[lane..=lane]).await.is_err() {
+                        return;
+                    }
+                    *slot = Some(s);
                 }
                 Err(_) => return,
             }
         }
-        let Some(s) = stream.as_mut() else { return };
+        let Some(s) = slot.as_mut() else { return };
         if s.write_all(&bytes).await.is_err() {
             return;
         }
@@ -702,6 +731,91 @@ async fn writer(
     }
 }
 
+/// The order of a connection's inbound bulk frames across its lanes: the index of the next
+/// frame to deliver. A lane reader waits for its frame's turn before it takes budget for it or
+/// reads its body, so frames reach the engine in the order they were sent and a frame waiting
+/// for its turn holds nothing (its bytes wait in QUIC's window of its stream).
+#[derive(Clone)]
+struct BulkOrder {
+    turn: Arc<watch::Sender<u64>>,
+    /// Lanes some stream already claimed (bit `i` for lane `i`).
+    claimed: Arc<Mutex<u8>>,
+}
+
+impl BulkOrder {
+    fn new() -> Self {
+        BulkOrder {
+            turn: Arc::new(watch::channel(0).0),
+            claimed: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    /// Claims bulk lane `lane`; `false` if another stream already did.
+    fn claim(&self, lane: u8) -> bool {
+        let mut claimed = lock(&self.claimed);
+        let bit = 1u8 << lane;
+        let free = *claimed & bit == 0;
+        *claimed |= bit;
+        free
+    }
+
+    /// Waits until frame `index` is next; `false` if the connection's readers are gone.
+    async fn wait_turn(&self, index: u64) -> bool {
+        self.turn
+            .subscribe()
+            .wait_for(|t| *t == index)
+            .await
+            .is_ok()
+    }
+
+    /// The frame whose turn it was is delivered: the next one may go.
+    fn advance(&self) {
+        self.turn.send_modify(|t| *t = t.wrapping_add(1));
+    }
+}
+
+/// Which lane a reader serves and, for a bulk lane, where its frames go in the order.
+enum Lane {
+    Realtime,
+    Bulk {
+        order: BulkOrder,
+        /// This lane's place in the round-robin, from 0.
+        lane: u64,
+        /// Frames this lane delivered so far.
+        delivered: u64,
+    },
+}
+
+impl Lane {
+    /// Waits, for a bulk lane, until this lane's next frame is the connection's next one.
+    async fn wait_turn(&self) -> bool {
+        match self {
+            Lane::Realtime => true,
+            Lane::Bulk {
+                order,
+                lane,
+                delivered,
+            } => {
+                let index = delivered
+                    .wrapping_mul(u64::from(BULK_LANES))
+                    .wrapping_add(*lane);
+                order.wait_turn(index).await
+            }
+        }
+    }
+
+    /// This lane's frame is delivered.
+    fn delivered(&mut self) {
+        if let Lane::Bulk {
+            order, delivered, ..
+        } = self
+        {
+            *delivered += 1;
+            order.advance();
+        }
+    }
+}
+
 /// Accepts the peer's unidirectional streams; one reader task each.
 async fn accept_streams(
     shared: Arc<Shared>,
@@ -711,6 +825,7 @@ async fn accept_streams(
     budget: PeerBudget,
 ) {
     let mut readers = tokio::task::JoinSet::new();
+    let order = BulkOrder::new();
     while let Ok(recv) = conn.accept_uni().await {
         readers.spawn(reader(
             shared.clone(),
@@ -718,23 +833,48 @@ async fn accept_streams(
             device,
             sink.clone(),
             budget.clone(),
+            order.clone(),
         ));
     }
     readers.abort_all();
 }
 
-/// Reads frames from one stream: exactly as many bytes as the current frame needs, so a
-/// hostile length prefix is refused before anything is allocated for its body. Once a frame's
-/// length is known, its bytes are taken from the sink's budget ([`EventSink::reserve`]) before
-/// its body is read: while the driver is behind, the stream is not read and QUIC flow control
-/// stops the peer.
+/// Reads frames from one stream: first its lane header, then exactly as many bytes as the
+/// current frame needs, so a hostile length prefix is refused before anything is allocated for
+/// its body. Once a frame's length is known (and, on a bulk lane, once it is the connection's
+/// next bulk frame), its bytes are taken from the sink's budget ([`EventSink::reserve`])
+/// before its body is read: while the driver is behind, the stream is not read and QUIC flow
+/// control stops the peer.
 async fn reader(
     shared: Arc<Shared>,
     mut recv: RecvStream,
     device: DeviceId,
     sink: EventSink,
     budget: PeerBudget,
+    order: BulkOrder,
 ) {
+    let header = match recv.read_chunk(1).await {
+        Ok(Some(chunk)) => chunk.first().copied(),
+        Ok(None) | Err(_) => return,
+    };
+    let mut lane = match header {
+        Some(REALTIME_LANE) => Lane::Realtime,
+        Some(h) if (1..=BULK_LANES).contains(&h) && order.claim(h - 1) => Lane::Bulk {
+            order,
+            lane: u64::from(h - 1),
+            delivered: 0,
+        },
+        _ => {
+            tracing::warn!(peer = %device, ?header, "unknown or repeated stream lane: closing");
+            return shared.refuse(
+                device,
+                ErrorCode::ProtocolViolation,
+                format!("stream lane {header:?} is unknown or already open"),
+                close_code::BAD_FRAME,
+                "bad stream lane",
+            );
+        }
+    };
     let mut decoder = FrameDecoder::new(shared.config.max_frame);
     let mut permit = None;
     loop {
@@ -743,7 +883,10 @@ async fn reader(
             Err(e) => return bad_frame(&shared, device, &e),
         };
         if permit.is_none() && decoder.buffered() >= 4 {
-            // The prefix is in: `wanted` is the body's length.
+            // The prefix is in: `wanted` is the body's length. Its turn first (bulk lanes).
+            if !lane.wait_turn().await {
+                return;
+            }
             match sink.reserve_within(&budget, 4 + wanted).await {
                 Ok(p) => permit = Some(p),
                 Err(_) => return,
@@ -758,14 +901,20 @@ async fn reader(
                 Ok(Some(msg)) => {
                     let p = match permit.take() {
                         Some(p) => p,
-                        None => match sink.reserve_within(&budget, 4).await {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
+                        None => {
+                            if !lane.wait_turn().await {
+                                return;
+                            }
+                            match sink.reserve_within(&budget, 4).await {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            }
+                        }
                     };
                     if sink.message_reserved(device, msg, p).await.is_err() {
                         return;
                     }
+                    lane.delivered();
                     if decoder.buffered() == 0 {
                         // Give back the buffer a large frame grew, so an idle stream holds
                         // nothing.

@@ -13,7 +13,7 @@ use hybridsync_core::{
     encode_frame, ChangeKind, DeviceId, ErrorCode, Hlc, OwnedRecord, SharedChange, SyncMessage,
     Value,
 };
-use hybridsync_iroh::{offline_endpoint, DEFAULT_ALPN};
+use hybridsync_iroh::{offline_endpoint, DEFAULT_ALPN, REALTIME_LANE};
 use iroh::{Endpoint, SecretKey};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,6 +90,9 @@ async fn flood(ep: &Endpoint, victim: &Dev, frame: &[u8], until: Instant) -> usi
                 let Ok(mut s) = conn.open_uni().await else {
                     return;
                 };
+                if s.write_all(&[REALTIME_LANE]).await.is_err() {
+                    return;
+                }
                 while Instant::now() < until {
                     if s.write_all(&frame).await.is_err() {
                         break;
@@ -131,6 +134,9 @@ async fn flood_records(ep: &Endpoint, victim: &Dev, origin: DeviceId, until: Ins
         let Ok(mut s) = conn.open_uni().await else {
             continue;
         };
+        if s.write_all(&[REALTIME_LANE]).await.is_err() {
+            continue;
+        }
         while Instant::now() < until {
             let rec = OwnedRecord {
                 owner: origin,

@@ -10,7 +10,7 @@ use hybridsync_core::{
     encode_frame, ChangeKind, DeviceId, ErrorCode, FrameDecoder, Hlc, OwnedRecord, SharedChange,
     SyncMessage, Value, VersionVector,
 };
-use hybridsync_iroh::{close_code, offline_endpoint, DEFAULT_ALPN};
+use hybridsync_iroh::{close_code, offline_endpoint, DEFAULT_ALPN, REALTIME_LANE};
 use hybridsync_tokio::Node;
 use iroh::endpoint::{Connection, ConnectionError};
 use iroh::{Endpoint, SecretKey};
@@ -47,9 +47,10 @@ async fn first_error(conn: Connection) -> Option<ErrorCode> {
     code
 }
 
-/// The code of the first `Error` frame on one stream.
+/// The code of the first `Error` frame on one stream (after its lane header).
 async fn stream_error(mut recv: iroh::endpoint::RecvStream) -> Option<ErrorCode> {
     let mut decoder = FrameDecoder::default();
+    recv.read_chunk(1).await.ok()??;
     loop {
         while let Ok(Some(msg)) = decoder.next_message() {
             if let SyncMessage::Error { code, .. } = msg {
@@ -61,16 +62,31 @@ async fn stream_error(mut recv: iroh::endpoint::RecvStream) -> Option<ErrorCode>
     }
 }
 
-/// Sends `bytes` on a fresh stream; returns the victim's close code and its `Error` code.
+/// Sends `bytes` on a fresh real-time stream (after its lane header); returns the victim's
+/// close code and its `Error` code.
 async fn attack(ep: &Endpoint, victim: &Dev, bytes: Vec<u8>) -> (u64, Option<ErrorCode>) {
+    let mut stream = vec![REALTIME_LANE];
+    stream.extend(bytes);
+    attack_raw(ep, victim, vec![stream]).await
+}
+
+/// Sends each of `streams` (lane header included) on a fresh stream of one connection;
+/// returns the victim's close code and its `Error` code.
+async fn attack_raw(
+    ep: &Endpoint,
+    victim: &Dev,
+    streams: Vec<Vec<u8>>,
+) -> (u64, Option<ErrorCode>) {
     let conn = ep
         .connect(victim.endpoint_addr(), DEFAULT_ALPN)
         .await
         .unwrap();
     let errors = tokio::spawn(first_error(conn.clone()));
-    if let Ok(mut s) = conn.open_uni().await {
-        let _ = s.write_all(&bytes).await;
-        let _ = s.finish();
+    for bytes in streams {
+        if let Ok(mut s) = conn.open_uni().await {
+            let _ = s.write_all(&bytes).await;
+            let _ = s.finish();
+        }
     }
     let closed = tokio::time::timeout(T, conn.closed())
         .await
@@ -153,6 +169,23 @@ async fn garbage_and_oversized_frames_are_refused_and_change_nothing() {
     assert_eq!(code, u64::from(close_code::BAD_FRAME));
     assert_eq!(error, Some(ErrorCode::FrameTooLarge));
 
+    assert_eq!(digest(&v.node).await, before);
+    let _ = &v.peer;
+    v.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_repeated_stream_lanes_are_refused_and_change_nothing() {
+    let v = victim().await;
+    let before = digest(&v.node).await;
+    // A lane header no lane has.
+    let (code, error) = attack_raw(&v.rogues[0].0, &v.dev, vec![vec![9, 0, 0, 0, 1]]).await;
+    assert_eq!(code, u64::from(close_code::BAD_FRAME));
+    assert_eq!(error, Some(ErrorCode::ProtocolViolation));
+    // Two streams that both claim bulk lane 1 (their frames' order would be ambiguous).
+    let (code, error) = attack_raw(&v.rogues[1].0, &v.dev, vec![vec![1], vec![1]]).await;
+    assert_eq!(code, u64::from(close_code::BAD_FRAME));
+    assert_eq!(error, Some(ErrorCode::ProtocolViolation));
     assert_eq!(digest(&v.node).await, before);
     let _ = &v.peer;
     v.node.shutdown().await.unwrap();

@@ -11,7 +11,8 @@ use hybridsync_iroh::{offline_endpoint, DEFAULT_ALPN};
 use iroh::SecretKey;
 use std::time::Duration;
 
-/// Streams the sync protocol lets a peer have open towards a device (it uses two).
+/// Streams the sync protocol lets a peer have open towards a device (it uses four: one
+/// real-time, three bulk lanes).
 const LIMIT: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 /// How often the forwarder's threads look at the stop flag while idle.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Receive buffer of the forwarder's sockets, bytes (more than the bandwidth-delay product of
+/// the catch-up windows at the round-trip times the bench uses).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
 /// The shape of a link.
 #[derive(Clone, Copy, Debug)]
 pub struct LinkSpec {
@@ -86,6 +90,13 @@ impl Link {
         })?;
         to_b.set_read_timeout(Some(POLL))?;
         to_a.set_read_timeout(Some(POLL))?;
+        for socket in [&to_b, &to_a] {
+            // A router's buffer, not the kernel's default (about 200 KB): a catch-up burst
+            // of a few MB arriving while both cores are busy overflowed it (the kernel's UDP
+            // receive-buffer errors rose by about 260 per sync), and every such loss made QUIC
+            // back off as if the link were congested. The kernel caps it at `rmem_max`.
+            socket2::SockRef::from(socket).set_recv_buffer_size(SOCKET_BUFFER)?;
+        }
         let a_addr = Arc::new(Mutex::new(a));
         let stop = Arc::new(AtomicBool::new(false));
         let (a_to_b, b_to_a) = (Arc::<Counters>::default(), Arc::<Counters>::default());
