@@ -157,7 +157,8 @@ impl NetworkConfig {
 
 /// Binds an endpoint as `network` says. Connections send keep-alives every second and time
 /// out after 5 s of silence, so a vanished peer is noticed quickly. A peer may open at most
-/// 4 unidirectional streams towards it (the sync protocol uses two) and no bidirectional
+/// 4 unidirectional streams towards it (the sync protocol uses all four: one real-time, three
+/// bulk lanes) and no bidirectional
 /// stream, from the handshake on (an endpoint bound otherwise grants the library's default of
 /// 100 until [`IrohTransport`] lowers it after the device is reported up). Port mapping is
 /// always disabled. Never call `Endpoint::online()` on an endpoint without relays: it never
@@ -178,8 +179,8 @@ pub async fn bind_endpoint(
         .max_concurrent_uni_streams(transport::MAX_INBOUND_STREAMS.into())
         .max_concurrent_bidi_streams(0u32.into())
         // QUIC's flow-control windows stay at the library's defaults (1.25 MB per stream,
-        // about 100 Mbit/s at 100 ms RTT), which bound a catch-up to about that rate. Larger
-        // ones are not safe: a receiver that reads slower than its peer sends (the driver
+        // about 100 Mbit/s at 100 ms RTT); catch-up spreads over three bulk lanes, so three
+        // of them are in flight per round trip. Larger windows are not safe: a receiver that reads slower than its peer sends (the driver
         // stops reading past its inbound budget while the disk catches up) then buffers more
         // than the QUIC library's 1,024 chunks per stream and the connection fails with
         // "too many gaps in stream buffer" (`slow_peer.rs` failed so with 8 MiB).

@@ -232,10 +232,14 @@ struct Shared {
 ///   address the registry holds: a stale direct address costs nothing while the relay URL
 ///   still reaches the device.
 /// - **Reconnect** with exponential backoff and jitter (a seeded xorshift, no OS randomness).
-/// - **Streams**: each side sends on two unidirectional streams: real-time messages
-///   ([`SyncMessage::is_realtime`]) on a high-priority one, catch-up traffic on a low-priority
-///   one, each fed by its own queue and writer task, so a large backfill never delays a
-///   real-time change. Every inbound stream has its own reader task. A reply travels on the
+/// - **Streams**: each side sends on four unidirectional streams, each opened with a lane
+///   header byte: real-time messages ([`SyncMessage::is_realtime`]) on a high-priority one,
+///   catch-up traffic round-robin on three low-priority bulk lanes (three QUIC stream windows
+///   in flight per round trip instead of one), the real-time and the bulk queue each with its
+///   own writer task, so a large backfill never delays a real-time change. Every inbound
+///   stream has its own reader task; the bulk lanes' readers hand their frames to the engine
+///   in the order they were sent (a frame waits for its turn before any budget is taken for
+///   it). A reply travels on the
 ///   responder's own long-lived stream of the same connection (requests carry ids), so no
 ///   reply depends on a stream the requester already finished; if the connection drops,
 ///   `PeerDown` interrupts the request and anti-entropy asks again. A peer may open at most
@@ -473,7 +477,7 @@ impl Shared {
             return None;
         }
         drop(order);
-        // Each side needs two streams; a peer opening more cannot make us buffer more frames.
+        // Each side needs four streams; a peer opening more cannot make us buffer more frames.
         conn.set_max_concurrent_uni_streams(VarInt::from_u32(MAX_INBOUND_STREAMS));
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(writer(conn.clone(), rt_rx, rt_bytes, 1, &[REALTIME_LANE]));
