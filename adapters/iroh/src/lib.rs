@@ -50,30 +50,22 @@ use iroh::{Endpoint, NetReportConfig, RelayMode, SecretKey};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// An endpoint could not be bound.
+/// An endpoint could not be bound. iroh's own error is the source.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// The bind address is not usable.
-    #[error("invalid bind address: {0}")]
-    Address(String),
+    #[error("invalid bind address")]
+    Address(#[from] InvalidSocketAddr),
     /// Binding failed.
-    #[error("bind failed: {0}")]
-    Bind(String),
+    #[error("bind failed")]
+    Bind(#[from] BindError),
+    /// A QUIC setting is out of range (a duration too long for QUIC's variable-length
+    /// integers).
+    #[error("QUIC setting out of range")]
+    Setting(#[from] iroh::endpoint::VarIntBoundsExceeded),
     /// The configuration asks for no way to reach anyone (no socket and no relay).
     #[error("no direct socket and no relay: the endpoint could reach no one")]
     Unreachable,
-}
-
-impl From<InvalidSocketAddr> for EndpointError {
-    fn from(e: InvalidSocketAddr) -> Self {
-        EndpointError::Address(e.to_string())
-    }
-}
-
-impl From<BindError> for EndpointError {
-    fn from(e: BindError) -> Self {
-        EndpointError::Bind(e.to_string())
-    }
 }
 
 /// How an endpoint finds a device whose [`iroh::EndpointAddr`] holds no usable address.
@@ -170,9 +162,7 @@ pub async fn bind_endpoint(
     if network.bind.is_none() && network.relays == RelayMode::Disabled {
         return Err(EndpointError::Unreachable);
     }
-    let idle = Duration::from_secs(5)
-        .try_into()
-        .map_err(|e: iroh::endpoint::VarIntBoundsExceeded| EndpointError::Bind(e.to_string()))?;
+    let idle: iroh::endpoint::IdleTimeout = Duration::from_secs(5).try_into()?;
     let quic = QuicTransportConfig::builder()
         .keep_alive_interval(Duration::from_secs(1))
         .max_idle_timeout(Some(idle))

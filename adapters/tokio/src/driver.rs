@@ -19,6 +19,7 @@
 //! that emitted them: a command's completion (`CommandDone`) or a `RecordChanged` is reported
 //! only once the write is durable.
 
+use crate::failure::StorageFailure;
 use crate::node::{NodeError, Progress, Status};
 use crate::storage::{BatchResult, Job};
 use crate::transport::{EventSource, InboundPermit, Transport, TransportEvent};
@@ -228,7 +229,7 @@ impl<S: Send + 'static> Driver<S> {
                     }
                 }
                 None => {
-                    result = Err(NodeError::Storage("the storage thread stopped".into()));
+                    result = Err(NodeError::Storage(StorageFailure::stopped()));
                     break;
                 }
             }

@@ -45,11 +45,13 @@
 
 mod channel;
 mod driver;
+mod failure;
 mod node;
 mod storage;
 pub mod transport;
 
 pub use channel::{ChannelNetwork, ChannelTransport, CHANNEL_INBOX_BYTES};
+pub use failure::StorageFailure;
 pub use node::{Fetch, Node, NodeBuilder, NodeError, Progress, Status};
 pub use transport::{
     BoxFuture, EventSink, EventSource, InboundPermit, PeerBudget, SinkClosed, Transport,

@@ -1,6 +1,7 @@
 //! [`Node`]: the async handle an application uses.
 
 use crate::driver::{Clock, Driver, DriverParts, Request, REQUEST_QUEUE};
+use crate::failure::StorageFailure;
 use crate::storage::{Job, StorageWorker};
 use crate::transport::{EventSink, Transport};
 use hybridsync_core::storage::{OwnedCursor, Page, RecordReader, SharedView};
@@ -24,12 +25,13 @@ pub enum NodeError {
     #[error("the node is not running")]
     Stopped,
     /// The storage backend failed; the node stopped (nothing after the failed batch was sent).
-    #[error("storage failed: {0}")]
-    Storage(String),
+    /// The backend's error is the source (print the chain, e.g. with `{:#}` in `anyhow`).
+    #[error("storage failed")]
+    Storage(#[source] StorageFailure),
     /// A read of [`Node`]'s typed reads failed in the backend (a damaged row); the node keeps
-    /// running.
-    #[error("read failed: {0}")]
-    Read(String),
+    /// running. The backend's error is the source.
+    #[error("read failed")]
+    Read(#[source] StorageFailure),
     /// A shared write's values would take more memory decoded than peers accept for their
     /// size (a list dominated by nulls, a map of tiny entries): every peer would refuse the
     /// messages carrying them, so the write is refused here (nothing changed). See
@@ -498,7 +500,7 @@ impl<S: RecordReader + Send + 'static> Node<S> {
         R: Send + 'static,
         F: FnOnce(&S) -> Result<R, S::Error> + Send + 'static,
     {
-        self.inspect(move |s: &mut S| f(s).map_err(|e| e.to_string()))
+        self.inspect(move |s: &mut S| f(s).map_err(StorageFailure::new))
             .await?
             .map_err(NodeError::Read)
     }

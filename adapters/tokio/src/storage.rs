@@ -1,6 +1,7 @@
 //! The storage worker: one dedicated OS thread that owns the backend and executes batches in
 //! order.
 
+use crate::failure::StorageFailure;
 use hybridsync_core::{Restored, StorageBackend, StorageCommand, StorageDone};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
@@ -20,7 +21,7 @@ pub(crate) enum Job<S> {
 }
 
 /// The result of a batch, in the order batches were sent.
-pub(crate) type BatchResult = Result<Vec<StorageDone>, String>;
+pub(crate) type BatchResult = Result<Vec<StorageDone>, StorageFailure>;
 
 /// Handle to the storage thread.
 pub(crate) struct StorageWorker<S> {
@@ -33,14 +34,14 @@ impl<S: StorageBackend + Send + 'static> StorageWorker<S> {
     /// state and the receiver of batch results.
     pub(crate) async fn start(
         mut backend: S,
-    ) -> Result<(Self, Restored, mpsc::UnboundedReceiver<BatchResult>), String> {
+    ) -> Result<(Self, Restored, mpsc::UnboundedReceiver<BatchResult>), StorageFailure> {
         let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job<S>>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (restored_tx, restored_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("hybridsync-storage".into())
             .spawn(move || {
-                let restored = backend.load_restored().map_err(|e| e.to_string());
+                let restored = backend.load_restored().map_err(StorageFailure::new);
                 let ok = restored.is_ok();
                 if restored_tx.send(restored).is_err() || !ok {
                     return;
@@ -50,7 +51,7 @@ impl<S: StorageBackend + Send + 'static> StorageWorker<S> {
                         Job::Batch(commands) => {
                             let n = commands.len();
                             let started = std::time::Instant::now();
-                            let result = backend.execute(commands).map_err(|e| e.to_string());
+                            let result = backend.execute(commands).map_err(StorageFailure::new);
                             tracing::trace!(
                                 commands = n,
                                 micros = started.elapsed().as_micros() as u64,
@@ -69,10 +70,8 @@ impl<S: StorageBackend + Send + 'static> StorageWorker<S> {
                     }
                 }
             })
-            .map_err(|e| format!("cannot spawn the storage thread: {e}"))?;
-        let restored = restored_rx
-            .await
-            .map_err(|_| "the storage thread stopped".to_owned())??;
+            .map_err(StorageFailure::spawn)?;
+        let restored = restored_rx.await.map_err(|_| StorageFailure::stopped())??;
         Ok((
             StorageWorker {
                 jobs: jobs_tx,

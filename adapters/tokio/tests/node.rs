@@ -468,7 +468,16 @@ async fn storage_failure_stops_the_node_before_anything_is_sent() {
         ),
         "{err:?}"
     );
-    assert!(matches!(a.shutdown().await, Err(NodeError::Storage(_))));
+    // The backend's own error comes back, as the failure's error (not only its message).
+    match a.shutdown().await {
+        Err(NodeError::Storage(failure)) => {
+            assert!(
+                failure.get_ref().downcast_ref::<DiskFull>().is_some(),
+                "{failure:?}"
+            );
+        }
+        other => panic!("expected a storage failure: {:?}", other.err()),
+    }
     assert!(
         log.lock()
             .expect("log")
