@@ -187,7 +187,11 @@ impl<B: StorageBackend> Harness<B> {
             &owned,
             &dumped,
         );
-        let log: Vec<SharedChange> = state.log.values().cloned().collect();
+        let log: Vec<SharedChange> = state
+            .log
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
         same(&format!("{ctx}: reference log vs its dump"), &log, &d.log);
         let shared: Vec<SharedRecord> = state.shared.values().cloned().collect();
         same(

@@ -24,8 +24,9 @@ pub struct MemState {
     owned_by_seq: BTreeSet<(DeviceId, u64, OwnedKey)>,
     /// Shared records (registers) by `(model, uuid)`.
     pub shared: BTreeMap<SharedKey, SharedRecord>,
-    /// The shared log by `(origin, seq)`.
-    pub log: BTreeMap<(DeviceId, u64), SharedChange>,
+    /// The shared log: per origin, by seq (one map per origin, so an append compares seqs,
+    /// not device ids; an origin with no entries has no map).
+    pub log: BTreeMap<DeviceId, BTreeMap<u64, SharedChange>>,
     /// HLC high-water mark.
     pub hlc: Hlc,
     /// Per-owner watermarks.
@@ -41,6 +42,11 @@ pub struct MemState {
 }
 
 impl MemState {
+    /// Entries in the shared log.
+    pub fn log_len(&self) -> usize {
+        self.log.values().map(BTreeMap::len).sum()
+    }
+
     /// Executes one command; reads return their completion.
     pub fn execute(&mut self, cmd: StorageCommand) -> Option<StorageDone> {
         match cmd {
@@ -77,24 +83,13 @@ impl MemState {
                 None
             }
             StorageCommand::AppendLog(entries) => {
-                for mut e in entries {
-                    // Look the record up with the entry's own model name (moved out and back):
-                    // most entries update a record that exists, and need no key of their own.
-                    let key = (std::mem::take(&mut e.model), e.record);
-                    match self.shared.get_mut(&key) {
-                        Some(record) => {
-                            e.model = key.0;
-                            record.apply(&e);
-                        }
-                        None => {
-                            e.model = key.0.clone();
-                            let mut record = empty_record(&key);
-                            record.apply(&e);
-                            self.shared.insert(key, record);
-                        }
-                    }
+                for e in entries {
+                    self.shared
+                        .entry(e.key())
+                        .or_insert_with_key(empty_record)
+                        .apply(&e);
                     self.vv.raise(e.origin, e.seq);
-                    self.log.insert((e.origin, e.seq), e);
+                    self.log.entry(e.origin).or_default().insert(e.seq, e);
                 }
                 None
             }
@@ -112,13 +107,14 @@ impl MemState {
                 None
             }
             StorageCommand::PruneLog { origin, through } => {
-                let doomed: Vec<_> = self
-                    .log
-                    .range((origin, 0)..=(origin, through))
-                    .map(|(k, _)| *k)
-                    .collect();
-                for k in doomed {
-                    self.log.remove(&k);
+                if let Some(entries) = self.log.get_mut(&origin) {
+                    *entries = match through.checked_add(1) {
+                        Some(first_kept) => entries.split_off(&first_kept),
+                        None => BTreeMap::new(),
+                    };
+                    if entries.is_empty() {
+                        self.log.remove(&origin);
+                    }
                 }
                 self.horizon.raise(origin, through);
                 self.vv.raise(origin, through);
@@ -567,25 +563,13 @@ impl crate::storage::StorageBackend for MemStore {
 /// The entries of `log` above `since`, ordered by `(origin, seq)`: one range per origin, so a
 /// page costs what it returns, not a scan of the whole log.
 fn log_after<'a>(
-    log: &'a BTreeMap<(DeviceId, u64), SharedChange>,
+    log: &'a BTreeMap<DeviceId, BTreeMap<u64, SharedChange>>,
     since: &'a VersionVector,
 ) -> impl Iterator<Item = &'a SharedChange> + 'a {
-    let mut next_origin = log.keys().next().map(|(o, _)| *o);
-    let mut current: Option<std::collections::btree_map::Range<'a, (DeviceId, u64), SharedChange>> =
-        None;
-    std::iter::from_fn(move || loop {
-        if let Some((_, e)) = current.as_mut().and_then(Iterator::next) {
-            return Some(e);
-        }
-        let origin = next_origin?;
-        next_origin = log
-            .range((Bound::Excluded((origin, u64::MAX)), Bound::Unbounded))
-            .next()
-            .map(|((o, _), _)| *o);
-        current = Some(log.range((
-            Bound::Excluded((origin, since.get(origin))),
-            Bound::Included((origin, u64::MAX)),
-        )));
+    log.iter().flat_map(move |(origin, entries)| {
+        entries
+            .range((Bound::Excluded(since.get(*origin)), Bound::Unbounded))
+            .map(|(_, e)| e)
     })
 }
 

@@ -116,7 +116,14 @@ fn sample_messages() -> Vec<SyncMessage> {
                 .collect(),
         ));
         out.push(SyncMessage::SharedChangeBatch(
-            state.log.values().take(3).cloned().collect(),
+            state
+                .log
+                .values()
+                .flatten()
+                .map(|(_, c)| c)
+                .take(3)
+                .cloned()
+                .collect(),
         ));
         out.push(SyncMessage::AckRelay(
             [(b, state.vv.clone()), (c, state.vv.clone())].into(),

@@ -1402,7 +1402,7 @@ impl World {
                 ));
             }
             // 3. The shared log is pruned once every member has acknowledged everything.
-            let log = st.log.len();
+            let log = st.log_len();
             if log > 0 {
                 failures.push(format!(
                     "{}: {log} log entries left after healing",

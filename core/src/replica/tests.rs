@@ -905,7 +905,7 @@ fn member_that_never_acked_pins_the_log() {
     }
     net.settle();
     assert_eq!(net.node(a).replica.horizon().get(a), 0);
-    assert_eq!(net.node(a).store.state().log.len(), 5);
+    assert_eq!(net.node(a).store.state().log_len(), 5);
 }
 
 #[test]
