@@ -207,7 +207,6 @@ enum WireChangeRef<'a> {
 #[derive(Deserialize)]
 enum WireChange {
     Next(i64, i64, [u8; 8], Fields),
-    #[allow(clippy::type_complexity)]
     Any(
         usize,
         i64,

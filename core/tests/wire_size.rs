@@ -2,6 +2,7 @@
 //! millisecond has rising stamp counters, record ids are random (UUIDv4) or time-ordered
 //! (UUIDv7), and a change sets one small field.
 
+use hybridsync_core::conformance::SplitMix64;
 use hybridsync_core::{
     codec, ChangeKind, DeviceId, Hlc, OwnedChange, SharedChange, SyncMessage, Value,
 };
@@ -11,32 +12,29 @@ use uuid::Uuid;
 const ORIGIN: DeviceId = DeviceId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
 const START_MS: u64 = 1_764_000_000_000;
 
-/// A deterministic stand-in for random bits (splitmix64).
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A random (version 4) record id.
-fn random_id(i: u64) -> Uuid {
-    uuid::Builder::from_random_bytes(
-        ((u128::from(mix(i)) << 64) | u128::from(mix(i ^ 0xffff))).to_be_bytes(),
-    )
-    .into_uuid()
+/// Random (version 4) record ids, one per change, from a fixed seed.
+fn random_ids(n: u64) -> Vec<Uuid> {
+    let mut rng = SplitMix64::new(7);
+    (0..n)
+        .map(|_| {
+            let bits = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
+            uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid()
+        })
+        .collect()
 }
 
 /// `n` shared changes of one device as one write batch: 8 per millisecond (the counter rises
 /// within each), one small string field each.
 fn shared_batch(n: u64) -> Vec<SharedChange> {
-    (0..n)
-        .map(|i| SharedChange {
+    random_ids(n)
+        .into_iter()
+        .zip(0..)
+        .map(|(record, i)| SharedChange {
             origin: ORIGIN,
             seq: 1 + i,
             hlc: Hlc::new(START_MS + i / 8, (i % 8) as u32, ORIGIN),
             model: "tag".into(),
-            record: random_id(i),
+            record,
             kind: ChangeKind::Update,
             fields: BTreeMap::from([("name".to_owned(), Value::from("blue"))]),
         })
@@ -46,13 +44,15 @@ fn shared_batch(n: u64) -> Vec<SharedChange> {
 /// The same writes as device-owned changes with the same payload.
 fn owned_batch(n: u64) -> Vec<OwnedChange> {
     let payload = BTreeMap::from([("name".to_owned(), Value::from("blue"))]);
-    (0..n)
-        .map(|i| OwnedChange {
+    random_ids(n)
+        .into_iter()
+        .zip(0..)
+        .map(|(uuid, i)| OwnedChange {
             seq: 1 + i,
             time_ms: START_MS + i / 8,
             counter: (i % 8) as u32,
             model: "tag".into(),
-            uuid: random_id(i),
+            uuid,
             data: Some(Value::Map(payload.clone()).to_bytes()),
         })
         .collect()

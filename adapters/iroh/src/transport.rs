@@ -40,8 +40,16 @@ pub const REALTIME_LANE: u8 = 0;
 /// windows in flight per round trip instead of one.
 const BULK_LANES: u8 = 3;
 
-/// The lane header bytes of the bulk lanes, in round-robin order.
-const BULK_HEADERS: [u8; BULK_LANES as usize] = [1, 2, 3];
+/// The lane header bytes of the bulk lanes, in round-robin order: `1..=BULK_LANES`.
+const BULK_HEADERS: [u8; BULK_LANES as usize] = {
+    let mut headers = [0; BULK_LANES as usize];
+    let mut i = 0;
+    while i < headers.len() {
+        headers[i] = i as u8 + 1;
+        i += 1;
+    }
+    headers
+};
 
 /// QUIC application close codes used by this transport.
 pub mod close_code {
