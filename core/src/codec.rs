@@ -15,7 +15,7 @@ pub enum CodecError {
     #[error("{0} trailing bytes after message")]
     TrailingBytes(usize),
     /// The message's values would take more memory than the decode budget allows
-    /// ([`value_budget`] of the message's length; see [`crate::value`]).
+    /// ([`value_budget`] of the message's length; see [`Value`](crate::Value)).
     #[error("decoded values exceed the budget of {max} bytes")]
     TooManyValues {
         /// The budget, in bytes of decoded values.
@@ -29,7 +29,7 @@ pub fn encode(msg: &SyncMessage) -> Vec<u8> {
     postcard::to_stdvec(msg).unwrap_or_default()
 }
 
-pub use crate::value::value_budget;
+use crate::value::value_budget;
 
 /// Decodes one message; the whole input must be consumed. The message's values may take at
 /// most [`value_budget`]`(bytes.len())` bytes once decoded (24 per input byte plus 4 KiB);

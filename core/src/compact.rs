@@ -1,5 +1,5 @@
-//! What the compact run forms ([`owned_batch`](crate::owned_batch),
-//! [`shared_batch`](crate::shared_batch)) share: record ids split into a delta-coded half and a
+//! What the compact run forms (`owned_batch`,
+//! `shared_batch`) share: record ids split into a delta-coded half and a
 //! raw half, and the checks on a run's model table.
 
 use crate::model::MAX_MODEL_NAME;

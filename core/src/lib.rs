@@ -6,7 +6,7 @@
 //! - identities and clocks: [`DeviceId`], [`Hlc`], [`HlcClock`], [`VersionVector`];
 //! - the data model: [`Value`], device-owned [`OwnedRecord`]s, shared [`SharedChange`]s and the
 //!   per-field last-writer-wins [`SharedRecord`] registers, the [`ModelRegistry`];
-//! - the wire protocol: [`SyncMessage`], its postcard [`codec`] and the length-prefixed
+//! - the wire protocol: [`SyncMessage`], its postcard encoding ([`encode`], [`decode`]) and the length-prefixed
 //!   [`FrameDecoder`];
 //! - the [`Replica`] state machine (`handle` / `poll_output` / `poll_timeout`);
 //! - the storage contract ([`StorageCommand`], [`StorageDone`], [`Restored`]) and its reference
@@ -17,41 +17,54 @@
 //! outputs. The documentation of [`Replica`] states the whole run-loop contract (the calls, the
 //! write-ahead rule for storage and sends, totality, the two clocks) with a complete host loop.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod codec;
+mod codec;
 mod compact;
 #[cfg(feature = "test-support")]
 pub mod conformance;
-pub mod digest;
-pub mod hlc;
-pub mod id;
-pub mod memstore;
-pub mod message;
-pub mod model;
-pub mod owned;
-pub mod owned_batch;
-pub mod replica;
-pub mod shared;
-pub mod shared_batch;
-pub mod storage;
-pub mod time;
-pub mod value;
-pub mod version_vector;
-pub mod write_ahead;
+mod digest;
+mod hlc;
+mod id;
+mod memstore;
+mod message;
+mod model;
+mod owned;
+mod owned_batch;
+mod replica;
+mod shared;
+mod shared_batch;
+mod storage;
+mod time;
+mod value;
+mod version_vector;
+mod write_ahead;
 
-pub use codec::{decode, encode, encode_frame, CodecError, FrameDecoder, FrameError};
+// Every public item has exactly one path: here, at the crate root (the modules are private).
+// Only the storage conformance suite, a test-support namespace of its own, is a public module.
+pub use codec::{
+    decode, encode, encode_frame, CodecError, FrameDecoder, FrameError, DEFAULT_MAX_FRAME,
+};
+pub use digest::Fnv64;
 pub use hlc::{ClockError, Hlc, HlcClock};
 pub use id::DeviceId;
-pub use memstore::MemStore;
+pub use memstore::{MemState, MemStore};
 pub use message::{ErrorCode, SyncMessage};
 pub use model::{ModelKind, ModelRegistry, MAX_MODEL_NAME, MEMBER_MODEL};
-pub use owned::{OwnedChange, OwnedRecord};
+pub use owned::{supersedes, OwnedChange, OwnedKey, OwnedRecord};
 pub use replica::{
     Command, CommandError, CommandId, Config, Event, Input, Output, Refusal, Replica, Stream,
-    FRAME_ENVELOPE,
+    FRAME_ENVELOPE, MAX_CLAIMED_OWN_HEAD, MAX_MEMBERS, MAX_ORIGINS,
 };
-pub use shared::{ChangeKind, Register, SharedChange, SharedRecord};
-pub use storage::{ReadId, Restored, StorageBackend, StorageCommand, StorageDone};
+pub use shared::{ChangeKind, Register, SharedChange, SharedKey, SharedRecord};
+pub use storage::{
+    bootstrap_member, empty_record, is_member_record, member_of, OwnedCursor, Page, ReadId,
+    RecordReader, Restored, SharedView, StorageBackend, StorageCommand, StorageDone,
+};
 pub use time::{Instant, Now};
-pub use value::Value;
+pub use value::{
+    check_fields_decode, value_budget, Value, FIELDS_EXCESS_ALLOWANCE, LIST_ITEM_COST,
+    MAP_ENTRY_COST, MAX_NESTING, VALUE_BUDGET_BASE, VALUE_BYTES_PER_INPUT_BYTE,
+};
 pub use version_vector::VersionVector;
+pub use write_ahead::{Flush, WriteAhead};

@@ -15,7 +15,7 @@ pub enum SyncMessage {
     /// A real-time push of one device-owned change of the sender (its owner).
     StateChange(OwnedChange),
     /// Several consecutive device-owned changes of the sender, in seq order (compact
-    /// [`owned_batch`](crate::owned_batch) form).
+    /// `owned_batch` form).
     StateBatch(#[serde(with = "crate::owned_batch")] Vec<OwnedChange>),
     /// Asks for `owner`'s device-owned records with `seq > since`: a stream of pages, each
     /// starting where the previous one ended, up to `window` of them ahead of what the
@@ -45,16 +45,16 @@ pub enum SyncMessage {
         /// Every change of `owner` with `seq <= through` is reflected by this page and earlier
         /// ones; the next page starts after it (exclusive cursor).
         through: u64,
-        /// `owner`'s changes, ordered by seq (compact [`owned_batch`](crate::owned_batch) form).
+        /// `owner`'s changes, ordered by seq (compact `owned_batch` form).
         #[serde(with = "crate::owned_batch")]
         records: Vec<OwnedChange>,
         /// Whether the responder has more records after `through`.
         has_more: bool,
     },
-    /// A real-time push of one shared change (compact [`shared_batch`](crate::shared_batch)
+    /// A real-time push of one shared change (compact `shared_batch`
     /// form, as a run of one).
     SharedChange(#[serde(with = "crate::shared_batch::one")] SharedChange),
-    /// Several shared changes (compact [`shared_batch`](crate::shared_batch) form).
+    /// Several shared changes (compact `shared_batch` form).
     SharedChangeBatch(#[serde(with = "crate::shared_batch")] Vec<SharedChange>),
     /// Asks for log entries with `seq > since[origin]`, per origin.
     SharedChangeRequest {
@@ -77,7 +77,7 @@ pub enum SyncMessage {
         /// This page's place in the request's stream, from 0: a requester that sees a gap
         /// (a page lost or overtaken) asks again from what it applied.
         page: u32,
-        /// The entries (compact [`shared_batch`](crate::shared_batch) form).
+        /// The entries (compact `shared_batch` form).
         #[serde(with = "crate::shared_batch")]
         entries: Vec<SharedChange>,
         /// Whether more entries follow.
@@ -161,7 +161,7 @@ pub enum SyncMessage {
     /// register, like a snapshot.
     Members(Vec<SharedRecord>),
     /// Device-owned changes of `owner`, relayed in real time by a device that just applied
-    /// them, to a peer not connected to `owner` (compact [`owned_batch`](crate::owned_batch)
+    /// them, to a peer not connected to `owner` (compact `owned_batch`
     /// form, seq order). Applied only where contiguous with the receiver's watermark.
     StateRelay {
         /// Whose records (never the receiver: a device never takes its own records back).

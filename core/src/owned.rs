@@ -91,12 +91,12 @@ pub(crate) mod uuid_bytes {
     use uuid::Uuid;
 
     /// Serializes `u` as `[u8; 16]`.
-    pub fn serialize<S: Serializer>(u: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(u: &Uuid, s: S) -> Result<S::Ok, S::Error> {
         u.as_bytes().serialize(s)
     }
 
     /// Deserializes a `[u8; 16]`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
         <[u8; 16]>::deserialize(d).map(Uuid::from_bytes)
     }
 }

@@ -45,7 +45,7 @@ use std::fmt;
 const PREALLOCATE: usize = 1024;
 
 /// Serializes `changes` in the compact run form (for `#[serde(with = "owned_batch")]`).
-pub fn serialize<S: Serializer>(changes: &[OwnedChange], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: Serializer>(changes: &[OwnedChange], s: S) -> Result<S::Ok, S::Error> {
     let mut models: Vec<&str> = Vec::new();
     for c in changes {
         if !models.contains(&c.model.as_str()) {
@@ -62,7 +62,7 @@ pub fn serialize<S: Serializer>(changes: &[OwnedChange], s: S) -> Result<S::Ok, 
 }
 
 /// Deserializes a run in the compact form (for `#[serde(with = "owned_batch")]`).
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OwnedChange>, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OwnedChange>, D::Error> {
     d.deserialize_tuple(2, RunVisitor)
 }
 

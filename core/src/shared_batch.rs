@@ -33,7 +33,7 @@
 //! the record id and a full stamp in every change.
 //!
 //! Decoding accepts only the canonical form (one encoding per run, as for
-//! [`owned_batch`](crate::owned_batch)): tables distinct, each entry first used in table order,
+//! `owned_batch`): tables distinct, each entry first used in table order,
 //! none unused, model names at most [`MAX_MODEL_NAME`](crate::MAX_MODEL_NAME) bytes, `Any` only where `Next` does not
 //! apply, a device only where it differs from the origin, field names strictly increasing.
 //!
@@ -61,7 +61,7 @@ use std::fmt;
 const PREALLOCATE: usize = 1024;
 
 /// Serializes `changes` in the compact run form (for `#[serde(with = "shared_batch")]`).
-pub fn serialize<S: Serializer>(changes: &[SharedChange], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: Serializer>(changes: &[SharedChange], s: S) -> Result<S::Ok, S::Error> {
     let mut origins: Vec<DeviceId> = Vec::new();
     let mut models: Vec<&str> = Vec::new();
     for c in changes {
@@ -84,24 +84,24 @@ pub fn serialize<S: Serializer>(changes: &[SharedChange], s: S) -> Result<S::Ok,
 }
 
 /// Deserializes a run in the compact form (for `#[serde(with = "shared_batch")]`).
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SharedChange>, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SharedChange>, D::Error> {
     d.deserialize_tuple(3, RunVisitor)
 }
 
 /// One shared change in the same form, as a run of one (for
 /// `#[serde(with = "shared_batch::one")]`): the stamp's device is not repeated.
-pub mod one {
+pub(crate) mod one {
     use crate::shared::SharedChange;
     use serde::de::Error;
     use serde::{Deserializer, Serializer};
 
     /// Serializes `change` as a run of one.
-    pub fn serialize<S: Serializer>(change: &SharedChange, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(change: &SharedChange, s: S) -> Result<S::Ok, S::Error> {
         super::serialize(std::slice::from_ref(change), s)
     }
 
     /// Deserializes a run that must hold exactly one change.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SharedChange, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SharedChange, D::Error> {
         let mut run = super::deserialize(d)?;
         match (run.pop(), run.is_empty()) {
             (Some(change), true) => Ok(change),

@@ -116,7 +116,7 @@ fn charge<E: de::Error>(cost: usize) -> Result<(), E> {
 
 /// Adds `bytes` to the current decode budget, if any (a compact form that carries less than
 /// the plain one per change grants what the plain one would have; see
-/// [`shared_batch`](crate::shared_batch)).
+/// `shared_batch`).
 pub(crate) fn credit(bytes: usize) {
     BUDGET.with(|b| {
         if let (Some(left), false) = b.get() {

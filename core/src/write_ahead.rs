@@ -17,7 +17,7 @@
 //! The host loop, with storage that commits a batch as one transaction:
 //!
 //! ```
-//! use hybridsync_core::write_ahead::WriteAhead;
+//! use hybridsync_core::WriteAhead;
 //! use hybridsync_core::*;
 //!
 //! let me = DeviceId::from_u128(1);
@@ -59,7 +59,7 @@ use crate::storage::StorageCommand;
 use std::mem;
 
 /// Orders a replica's outputs so that nothing leaves before the writes it depends on are
-/// durable (see the [module docs](self)).
+/// durable (the rule that [`Replica`](crate::Replica) states).
 ///
 /// Call protocol: [`push`](Self::push) every output the replica emits, in order; then
 /// [`flush`](Self::flush) and perform its actions in order, then commit its batch, if any; when

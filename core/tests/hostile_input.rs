@@ -7,15 +7,15 @@
 //! cover the single-message cases from the inside; these cover batches, catch-up paths,
 //! durable state and the wire.
 
-use hybridsync_core::codec::DEFAULT_MAX_FRAME;
-use hybridsync_core::replica::{MAX_CLAIMED_OWN_HEAD, MAX_MEMBERS, MAX_ORIGINS};
-use hybridsync_core::value::MAX_NESTING;
+use hybridsync_core::DEFAULT_MAX_FRAME;
+use hybridsync_core::MAX_NESTING;
 use hybridsync_core::{
     decode, encode, encode_frame, ChangeKind, CodecError, Config, DeviceId, ErrorCode, Event,
     FrameDecoder, FrameError, Hlc, Input, Instant, MemStore, ModelRegistry, Now, Output,
     OwnedRecord, Refusal, Register, Replica, Restored, SharedChange, SharedRecord, StorageCommand,
     StorageDone, SyncMessage, Value, VersionVector, MAX_MODEL_NAME,
 };
+use hybridsync_core::{MAX_CLAIMED_OWN_HEAD, MAX_MEMBERS, MAX_ORIGINS};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -1204,7 +1204,7 @@ fn snapshot_page_removing_its_sender_is_stored_but_its_claim_is_not_adopted() {
         .restored()
         .members
         .iter()
-        .any(|r| r.uuid == B.0 && hybridsync_core::storage::is_member_record(r)));
+        .any(|r| r.uuid == B.0 && hybridsync_core::is_member_record(r)));
     assert_eq!(n.replica.version_vector().get(B), 0, "claim not adopted");
 }
 
@@ -1213,7 +1213,7 @@ fn member_register_flood_is_capped_at_the_member_limit() {
     let mut n = Node::connected(B);
     // A member sends the registers of thousands of made-up members (any stamp passes: zero).
     let fake: Vec<SharedRecord> = (0..3 * MAX_MEMBERS as u128)
-        .map(|i| hybridsync_core::storage::bootstrap_member(DeviceId::from_u128(0xF000_0000 + i)))
+        .map(|i| hybridsync_core::bootstrap_member(DeviceId::from_u128(0xF000_0000 + i)))
         .collect();
     for chunk in fake.chunks(1000) {
         n.from(B, SyncMessage::Members(chunk.to_vec()));
@@ -1230,7 +1230,7 @@ fn member_register_flood_is_capped_at_the_member_limit() {
 fn members_message_of_another_model_is_refused_without_state_change() {
     let mut n = Node::connected(B);
     let before = n.digest();
-    let mut r = hybridsync_core::storage::bootstrap_member(DeviceId::from_u128(77));
+    let mut r = hybridsync_core::bootstrap_member(DeviceId::from_u128(77));
     r.model = "tag".into();
     let outs = n.from(B, SyncMessage::Members(vec![r]));
     assert!(outs
@@ -1296,7 +1296,7 @@ fn heads_of_devices_that_are_not_members_are_never_fetched_nor_tracked() {
 
 #[test]
 fn changes_from_more_origins_than_a_library_may_have_are_refused_and_the_device_keeps_working() {
-    use hybridsync_core::replica::MAX_ORIGINS;
+    use hybridsync_core::MAX_ORIGINS;
     let mut n = Node::connected(B);
     // A member relays one change from each of thousands of made-up origins.
     let mut refused = false;

@@ -3,9 +3,7 @@
 //! (UUIDv7), and a change sets one small field.
 
 use hybridsync_core::conformance::SplitMix64;
-use hybridsync_core::{
-    codec, ChangeKind, DeviceId, Hlc, OwnedChange, SharedChange, SyncMessage, Value,
-};
+use hybridsync_core::{ChangeKind, DeviceId, Hlc, OwnedChange, SharedChange, SyncMessage, Value};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -59,7 +57,7 @@ fn owned_batch(n: u64) -> Vec<OwnedChange> {
 }
 
 fn per_change(msg: &SyncMessage, n: u64) -> f64 {
-    codec::encode(msg).len() as f64 / n as f64
+    hybridsync_core::encode(msg).len() as f64 / n as f64
 }
 
 #[test]

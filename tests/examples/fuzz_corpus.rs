@@ -9,7 +9,7 @@
 //!   valid input), and for `frame_decoder` framed message streams as well.
 //!
 //! Every seed is replayed by `tests/tests/fuzz_regressions.rs`.
-use hybridsync_core::digest::Fnv64;
+use hybridsync_core::Fnv64;
 use hybridsync_core::{encode, ChangeKind, ErrorCode, SyncMessage};
 use hybridsync_sim::cluster::Cluster;
 use hybridsync_sim::device;

@@ -3,7 +3,7 @@
 //! Each figure is compared with a raw baseline measured in the same run on the same inputs,
 //! and reported as medians over several alternating rounds (the machine is small and noisy).
 
-use hybridsync_core::memstore::MemState;
+use hybridsync_core::MemState;
 use hybridsync_core::{
     decode, encode, ChangeKind, Config, DeviceId, Hlc, Input, Instant, ModelRegistry, Now, Output,
     OwnedRecord, Replica, Restored, SharedChange, SharedRecord, SyncMessage, Value,

@@ -104,7 +104,7 @@ pub fn frame_decoder(data: &[u8]) {
 
 fn frame_decoder_from(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let max_frame = match u.int_in_range(0u8..=3)? {
-        0 => hybridsync_core::codec::DEFAULT_MAX_FRAME,
+        0 => hybridsync_core::DEFAULT_MAX_FRAME,
         1 => usize::from(u.int_in_range(0u16..=64)?),
         _ => usize::from(u.arbitrary::<u16>()?),
     };
@@ -535,14 +535,7 @@ struct Harness {
     asked: BTreeSet<DeviceId>,
     /// Per shared request answered: the pages sent and where the stream stands (log: the
     /// vector after the last page; snapshot: the last record's key).
-    streams: BTreeMap<
-        u64,
-        (
-            u32,
-            VersionVector,
-            Option<hybridsync_core::shared::SharedKey>,
-        ),
-    >,
+    streams: BTreeMap<u64, (u32, VersionVector, Option<hybridsync_core::SharedKey>)>,
     /// Values before the step, for the monotonicity checks.
     hlc: Hlc,
     watermarks: BTreeMap<DeviceId, u64>,

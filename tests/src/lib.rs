@@ -18,6 +18,7 @@
 //!   beyond its clock plus the drift bound;
 //! - the same seed gives the same trace (see [`SeedReport::trace_hash`]).
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod bench;
 pub mod cluster;

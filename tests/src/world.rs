@@ -3,9 +3,9 @@
 use crate::reference::Reference;
 use crate::rng::Rng;
 use crate::{SeedReport, SimConfig, Topology};
-use hybridsync_core::digest::Fnv64;
-use hybridsync_core::memstore::MemState;
-use hybridsync_core::write_ahead::WriteAhead;
+use hybridsync_core::Fnv64;
+use hybridsync_core::MemState;
+use hybridsync_core::WriteAhead;
 use hybridsync_core::{
     decode, encode, Command, CommandError, CommandId, Config, DeviceId, Event, Hlc, Input, Instant,
     MemStore, ModelKind, ModelRegistry, Now, Output, Replica, Restored, SharedRecord,
@@ -22,7 +22,7 @@ const FUTURE_SKEW_MS: i64 = 8 * 60_000;
 const SECOND: u64 = 1_000_000;
 /// The simulated network's frame limit, small so that large writes reach it cheaply. A
 /// message above it is dropped, as the iroh transport drops it, and fails the seed.
-pub const MAX_FRAME: usize = 16 * 1024;
+pub(crate) const MAX_FRAME: usize = 16 * 1024;
 /// How many lazily committed batches a power loss may roll back (the window of SQLite's WAL
 /// between checkpoints, small here so that rollbacks reach recent work).
 const POWER_LOSS_WINDOW: usize = 3;
@@ -957,7 +957,7 @@ impl World {
             .restored()
             .members
             .iter()
-            .any(|r| r.uuid == id.0 && hybridsync_core::storage::is_member_record(r));
+            .any(|r| r.uuid == id.0 && hybridsync_core::is_member_record(r));
         if !durable {
             self.count("joins_lost_to_crash");
             self.at(SECOND, Ev::Join);

@@ -1,6 +1,6 @@
 //! Property tests: generated interleavings against the reference model, and the merge laws.
 
-use hybridsync_core::owned::supersedes;
+use hybridsync_core::supersedes;
 use hybridsync_core::{ChangeKind, DeviceId, Hlc, OwnedRecord, SharedChange, SharedRecord, Value};
 use hybridsync_sim::cluster::Cluster;
 use hybridsync_sim::device;

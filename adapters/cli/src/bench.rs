@@ -15,7 +15,10 @@
 //!    iroh on 127.0.0.1 with SQLite on both sides;
 //! 6. **wan**: 3, 4 and 5 again across a [`link::Link`] that adds a round-trip time (50 and
 //!    200 ms by default; a 100 Mbit/s cap; optional loss) on the UDP path between the iroh
-//!    endpoints, with one page per round trip as the baseline of the catch-up window.
+//!    endpoints, with one page per round trip as the baseline of the catch-up window;
+//! 7. **shared**: the shared path against the device-owned one, in-process;
+//! 8. **storage**: `SqliteStore` inserts against raw rusqlite `INSERT`s
+//!    (`hybridsync_sqlite::bench`, feature `bench`), time-ordered and random record ids.
 //!
 //! Benchmarks are never timed tests: a missed target is reported in the table, not an error.
 //! Measure release builds only. The machine is small and shared, so every figure is a median
@@ -30,8 +33,9 @@ mod wan;
 
 use crate::support;
 use hybridsync_sim::bench::{pair, Throughput, WireSize};
+use hybridsync_sqlite::bench::{BenchConfig, KeyOrder};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Options of `hybridsync bench`.
@@ -93,6 +97,8 @@ pub enum Part {
     /// The shared path against the device-owned one, in-process: catch-up of an empty
     /// device and the concurrent-edit workload.
     Shared,
+    /// `SqliteStore` insert throughput against raw rusqlite, time-ordered and random ids.
+    Storage,
 }
 
 /// What one run measures.
@@ -122,6 +128,7 @@ impl Plan {
                 Part::Latency,
                 Part::Wan,
                 Part::Shared,
+                Part::Storage,
             ]
         } else {
             args.only.clone()
@@ -249,6 +256,7 @@ struct Report {
     latency: Option<latency::LatencyFigures>,
     wan: Option<wan::WanFigures>,
     shared: Option<SharedFigures>,
+    storage: Vec<StorageFigures>,
     targets: Vec<Target>,
     wall_s: f64,
 }
@@ -258,6 +266,35 @@ struct Report {
 struct SharedFigures {
     catch_up: pair::CatchUp,
     concurrent: pair::ConcurrentEdits,
+}
+
+/// One run of the SQLite insert bench (`--only storage`, `hybridsync_sqlite::bench`).
+#[derive(Clone, Debug, Serialize)]
+struct StorageFigures {
+    keys: String,
+    records: u64,
+    store_per_s: f64,
+    raw_per_s: f64,
+    /// Raw rusqlite's rate over the store's (1.0 = as fast).
+    slowdown: f64,
+    store_mib: f64,
+}
+
+impl StorageFigures {
+    /// Inserts `records` records with `keys` ids through `SqliteStore` and through raw
+    /// rusqlite, database files in `dir`.
+    fn measure(dir: &Path, records: u64, keys: KeyOrder) -> anyhow::Result<StorageFigures> {
+        let r = hybridsync_sqlite::bench::run(dir, &BenchConfig::new(records, keys))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(StorageFigures {
+            keys: keys.to_string(),
+            records,
+            store_per_s: r.store_per_sec,
+            raw_per_s: r.raw_per_sec,
+            slowdown: r.slowdown,
+            store_mib: r.store_bytes as f64 / (1024.0 * 1024.0),
+        })
+    }
 }
 
 /// Runs the benchmark (or, with the hidden `--child`, one device process of it).
@@ -283,6 +320,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         latency: None,
         wan: None,
         shared: None,
+        storage: Vec::new(),
         targets: Vec::new(),
         wall_s: 0.0,
     };
@@ -330,6 +368,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             catch_up: pair::catch_up(records, plan.rounds),
             concurrent: pair::concurrent_edits(1_000, 10_000, plan.rounds),
         });
+    }
+    if plan.runs(Part::Storage) {
+        let records = if plan.quick { 100_000 } else { 1_000_000 };
+        progress(&format!(
+            "storage: {records} inserts, SqliteStore and raw rusqlite"
+        ));
+        for keys in [KeyOrder::TimeOrdered, KeyOrder::Random] {
+            report
+                .storage
+                .push(StorageFigures::measure(&dir, records, keys)?);
+        }
     }
     report.machine.load_after = load_average();
     report.wall_s = started.elapsed().as_secs_f64();
@@ -685,6 +734,15 @@ fn print_table(r: &Report) {
     if let Some(w) = &r.wan {
         print_wan(w);
     }
+    if !r.storage.is_empty() {
+        println!("\n8. SqliteStore inserts against raw rusqlite INSERTs (2,048 records per transaction, 100-byte payloads)");
+        for f in &r.storage {
+            println!(
+                "  {:<28} {:>9} records: store {:>9.0}/s, raw {:>9.0}/s, raw / store {:.2}x, {:.1} MiB",
+                f.keys, f.records, f.store_per_s, f.raw_per_s, f.slowdown, f.store_mib
+            );
+        }
+    }
     if !r.targets.is_empty() {
         println!("\ntargets");
         for t in &r.targets {
@@ -703,7 +761,7 @@ fn print_table(r: &Report) {
 fn print_shared(sh: &SharedFigures) {
     let c = &sh.catch_up;
     println!(
-        "\nshared vs device-owned, in-process (two engines on MemStore, every message encoded)"
+        "\n7. shared vs device-owned, in-process (two engines on MemStore, every message encoded)"
     );
     println!(
         "  catch-up of {} records by an empty device (medians; rounds alternate the paths)",

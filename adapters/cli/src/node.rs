@@ -22,7 +22,7 @@
 
 use crate::support::{self, Store};
 use anyhow::Context;
-use hybridsync_core::storage::SharedView;
+use hybridsync_core::SharedView;
 use hybridsync_core::{
     Config, DeviceId, Event, ModelKind, ModelRegistry, OwnedRecord, Value, MEMBER_MODEL,
 };
@@ -30,7 +30,7 @@ use hybridsync_iroh::{
     bind_endpoint, device_id_for, DeviceRegistry, IrohConfig, IrohTransport, NetworkConfig,
     RegistryError, Ticket,
 };
-use hybridsync_sqlite::SqliteError;
+use hybridsync_sqlite::OpenError;
 use hybridsync_tokio::Node;
 use iroh::tls::CaTlsConfig;
 use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
@@ -576,7 +576,7 @@ fn refusal(e: RegistryError) -> anyhow::Error {
 fn open_store(dir: &Path) -> anyhow::Result<Store> {
     let db = dir.join("sync.db");
     Store::open(&db).map_err(|e| match e {
-        SqliteError::Locked { .. } => anyhow::anyhow!(
+        OpenError::Locked { .. } => anyhow::anyhow!(
             "{e}: is another `hybridsync node --data {}` running? Only one node may use a \
              data directory at a time",
             dir.display()

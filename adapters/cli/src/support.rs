@@ -1,7 +1,7 @@
 //! Helpers shared by the subcommands: logging, runtime, identities, reading records back.
 
 use anyhow::Context;
-use hybridsync_core::digest::Fnv64;
+use hybridsync_core::Fnv64;
 use hybridsync_core::{
     DeviceId, OwnedRecord, ReadId, SharedRecord, StorageBackend, StorageCommand, StorageDone,
 };

@@ -32,6 +32,7 @@
 //! # drop(node); Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod registry;
 mod transport;

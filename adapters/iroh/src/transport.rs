@@ -1,7 +1,7 @@
 //! The iroh transport: connections, streams, framing, reconnects.
 
 use crate::registry::DeviceRegistry;
-use hybridsync_core::codec::DEFAULT_MAX_FRAME;
+use hybridsync_core::DEFAULT_MAX_FRAME;
 use hybridsync_core::{
     encode_frame, DeviceId, ErrorCode, FrameDecoder, FrameError, Refusal, SyncMessage,
 };

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use hybridsync_core::codec::DEFAULT_MAX_FRAME;
+use hybridsync_core::DEFAULT_MAX_FRAME;
 use hybridsync_core::{
     encode_frame, ChangeKind, DeviceId, ErrorCode, Hlc, OwnedRecord, SharedChange, SyncMessage,
     Value,

@@ -19,7 +19,7 @@ fn arg(n: usize, default: u64) -> u64 {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let records = arg(1, 1_000_000);
     let batch = arg(2, 2048) as usize;
     let payload = arg(3, 100) as usize;

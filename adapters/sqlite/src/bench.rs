@@ -132,7 +132,10 @@ impl fmt::Display for BenchResult {
 }
 
 /// Runs the benchmark with database files in `dir` (created there, removed afterwards).
-pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchResult, SqliteError> {
+pub fn run(
+    dir: &Path,
+    config: &BenchConfig,
+) -> Result<BenchResult, Box<dyn std::error::Error + Send + Sync>> {
     let tag = match config.keys {
         KeyOrder::TimeOrdered => "v7",
         KeyOrder::Random => "v4",
@@ -151,7 +154,7 @@ fn measure(
     store_path: &Path,
     raw_path: &Path,
     config: &BenchConfig,
-) -> Result<BenchResult, SqliteError> {
+) -> Result<BenchResult, Box<dyn std::error::Error + Send + Sync>> {
     let owner = DeviceId::from_u128(0x0b0b);
     let batch = config.batch.max(1) as u64;
 

@@ -2,12 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// Why the SQLite backend refused to open a database or failed a batch.
-///
-/// A failed [`crate::SqliteStore::execute`] has no effect: its transaction is rolled back.
+/// Why [`crate::SqliteStore::open`] refused to open a database. Nothing was written to it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum SqliteError {
+pub enum OpenError {
     /// The file is not an SQLite database at all (or its header is destroyed).
     #[error("{}: not a database file (or its header is damaged)", .path.display())]
     NotADatabase {
@@ -38,6 +36,55 @@ pub enum SqliteError {
         /// The newest schema version this build knows.
         supported: i64,
     },
+    /// The file system refused an operation on the database path.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The database path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// file at a time. The database is left untouched.
+    #[error(
+        "{}: the database is in use: its lock file {} is held by another open store (in this or another process)",
+        .path.display(),
+        .lock.display()
+    )]
+    Locked {
+        /// The database path.
+        path: PathBuf,
+        /// The lock file (`<database>.lock`, symbolic links resolved).
+        lock: PathBuf,
+    },
+    /// The file system does not support write-ahead logging for this database.
+    #[error("{}: cannot enable WAL journal mode (got `{mode}`)", .path.display())]
+    NoWal {
+        /// The database path.
+        path: PathBuf,
+        /// The journal mode SQLite kept.
+        mode: String,
+    },
+    /// The database file or its directory cannot be written (WAL needs its `-wal` and `-shm`
+    /// files beside the database).
+    #[error("{}: database is read-only: {reason}", .path.display())]
+    ReadOnly {
+        /// The database path.
+        path: PathBuf,
+        /// What is not writable.
+        reason: String,
+    },
+    /// SQLite failed while the store was being opened or migrated (a corrupt database, a
+    /// full disk...).
+    #[error(transparent)]
+    Store(#[from] SqliteError),
+}
+
+/// Why a batch ([`crate::SqliteStore::execute`]) or a read of an open store failed.
+///
+/// A failed `execute` has no effect: its transaction is rolled back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteError {
     /// SQLite reports the database image as malformed, or an integrity check failed.
     #[error("{}: database is corrupt: {detail}", .path.display())]
     Corrupt {
@@ -62,36 +109,8 @@ pub enum SqliteError {
         /// What is not writable.
         reason: String,
     },
-    /// The file system refused an operation on the database path.
-    #[error("{}: {source}", .path.display())]
-    Io {
-        /// The database path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
     /// Another open [`crate::SqliteStore`] holds the database, in this process or another
     /// (for example a second `hybridsync node` on the same data directory): one store per
-    /// file at a time. The database is left untouched.
-    #[error(
-        "{}: the database is in use: its lock file {} is held by another open store (in this or another process)",
-        .path.display(),
-        .lock.display()
-    )]
-    Locked {
-        /// The database path.
-        path: PathBuf,
-        /// The lock file (`<database>.lock`, symbolic links resolved).
-        lock: PathBuf,
-    },
-    /// The file system does not support write-ahead logging for this database.
-    #[error("{}: cannot enable WAL journal mode (got `{mode}`)", .path.display())]
-    NoWal {
-        /// The database path.
-        path: PathBuf,
-        /// The journal mode SQLite kept.
-        mode: String,
-    },
     /// Any other SQLite error.
     #[error("{}: sqlite: {source}", .path.display())]
     Sqlite {
@@ -108,8 +127,7 @@ impl SqliteError {
         use rusqlite::ErrorCode as C;
         let path = path.to_path_buf();
         match e.sqlite_error_code() {
-            Some(C::NotADatabase) => SqliteError::NotADatabase { path },
-            Some(C::DatabaseCorrupt) => SqliteError::Corrupt {
+            Some(C::NotADatabase | C::DatabaseCorrupt) => SqliteError::Corrupt {
                 path,
                 detail: e.to_string(),
             },
@@ -126,6 +144,18 @@ impl SqliteError {
         SqliteError::CorruptRow {
             table,
             detail: detail.to_string(),
+        }
+    }
+}
+
+impl OpenError {
+    /// Classifies an SQLite error while opening the database at `path`.
+    pub(crate) fn from_sqlite(path: &Path, e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => OpenError::NotADatabase {
+                path: path.to_path_buf(),
+            },
+            _ => OpenError::Store(SqliteError::from_sqlite(path, e)),
         }
     }
 }

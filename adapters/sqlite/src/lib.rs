@@ -10,15 +10,15 @@
 //!   (power loss: see [`SqliteStore`]'s durability notes and [`SqliteStore::set_full_sync`]);
 //! - the version lives on every row (`seq` and `hlc` on device-owned records, the register
 //!   stamps on shared records), so merges are idempotent and independent of the prunable log;
-//! - the merge rules are the core's: [`hybridsync_core::owned::supersedes`] (mirrored by the SQL
+//! - the merge rules are the core's: [`hybridsync_core::supersedes`] (mirrored by the SQL
 //!   upsert) and [`SharedRecord::merge`](hybridsync_core::SharedRecord::merge) (called in Rust);
 //!   the core's conformance suite runs against this backend unchanged;
 //! - the schema is versioned (`PRAGMA user_version`, [`SCHEMA_VERSION`]) and migrated on open;
-//!   foreign, newer, damaged or read-only files are refused with a typed [`SqliteError`] and
+//!   foreign, newer, damaged or read-only files are refused with a typed [`OpenError`] and
 //!   never overwritten;
 //! - one store per file: an open store holds an exclusive lock on `<file>.lock`, and a second
 //!   open of the same file, from another process or from this one, is refused
-//!   ([`SqliteError::Locked`]) until the first store is dropped or its process dies.
+//!   ([`OpenError::Locked`]) until the first store is dropped or its process dies.
 //!
 //! ```
 //! use hybridsync_core::{DeviceId, StorageCommand};
@@ -28,21 +28,23 @@
 //! let me = DeviceId::from_u128(1);
 //! store.execute(vec![StorageCommand::SetWatermark { owner: me, seq: 7 }])?;
 //! assert_eq!(store.load_restored()?.watermarks[&me], 7);
-//! # Ok::<(), hybridsync_sqlite::SqliteError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Record ids
 //!
 //! Insert speed depends on key order: time-ordered record ids (UUIDv7) append to the B-trees,
-//! random ones (UUIDv4) touch a random page per insert. Use UUIDv7 for record ids; [`bench`](mod@bench)
-//! measures both against a raw rusqlite baseline.
+//! random ones (UUIDv4) touch a random page per insert. Use UUIDv7 for record ids; the `bench` module (feature `bench`,
+//! run by `hybridsync bench --only storage`) measures both against a raw rusqlite baseline.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
+#[cfg(feature = "bench")]
 pub mod bench;
 mod error;
-pub mod schema;
+mod schema;
 mod store;
 
-pub use error::SqliteError;
+pub use error::{OpenError, SqliteError};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::SqliteStore;

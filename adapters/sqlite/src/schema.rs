@@ -144,20 +144,20 @@ pub(crate) fn migrate(tx: &Transaction<'_>, from: i64) -> rusqlite::Result<()> {
 }
 
 /// The order-preserving `i64` encoding of a `u64` (see the module docs).
-pub const fn enc_u64(v: u64) -> i64 {
+pub(crate) const fn enc_u64(v: u64) -> i64 {
     (v ^ (1 << 63)) as i64
 }
 
 /// Inverse of [`enc_u64`].
-pub const fn dec_u64(v: i64) -> u64 {
+pub(crate) const fn dec_u64(v: i64) -> u64 {
     (v as u64) ^ (1 << 63)
 }
 
 /// Length of an encoded HLC.
-pub const HLC_LEN: usize = 28;
+pub(crate) const HLC_LEN: usize = 28;
 
 /// The order-preserving blob encoding of an HLC (see the module docs).
-pub fn enc_hlc(h: &Hlc) -> [u8; HLC_LEN] {
+pub(crate) fn enc_hlc(h: &Hlc) -> [u8; HLC_LEN] {
     let mut out = [0u8; HLC_LEN];
     out[..8].copy_from_slice(&h.time_ms.to_be_bytes());
     out[8..12].copy_from_slice(&h.counter.to_be_bytes());

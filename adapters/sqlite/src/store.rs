@@ -1,10 +1,10 @@
 //! [`SqliteStore`]: the SQLite implementation of [`StorageBackend`].
 
-use crate::error::SqliteError;
+use crate::error::{OpenError, SqliteError};
 use crate::schema::{self, dec_hlc, dec_u64, dec_uuid, enc_hlc, enc_u64};
-use hybridsync_core::digest::Fnv64;
-use hybridsync_core::shared::SharedKey;
-use hybridsync_core::storage::empty_record;
+use hybridsync_core::empty_record;
+use hybridsync_core::Fnv64;
+use hybridsync_core::SharedKey;
 use hybridsync_core::{
     DeviceId, Hlc, OwnedRecord, ReadId, Restored, SharedChange, SharedRecord, StorageBackend,
     StorageCommand, StorageDone, VersionVector, MEMBER_MODEL,
@@ -56,9 +56,9 @@ pub(crate) fn tune(conn: &Connection, fresh: bool, file: bool) -> rusqlite::Resu
 /// - [`SqliteStore::execute`] runs a whole batch in one `IMMEDIATE` transaction (group commit):
 ///   either every command of the batch takes effect or none does.
 /// - Prepared statements are cached; every merge decision is the core's: device-owned upserts
-///   mirror [`hybridsync_core::owned::supersedes`] in SQL (`WHERE excluded.seq > owned.seq`),
+///   mirror [`hybridsync_core::supersedes`] in SQL (`WHERE excluded.seq > owned.seq`),
 ///   shared records are merged with [`SharedRecord::merge`] in Rust and written back.
-/// - The schema (see [`crate::schema`]) is versioned with `PRAGMA user_version` and migrated on
+/// - The schema ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)) is versioned with `PRAGMA user_version` and migrated on
 ///   open; a newer, foreign or damaged file is refused and never written.
 /// - One store per file: a database file is held through an exclusive lock on `<file>.lock`
 ///   for the store's lifetime (see [`SqliteStore::open`]).
@@ -111,19 +111,19 @@ impl SqliteStore {
     /// [`crate::SCHEMA_VERSION`].
     ///
     /// Refuses, without writing anything: a file that is not an SQLite database
-    /// ([`SqliteError::NotADatabase`]), another application's database
-    /// ([`SqliteError::ForeignDatabase`]), a database from a newer hybridsync
-    /// ([`SqliteError::NewerSchema`]), a database or directory that is not writable
-    /// ([`SqliteError::ReadOnly`]; WAL needs its `-wal` and `-shm` files beside the database).
+    /// ([`OpenError::NotADatabase`]), another application's database
+    /// ([`OpenError::ForeignDatabase`]), a database from a newer hybridsync
+    /// ([`OpenError::NewerSchema`]), a database or directory that is not writable
+    /// ([`OpenError::ReadOnly`]; WAL needs its `-wal` and `-shm` files beside the database).
     ///
     /// One store per file: the store holds an exclusive lock on `<path>.lock` (beside the
     /// database once symbolic links are resolved; created if missing, empty, never deleted)
     /// until it is dropped. While it lives, another open of the same file is refused with
-    /// [`SqliteError::Locked`], whether it comes from another process or from this one (the
+    /// [`OpenError::Locked`], whether it comes from another process or from this one (the
     /// lock belongs to the open file, not to the process), and under any path that resolves
     /// to the same file (not through a hard link). The operating system releases the lock of
     /// a process that dies, so a killed process never blocks the next open.
-    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, SqliteError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, OpenError> {
         let path = path.as_ref().to_path_buf();
         check_writable(&path)?;
         let lock = lock(&path)?;
@@ -131,12 +131,12 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags)
-            .map_err(|e| SqliteError::from_sqlite(&path, e))?;
+            .map_err(|e| OpenError::from_sqlite(&path, e))?;
         if conn
             .is_readonly(rusqlite::MAIN_DB)
-            .map_err(|e| SqliteError::from_sqlite(&path, e))?
+            .map_err(|e| OpenError::from_sqlite(&path, e))?
         {
-            return Err(SqliteError::ReadOnly {
+            return Err(OpenError::ReadOnly {
                 path,
                 reason: "SQLite opened the file read-only".to_owned(),
             });
@@ -145,20 +145,16 @@ impl SqliteStore {
     }
 
     /// Opens a private in-memory database (tests, simulations). Nothing is durable.
-    pub fn open_in_memory() -> Result<SqliteStore, SqliteError> {
+    pub fn open_in_memory() -> Result<SqliteStore, OpenError> {
         let path = PathBuf::from(":memory:");
-        let conn = Connection::open_in_memory().map_err(|e| SqliteError::from_sqlite(&path, e))?;
+        let conn = Connection::open_in_memory().map_err(|e| OpenError::from_sqlite(&path, e))?;
         Self::init(conn, path, None)
     }
 
     /// `lock`: the file lock of a database file (`None`: in memory).
-    fn init(
-        conn: Connection,
-        path: PathBuf,
-        lock: Option<File>,
-    ) -> Result<SqliteStore, SqliteError> {
+    fn init(conn: Connection, path: PathBuf, lock: Option<File>) -> Result<SqliteStore, OpenError> {
         let file = lock.is_some();
-        let sql = |e| SqliteError::from_sqlite(&path, e);
+        let sql = |e| OpenError::from_sqlite(&path, e);
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
         // Identify the file before writing anything to it.
         let application_id: i32 = conn
@@ -173,13 +169,13 @@ impl SqliteStore {
         if application_id != schema::APPLICATION_ID
             && (application_id != 0 || version != 0 || objects != 0)
         {
-            return Err(SqliteError::ForeignDatabase {
+            return Err(OpenError::ForeignDatabase {
                 path,
                 application_id,
             });
         }
         if version > schema::SCHEMA_VERSION {
-            return Err(SqliteError::NewerSchema {
+            return Err(OpenError::NewerSchema {
                 path,
                 found: version,
                 supported: schema::SCHEMA_VERSION,
@@ -192,7 +188,7 @@ impl SqliteStore {
                 .pragma_query_value(None, "journal_mode", |r| r.get(0))
                 .map_err(sql)?;
             if !mode.eq_ignore_ascii_case("wal") {
-                return Err(SqliteError::NoWal { path, mode });
+                return Err(OpenError::NoWal { path, mode });
             }
         }
         conn.set_prepared_statement_cache_capacity(64);
@@ -208,10 +204,9 @@ impl SqliteStore {
             let tx = store
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Exclusive)
-                .map_err(|e| SqliteError::from_sqlite(&path, e))?;
-            schema::migrate(&tx, version).map_err(|e| SqliteError::from_sqlite(&path, e))?;
-            tx.commit()
-                .map_err(|e| SqliteError::from_sqlite(&path, e))?;
+                .map_err(|e| OpenError::from_sqlite(&path, e))?;
+            schema::migrate(&tx, version).map_err(|e| OpenError::from_sqlite(&path, e))?;
+            tx.commit().map_err(|e| OpenError::from_sqlite(&path, e))?;
         }
         Ok(store)
     }
@@ -317,7 +312,7 @@ impl SqliteStore {
     }
 
     /// A digest of the replicated content, equal to
-    /// [`MemState::content_digest`](hybridsync_core::memstore::MemState::content_digest) of a
+    /// [`MemState::content_digest`](hybridsync_core::MemState::content_digest) of a
     /// store holding the same records: every device-owned record (tombstones included) in key
     /// order, then every shared register set in key order.
     pub fn content_digest(&mut self) -> Result<u64, SqliteError> {
@@ -357,14 +352,14 @@ impl StorageBackend for SqliteStore {
 
 /// Refuses paths SQLite could open only read-only, or where WAL could not create its files.
 /// Checked from the permission bits, so the answer is the same for every user (root included).
-fn check_writable(path: &Path) -> Result<(), SqliteError> {
-    let io = |source| SqliteError::Io {
+fn check_writable(path: &Path) -> Result<(), OpenError> {
+    let io = |source| OpenError::Io {
         path: path.to_path_buf(),
         source,
     };
     match std::fs::metadata(path) {
         Ok(m) if m.permissions().readonly() => {
-            return Err(SqliteError::ReadOnly {
+            return Err(OpenError::ReadOnly {
                 path: path.to_path_buf(),
                 reason: "the file is not writable".to_owned(),
             })
@@ -379,7 +374,7 @@ fn check_writable(path: &Path) -> Result<(), SqliteError> {
     };
     let m = std::fs::metadata(dir).map_err(io)?;
     if m.permissions().readonly() {
-        return Err(SqliteError::ReadOnly {
+        return Err(OpenError::ReadOnly {
             path: path.to_path_buf(),
             reason: format!(
                 "the directory {} is not writable (WAL keeps -wal and -shm files beside the database)",
@@ -392,8 +387,8 @@ fn check_writable(path: &Path) -> Result<(), SqliteError> {
 
 /// Takes the exclusive lock of the database at `path`: `<path>.lock`, beside the file its
 /// path resolves to (so two names of one file share one lock).
-fn lock(path: &Path) -> Result<File, SqliteError> {
-    let io = |p: &Path, source| SqliteError::Io {
+fn lock(path: &Path) -> Result<File, OpenError> {
+    let io = |p: &Path, source| OpenError::Io {
         path: p.to_path_buf(),
         source,
     };
@@ -427,7 +422,7 @@ fn lock(path: &Path) -> Result<File, SqliteError> {
         .map_err(|e| io(&lock, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(SqliteError::Locked {
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
             path: path.to_path_buf(),
             lock,
         }),

@@ -6,7 +6,7 @@
 //! `holding the database`, and holds it until its stdin closes (or it is killed).
 
 use hybridsync_core::{DeviceId, StorageCommand};
-use hybridsync_sqlite::{SqliteError, SqliteStore};
+use hybridsync_sqlite::{OpenError, SqliteStore};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -52,7 +52,7 @@ fn holder(path: &Path) -> Child {
 }
 
 /// The refusal must be a typed error naming the database and its lock file.
-fn assert_locked(result: Result<SqliteStore, SqliteError>, path: &Path) {
+fn assert_locked(result: Result<SqliteStore, OpenError>, path: &Path) {
     let err = result.expect_err("a second open of a database in use must be refused");
     let text = err.to_string();
     assert!(
@@ -60,7 +60,7 @@ fn assert_locked(result: Result<SqliteStore, SqliteError>, path: &Path) {
         "{text}"
     );
     assert!(
-        matches!(&err, SqliteError::Locked { path: p, .. } if p == path),
+        matches!(&err, OpenError::Locked { path: p, .. } if p == path),
         "{err:?}"
     );
 }

@@ -3,7 +3,7 @@
 use hybridsync_core::{
     DeviceId, Hlc, ReadId, SharedChange, StorageCommand, StorageDone, VersionVector,
 };
-use hybridsync_sqlite::{SqliteError, SqliteStore, APPLICATION_ID, SCHEMA_VERSION};
+use hybridsync_sqlite::{OpenError, SqliteError, SqliteStore, APPLICATION_ID, SCHEMA_VERSION};
 use rusqlite::Connection;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -81,7 +81,7 @@ fn garbage_file_is_refused_as_not_a_database_and_left_untouched() {
     std::fs::write(&path, &garbage).expect("write garbage");
     let before = snapshot_files(&path);
     let err = SqliteStore::open(&path).expect_err("garbage must be refused");
-    assert!(matches!(err, SqliteError::NotADatabase { .. }), "{err:?}");
+    assert!(matches!(err, OpenError::NotADatabase { .. }), "{err:?}");
     assert_eq!(snapshot_files(&path), before, "a refused file was modified");
 }
 
@@ -99,7 +99,7 @@ fn foreign_sqlite_database_is_refused_and_left_untouched() {
     assert!(
         matches!(
             err,
-            SqliteError::ForeignDatabase {
+            OpenError::ForeignDatabase {
                 application_id: 0,
                 ..
             }
@@ -122,7 +122,7 @@ fn database_with_another_application_id_is_refused() {
     assert!(
         matches!(
             err,
-            SqliteError::ForeignDatabase {
+            OpenError::ForeignDatabase {
                 application_id: 0x1234,
                 ..
             }
@@ -146,7 +146,7 @@ fn newer_schema_version_is_refused_and_left_untouched() {
     let before = snapshot_files(&path);
     let err = SqliteStore::open(&path).expect_err("a newer schema must be refused");
     match err {
-        SqliteError::NewerSchema {
+        OpenError::NewerSchema {
             found, supported, ..
         } => {
             assert_eq!(found, SCHEMA_VERSION + 1);
@@ -175,7 +175,7 @@ fn damaged_database_is_refused_or_reported_corrupt_never_rewritten() {
     assert!(
         matches!(
             err,
-            SqliteError::Corrupt { .. } | SqliteError::NotADatabase { .. }
+            OpenError::Store(SqliteError::Corrupt { .. }) | OpenError::NotADatabase { .. }
         ),
         "{err:?}"
     );
@@ -225,7 +225,7 @@ fn damaged_data_page_fails_the_integrity_check() {
         Err(err) => assert!(
             matches!(
                 err,
-                SqliteError::Corrupt { .. } | SqliteError::NotADatabase { .. }
+                OpenError::Store(SqliteError::Corrupt { .. }) | OpenError::NotADatabase { .. }
             ),
             "{err:?}"
         ),
@@ -239,7 +239,7 @@ fn read_only_file_is_refused() {
     drop(SqliteStore::open(&path).expect("opens"));
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
     let err = SqliteStore::open(&path).expect_err("a read-only file must be refused");
-    assert!(matches!(err, SqliteError::ReadOnly { .. }), "{err:?}");
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod back");
     SqliteStore::open(&path).expect("opens once writable again");
 }
@@ -252,7 +252,7 @@ fn read_only_directory_is_refused() {
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o555)).expect("chmod");
     let err = SqliteStore::open(sub.join("replica.db"))
         .expect_err("a database in a read-only directory must be refused");
-    assert!(matches!(err, SqliteError::ReadOnly { .. }), "{err:?}");
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
     assert!(
         !sub.join("replica.db").exists(),
         "a refused open created the file"
@@ -265,7 +265,7 @@ fn missing_directory_is_an_io_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let err =
         SqliteStore::open(dir.path().join("nope").join("replica.db")).expect_err("no directory");
-    assert!(matches!(err, SqliteError::Io { .. }), "{err:?}");
+    assert!(matches!(err, OpenError::Io { .. }), "{err:?}");
 }
 
 /// A store whose one shared record (written by the returned change) has damaged registers.

@@ -1,10 +1,10 @@
 //! The application's typed reads (`RecordReader`) give the same answers on `SqliteStore` as on
 //! the reference `MemStore`, and those answers are the stored content.
 
-use hybridsync_core::storage::{Page, RecordReader, SharedView};
 use hybridsync_core::{
     ChangeKind, DeviceId, Hlc, MemStore, OwnedRecord, SharedChange, StorageCommand, Value,
 };
+use hybridsync_core::{Page, RecordReader, SharedView};
 use hybridsync_sqlite::SqliteStore;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;

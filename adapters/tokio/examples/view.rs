@@ -16,7 +16,7 @@
 //! cargo test -p hybridsync-tokio --example view   # the same run, as a test
 //! ```
 
-use hybridsync_core::storage::SharedView;
+use hybridsync_core::SharedView;
 use hybridsync_core::{Config, DeviceId, Event, MemStore, ModelKind, ModelRegistry, Stream, Value};
 use hybridsync_tokio::{ChannelNetwork, Node, NodeError};
 use std::collections::BTreeMap;

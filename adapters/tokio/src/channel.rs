@@ -14,7 +14,7 @@
 //! (logged), as a network drops what a peer cannot take; anti-entropy repairs what is lost.
 
 use crate::transport::{BoxFuture, EventSink, Transport};
-use hybridsync_core::codec::DEFAULT_MAX_FRAME;
+use hybridsync_core::DEFAULT_MAX_FRAME;
 use hybridsync_core::{DeviceId, Refusal, SyncMessage};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -23,7 +23,7 @@ use crate::failure::StorageFailure;
 use crate::node::{NodeError, Progress, Status};
 use crate::storage::{BatchResult, Job};
 use crate::transport::{EventSource, InboundPermit, Transport, TransportEvent};
-use hybridsync_core::write_ahead::WriteAhead;
+use hybridsync_core::WriteAhead;
 use hybridsync_core::{
     Command, CommandError, CommandId, DeviceId, Event, Input, Instant, Now, Output, Replica, Stream,
 };

@@ -17,8 +17,8 @@
 //!   [`PeerBudget`] share) before its frame is read, and given back once the storage batch
 //!   holding what it caused is committed, so a peer faster than the disk is simply not read
 //!   (decoded, a message takes at most
-//!   [`hybridsync_core::value::VALUE_BYTES_PER_INPUT_BYTE`] bytes per encoded byte plus 4 KiB:
-//!   [`hybridsync_core::codec::value_budget`]);
+//!   [`hybridsync_core::VALUE_BYTES_PER_INPUT_BYTE`] bytes per encoded byte plus 4 KiB:
+//!   [`hybridsync_core::value_budget`]);
 //! - the application's typed reads ([`Node::get_owned`], [`Node::list_shared`], ...) run on the
 //!   storage thread behind every batch already handed to it, so they see every completed
 //!   command and every write an event reported (`examples/view.rs` keeps a view from events).
@@ -42,13 +42,14 @@
 //! # drop(store); Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod channel;
 mod driver;
 mod failure;
 mod node;
 mod storage;
-pub mod transport;
+mod transport;
 
 pub use channel::{ChannelNetwork, ChannelTransport, CHANNEL_INBOX_BYTES};
 pub use failure::StorageFailure;

@@ -4,11 +4,11 @@ use crate::driver::{Clock, Driver, DriverParts, Request, REQUEST_QUEUE};
 use crate::failure::StorageFailure;
 use crate::storage::{Job, StorageWorker};
 use crate::transport::{EventSink, Transport};
-use hybridsync_core::storage::{OwnedCursor, Page, RecordReader, SharedView};
 use hybridsync_core::{
     Command, CommandError, Config, DeviceId, Event, Hlc, OwnedRecord, Replica, Restored,
     StorageBackend, Stream, Value, VersionVector,
 };
+use hybridsync_core::{OwnedCursor, Page, RecordReader, SharedView};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{mpsc as std_mpsc, Arc};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
@@ -35,7 +35,7 @@ pub enum NodeError {
     /// A shared write's values would take more memory decoded than peers accept for their
     /// size (a list dominated by nulls, a map of tiny entries): every peer would refuse the
     /// messages carrying them, so the write is refused here (nothing changed). See
-    /// [`hybridsync_core::value::check_fields_decode`].
+    /// [`hybridsync_core::check_fields_decode`].
     #[error("the write's values take {excess} bytes decoded beyond what peers decode per encoded byte; at most {allowance}")]
     TooManyValues {
         /// What the values take beyond the budget for their size.
@@ -274,7 +274,7 @@ impl<S: Send + 'static> Node<S> {
     /// refuse to decode is refused first ([`NodeError::TooManyValues`]).
     pub async fn command(&self, cmd: Command) -> Result<(), NodeError> {
         if let Command::InsertShared { fields, .. } | Command::UpdateShared { fields, .. } = &cmd {
-            hybridsync_core::value::check_fields_decode(fields)
+            hybridsync_core::check_fields_decode(fields)
                 .map_err(|(excess, allowance)| NodeError::TooManyValues { excess, allowance })?;
         }
         let (reply, done) = oneshot::channel();

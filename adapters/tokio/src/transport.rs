@@ -91,8 +91,8 @@ pub const BULK_QUEUE: usize = 64;
 /// message caused is committed (at once if it caused nothing to store), so the frames being
 /// read, the messages queued and the records waiting for the disk never hold more; a frame
 /// larger than the budget takes all of it. Decoded, a message takes at most
-/// [`hybridsync_core::value::VALUE_BYTES_PER_INPUT_BYTE`] (24) bytes per encoded byte plus 4 KiB
-/// ([`hybridsync_core::codec::value_budget`]).
+/// [`hybridsync_core::VALUE_BYTES_PER_INPUT_BYTE`] (24) bytes per encoded byte plus 4 KiB
+/// ([`hybridsync_core::value_budget`]).
 pub const INBOUND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Where a transport reports inbound events. Cheap to clone (one per connection task).

@@ -388,7 +388,7 @@ enum ReadKind {
 /// ordering:
 ///
 /// ```rust
-/// use hybridsync_core::write_ahead::WriteAhead;
+/// use hybridsync_core::WriteAhead;
 /// use hybridsync_core::*;
 ///
 /// /// Performs released actions: sends and disconnects go to the transport, events to the app.

@@ -6,7 +6,7 @@
 //! format's, not a disk's.
 
 use super::{median, T0};
-use hybridsync_core::memstore::MemState;
+use hybridsync_core::MemState;
 use hybridsync_core::{
     decode, encode, Command, CommandId, Config, DeviceId, Input, Instant, ModelRegistry, Now,
     Output, Replica, Restored, Value,

@@ -4,8 +4,8 @@
 use super::{blob, decode_shared, SqliteStore, TxError, TxResult};
 use crate::error::SqliteError;
 use crate::schema::{dec_u64, dec_uuid};
-use hybridsync_core::storage::{OwnedCursor, Page, RecordReader, SharedView};
 use hybridsync_core::{DeviceId, Hlc, OwnedRecord};
+use hybridsync_core::{OwnedCursor, Page, RecordReader, SharedView};
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
