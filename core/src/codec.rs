@@ -173,19 +173,19 @@ mod tests {
 
     fn sample() -> Vec<SyncMessage> {
         vec![
-            SyncMessage::Heartbeat {
+            SyncMessage::Heartbeat(crate::Summary {
                 heads: [(DeviceId::from_u128(1), 5)].into_iter().collect(),
                 vv: VersionVector::new(),
-            },
-            SyncMessage::HeartbeatDelta {
+            }),
+            SyncMessage::HeartbeatDelta(crate::Summary {
                 heads: [(DeviceId::from_u128(2), 7)].into_iter().collect(),
                 vv: VersionVector::new(),
-            },
-            SyncMessage::Error {
+            }),
+            SyncMessage::Error(crate::ErrorReply {
                 request_id: Some(3),
                 code: ErrorCode::Busy,
                 message: "later".into(),
-            },
+            }),
         ]
     }
 
@@ -285,11 +285,11 @@ mod tests {
     fn values_within_the_budget_decode() {
         // A list of small values (two bytes each) fits any frame; so do a few nulls.
         use crate::Value;
-        let ints = SyncMessage::Error {
+        let ints = SyncMessage::Error(crate::ErrorReply {
             request_id: None,
             code: ErrorCode::Busy,
             message: String::new(),
-        };
+        });
         assert_eq!(decode(&encode(&ints)).ok(), Some(ints));
         let few = nulls(100);
         assert_eq!(decode(&encode(&few)).ok(), Some(few));

@@ -49,7 +49,11 @@ pub use digest::Fnv64;
 pub use hlc::{ClockError, Hlc, HlcClock};
 pub use id::DeviceId;
 pub use memstore::{MemState, MemStore};
-pub use message::{ErrorCode, SyncMessage};
+pub use message::{
+    Ack, ErrorCode, ErrorReply, Neighbours, PagesReceived, SharedChangeRequest,
+    SharedChangeResponse, SharedSnapshotRequest, SharedSnapshotResponse, StateRelay, StateRequest,
+    StateResponse, Summary, SyncMessage,
+};
 pub use model::{ModelKind, ModelRegistry, MAX_MODEL_NAME, MEMBER_MODEL};
 pub use owned::{supersedes, OwnedChange, OwnedKey, OwnedRecord};
 pub use replica::{

@@ -168,11 +168,11 @@ mod tests {
     fn send(n: u64) -> Output {
         Output::Send {
             to: DeviceId::from_u128(9),
-            msg: SyncMessage::Error {
+            msg: SyncMessage::Error(crate::ErrorReply {
                 request_id: Some(n),
                 code: crate::ErrorCode::Busy,
                 message: String::new(),
-            },
+            }),
         }
     }
 

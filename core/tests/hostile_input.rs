@@ -185,70 +185,70 @@ fn every_kind(from: DeviceId) -> Vec<SyncMessage> {
     vec![
         SyncMessage::StateChange(owned(from, 1, 1).into()),
         SyncMessage::StateBatch(vec![owned(from, 1, 1).into(), owned(from, 2, 2).into()]),
-        SyncMessage::StateRequest {
+        SyncMessage::StateRequest(hybridsync_core::StateRequest {
             request_id: 1,
             owner: ME,
             since: 0,
             limit: 10,
             window: 1,
-        },
-        SyncMessage::PagesReceived {
+        }),
+        SyncMessage::PagesReceived(hybridsync_core::PagesReceived {
             request_id: 1,
             pages: 1,
-        },
-        SyncMessage::StateResponse {
+        }),
+        SyncMessage::StateResponse(hybridsync_core::StateResponse {
             request_id: 1,
             owner: from,
             since: 0,
             through: 1,
             records: vec![owned(from, 1, 1).into()],
             has_more: false,
-        },
+        }),
         SyncMessage::SharedChange(tag_change(from, 1, T0)),
         SyncMessage::SharedChangeBatch(vec![tag_change(from, 1, T0), tag_change(from, 2, T0)]),
-        SyncMessage::SharedChangeRequest {
+        SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
             request_id: 1,
             since: VersionVector::new(),
             limit: 10,
             window: 1,
-        },
-        SyncMessage::SharedChangeResponse {
+        }),
+        SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
             request_id: 1,
             page: 0,
             entries: vec![tag_change(from, 1, T0)],
             has_more: false,
             truncated: false,
-        },
-        SyncMessage::AckSharedChanges {
+        }),
+        SyncMessage::AckSharedChanges(hybridsync_core::Ack {
             acker: from,
             vv: vv.clone(),
-        },
-        SyncMessage::Heartbeat {
+        }),
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: [(from, 9)].into(),
             vv: vv.clone(),
-        },
-        SyncMessage::HeartbeatDelta {
+        }),
+        SyncMessage::HeartbeatDelta(hybridsync_core::Summary {
             heads: [(from, 10)].into(),
             vv: vv.clone(),
-        },
-        SyncMessage::SharedSnapshotRequest {
+        }),
+        SyncMessage::SharedSnapshotRequest(hybridsync_core::SharedSnapshotRequest {
             request_id: 1,
             after: None,
             limit: 10,
             window: 1,
-        },
-        SyncMessage::SharedSnapshotResponse {
+        }),
+        SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
             request_id: 1,
             page: 0,
             vv,
             records: vec![tag_registers(T0, from)],
             has_more: false,
-        },
-        SyncMessage::Error {
+        }),
+        SyncMessage::Error(hybridsync_core::ErrorReply {
             request_id: Some(1),
             code: ErrorCode::Busy,
             message: "x".into(),
-        },
+        }),
     ]
 }
 
@@ -358,11 +358,11 @@ fn unknown_variants_anywhere_in_a_message_are_typed_decode_errors() {
         Err(CodecError::Malformed(_))
     ));
     // An unknown error code inside a valid `Error` message: `[12, None, code, ""]`.
-    let ok = encode(&SyncMessage::Error {
+    let ok = encode(&SyncMessage::Error(hybridsync_core::ErrorReply {
         request_id: None,
         code: ErrorCode::Busy,
         message: String::new(),
-    });
+    }));
     assert_eq!(ok, [12, 0, 4, 0]);
     assert!(decode(&[12, 0, 7, 0]).is_err(), "ErrorCode has 7 variants");
     // An unknown `ChangeKind` and an unknown `Value` variant inside a shared change.
@@ -527,17 +527,17 @@ fn malformed_catch_up_page_is_refused_without_state_change() {
     // B announces records of C; the replica asks B for them.
     let outs = n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: [(C, 10)].into(),
             vv: VersionVector::new(),
-        },
+        }),
     );
     let request_id = sent_to(&outs, B)
         .into_iter()
         .find_map(|m| match m {
-            SyncMessage::StateRequest {
+            SyncMessage::StateRequest(hybridsync_core::StateRequest {
                 request_id, owner, ..
-            } if *owner == C => Some(*request_id),
+            }) if *owner == C => Some(*request_id),
             _ => None,
         })
         .expect("asked B for C's records");
@@ -554,21 +554,21 @@ fn malformed_catch_up_page_is_refused_without_state_change() {
         let mut n2 = Node::connected(B);
         n2.from(
             B,
-            SyncMessage::Heartbeat {
+            SyncMessage::Heartbeat(hybridsync_core::Summary {
                 heads: [(C, 10)].into(),
                 vv: VersionVector::new(),
-            },
+            }),
         );
         let outs = n2.from(
             B,
-            SyncMessage::StateResponse {
+            SyncMessage::StateResponse(hybridsync_core::StateResponse {
                 request_id,
                 owner: C,
                 since: 0,
                 through,
                 records: records.into_iter().map(Into::into).collect(),
                 has_more: false,
-            },
+            }),
         );
         assert_eq!(disconnects(&outs), [(B, Refusal::MalformedResponse)]);
         assert!(writes(&outs).is_empty());
@@ -579,14 +579,14 @@ fn malformed_catch_up_page_is_refused_without_state_change() {
     // Control: the well-formed page is applied.
     let outs = n.from(
         B,
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(hybridsync_core::StateResponse {
             request_id,
             owner: C,
             since: 0,
             through: 2,
             records: vec![owned(C, 1, 1).into(), owned(C, 2, 2).into()],
             has_more: false,
-        },
+        }),
     );
     assert!(disconnects(&outs).is_empty());
     assert_eq!(n.replica.watermark(C), 2);
@@ -608,7 +608,10 @@ fn ack_for_another_member_is_refused_and_never_stored() {
     });
     let before = n.digest();
     let vv: VersionVector = [(ME, 1)].into_iter().collect();
-    let outs = n.from(B, SyncMessage::AckSharedChanges { acker: C, vv });
+    let outs = n.from(
+        B,
+        SyncMessage::AckSharedChanges(hybridsync_core::Ack { acker: C, vv }),
+    );
     assert_eq!(disconnects(&outs), [(B, Refusal::AckerMismatch)]);
     assert!(writes(&outs).is_empty(), "no ack stored, nothing pruned");
     assert_eq!(n.digest(), before);
@@ -632,10 +635,10 @@ fn heartbeat_acks_only_for_its_authenticated_sender() {
     let vv: VersionVector = [(ME, 1)].into_iter().collect();
     n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: BTreeMap::new(),
             vv: vv.clone(),
-        },
+        }),
     );
     let acks = n.store.restored().acks;
     assert_eq!(acks.get(&B), Some(&vv));
@@ -670,15 +673,18 @@ fn far_future_owned_stamp_applies_by_seq_without_dragging_the_clock() {
 fn log_requested(n: &mut Node, head: u64) -> u64 {
     let outs = n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: BTreeMap::new(),
             vv: [(B, head)].into_iter().collect(),
-        },
+        }),
     );
     sent_to(&outs, B)
         .into_iter()
         .find_map(|m| match m {
-            SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
+            SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
+                request_id,
+                ..
+            }) => Some(*request_id),
             _ => None,
         })
         .expect("log requested")
@@ -689,18 +695,21 @@ fn snapshot_requested(n: &mut Node) -> u64 {
     let log_request = log_requested(n, 5);
     let outs = n.from(
         B,
-        SyncMessage::SharedChangeResponse {
+        SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
             request_id: log_request,
             page: 0,
             entries: Vec::new(),
             has_more: false,
             truncated: true,
-        },
+        }),
     );
     sent_to(&outs, B)
         .into_iter()
         .find_map(|m| match m {
-            SyncMessage::SharedSnapshotRequest { request_id, .. } => Some(*request_id),
+            SyncMessage::SharedSnapshotRequest(hybridsync_core::SharedSnapshotRequest {
+                request_id,
+                ..
+            }) => Some(*request_id),
             _ => None,
         })
         .expect("snapshot requested")
@@ -714,13 +723,13 @@ fn far_future_snapshot_page_is_refused_without_state_change() {
     let clock = n.replica.hlc();
     let outs = n.from(
         B,
-        SyncMessage::SharedSnapshotResponse {
+        SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
             request_id,
             page: 0,
             vv: [(B, 5)].into_iter().collect(),
             records: vec![tag_registers(T0 + HOUR_MS, B)],
             has_more: false,
-        },
+        }),
     );
     assert!(events(&outs).contains(&&Event::ChangeRefused {
         from: B,
@@ -742,13 +751,13 @@ fn far_future_snapshot_page_is_refused_without_state_change() {
     let request_id = snapshot_requested(&mut n);
     n.from(
         B,
-        SyncMessage::SharedSnapshotResponse {
+        SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
             request_id,
             page: 0,
             vv: [(B, 5)].into_iter().collect(),
             records: vec![tag_registers(T0, B)],
             has_more: false,
-        },
+        }),
     );
     assert_ne!(n.digest(), before);
     assert_eq!(n.replica.version_vector().get(B), 5);
@@ -767,13 +776,13 @@ fn snapshot_claim_naming_more_origins_than_a_device_tracks_is_refused_without_st
         .collect();
     let outs = n.from(
         B,
-        SyncMessage::SharedSnapshotResponse {
+        SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
             request_id,
             page: 0,
             vv: claim,
             records: vec![tag_registers(T0, B)],
             has_more: false,
-        },
+        }),
     );
     assert_eq!(disconnects(&outs), vec![(B, Refusal::TooManyOrigins)]);
     assert_eq!(n.digest(), before);
@@ -804,19 +813,19 @@ fn log_and_snapshot_request_floods_from_two_peers_keep_pending_reads_bounded() {
     for i in 0..500u64 {
         for peer in [B, C] {
             let msg = if i % 2 == 0 {
-                SyncMessage::SharedChangeRequest {
+                SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
                     request_id: i,
                     since: VersionVector::new(),
                     limit: 10,
                     window: 1,
-                }
+                })
             } else {
-                SyncMessage::SharedSnapshotRequest {
+                SyncMessage::SharedSnapshotRequest(hybridsync_core::SharedSnapshotRequest {
                     request_id: i,
                     after: None,
                     limit: 10,
                     window: 1,
-                }
+                })
             };
             let (outs, reads) = n.feed_holding_reads(Input::Message { from: peer, msg });
             held.extend(reads);
@@ -825,10 +834,10 @@ fn log_and_snapshot_request_floods_from_two_peers_keep_pending_reads_bounded() {
                 .filter(|m| {
                     matches!(
                         m,
-                        SyncMessage::Error {
+                        SyncMessage::Error(hybridsync_core::ErrorReply {
                             code: ErrorCode::Busy,
                             ..
-                        }
+                        })
                     )
                 })
                 .count();
@@ -869,12 +878,12 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
     for (asked, capped) in [(u32::MAX, 4), (0, 1)] {
         let (outs, _) = n.feed_holding_reads(Input::Message {
             from: B,
-            msg: SyncMessage::SharedChangeRequest {
+            msg: SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
                 request_id: 1,
                 since: VersionVector::new(),
                 limit: asked,
                 window: 1,
-            },
+            }),
         });
         assert!(outs.iter().any(|o| matches!(
             o,
@@ -882,12 +891,12 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
         )));
         let (outs, _) = n.feed_holding_reads(Input::Message {
             from: B,
-            msg: SyncMessage::SharedSnapshotRequest {
+            msg: SyncMessage::SharedSnapshotRequest(hybridsync_core::SharedSnapshotRequest {
                 request_id: 2,
                 after: None,
                 limit: asked,
                 window: 1,
-            },
+            }),
         });
         assert!(outs.iter().any(|o| matches!(
             o,
@@ -913,17 +922,19 @@ fn absurd_limits_in_log_and_snapshot_requests_are_capped() {
     n2.feed(Input::PeerUp { peer: B });
     let outs = n2.from(
         B,
-        SyncMessage::SharedChangeRequest {
+        SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
             request_id: 3,
             since: VersionVector::new(),
             limit: u32::MAX,
             window: 1,
-        },
+        }),
     );
     let page = sent_to(&outs, B).into_iter().find_map(|m| match m {
-        SyncMessage::SharedChangeResponse {
-            entries, has_more, ..
-        } => Some((entries.len(), *has_more)),
+        SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
+            entries,
+            has_more,
+            ..
+        }) => Some((entries.len(), *has_more)),
         _ => None,
     });
     assert_eq!(page, Some((4, true)));
@@ -967,10 +978,10 @@ fn own_head_claimed_at_the_top_of_its_range_is_refused_and_the_device_keeps_writ
     // what peers report): believing it would leave no sequence number to write with.
     let outs = n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: [(ME, u64::MAX)].into(),
             vv: VersionVector::new(),
-        },
+        }),
     );
     assert!(outs.iter().any(|o| matches!(
         o,
@@ -987,10 +998,10 @@ fn own_head_claimed_at_the_bound_is_raised_and_the_device_keeps_writing() {
     let mut n = Node::connected(B);
     n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: [(ME, MAX_CLAIMED_OWN_HEAD)].into(),
             vv: VersionVector::new(),
-        },
+        }),
     );
     assert_eq!(n.replica.watermark(ME), MAX_CLAIMED_OWN_HEAD);
     let outs = put(&mut n, 1);
@@ -1004,13 +1015,13 @@ fn own_shared_head_claimed_at_the_top_by_a_snapshot_is_refused_and_the_device_ke
     let request_id = snapshot_requested(&mut n);
     let outs = n.from(
         B,
-        SyncMessage::SharedSnapshotResponse {
+        SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
             request_id,
             page: 0,
             vv: [(ME, u64::MAX), (B, 5)].into_iter().collect(),
             records: Vec::new(),
             has_more: false,
-        },
+        }),
     );
     assert!(outs.iter().any(|o| matches!(
         o,
@@ -1028,31 +1039,31 @@ fn owner_push_after_its_watermark_reached_the_top_is_a_no_op_not_a_panic() {
     n.feed(Input::PeerUp { peer: C });
     let outs = n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads: [(C, 10)].into(),
             vv: VersionVector::new(),
-        },
+        }),
     );
     let request_id = sent_to(&outs, B)
         .into_iter()
         .find_map(|m| match m {
-            SyncMessage::StateRequest {
+            SyncMessage::StateRequest(hybridsync_core::StateRequest {
                 request_id, owner, ..
-            } if *owner == C => Some(*request_id),
+            }) if *owner == C => Some(*request_id),
             _ => None,
         })
         .expect("asked B for C's records");
     // B answers that C's records run up to u64::MAX (it may relay; the page is well formed).
     let outs = n.from(
         B,
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(hybridsync_core::StateResponse {
             request_id,
             owner: C,
             since: 0,
             through: u64::MAX,
             records: Vec::new(),
             has_more: false,
-        },
+        }),
     );
     assert!(disconnects(&outs).is_empty());
     assert_eq!(n.replica.watermark(C), u64::MAX);
@@ -1076,20 +1087,23 @@ fn log_page_above_a_bound_at_the_top_of_the_range_is_malformed_not_a_panic() {
     let request_id = sent_to(&outs, B)
         .into_iter()
         .find_map(|m| match m {
-            SyncMessage::SharedChangeRequest { request_id, .. } => Some(*request_id),
+            SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
+                request_id,
+                ..
+            }) => Some(*request_id),
             _ => None,
         })
         .expect("log requested");
     let before = n.digest();
     let outs = n.from(
         B,
-        SyncMessage::SharedChangeResponse {
+        SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
             request_id,
             page: 0,
             entries: vec![tag_change(C, u64::MAX, T0)],
             has_more: false,
             truncated: false,
-        },
+        }),
     );
     assert_eq!(disconnects(&outs), [(B, Refusal::MalformedResponse)]);
     assert!(writes(&outs).is_empty());
@@ -1160,13 +1174,13 @@ fn log_page_removing_its_sender_ends_the_fetch_without_asking_it_for_more() {
     let request_id = log_requested(&mut n, 3);
     let outs = n.from(
         B,
-        SyncMessage::SharedChangeResponse {
+        SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
             request_id,
             page: 0,
             entries: vec![member_removal(B, 1)],
             has_more: true,
             truncated: false,
-        },
+        }),
     );
     assert!(
         !n.replica.is_member(B),
@@ -1187,13 +1201,13 @@ fn snapshot_page_removing_its_sender_is_stored_but_its_claim_is_not_adopted() {
     let request_id = snapshot_requested(&mut n);
     let outs = n.from(
         B,
-        SyncMessage::SharedSnapshotResponse {
+        SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
             request_id,
             page: 0,
             vv: [(B, 5)].into_iter().collect(),
             records: vec![member_removal(B, 1).to_record()],
             has_more: true,
-        },
+        }),
     );
     assert!(!n.replica.is_member(B));
     assert_eq!(disconnects(&outs), [(B, Refusal::NotMember)]);
@@ -1250,15 +1264,15 @@ fn heads_of_devices_that_are_not_members_are_never_fetched_nor_tracked() {
     let heads: BTreeMap<DeviceId, u64> = strangers.iter().map(|s| (*s, 5)).collect();
     let outs = n.from(
         B,
-        SyncMessage::Heartbeat {
+        SyncMessage::Heartbeat(hybridsync_core::Summary {
             heads,
             vv: VersionVector::new(),
-        },
+        }),
     );
     let fetched: Vec<DeviceId> = sent_to(&outs, B)
         .into_iter()
         .filter_map(|m| match m {
-            SyncMessage::StateRequest { owner, .. } => Some(*owner),
+            SyncMessage::StateRequest(hybridsync_core::StateRequest { owner, .. }) => Some(*owner),
             _ => None,
         })
         .filter(|o| strangers.contains(o))
@@ -1272,14 +1286,14 @@ fn heads_of_devices_that_are_not_members_are_never_fetched_nor_tracked() {
     for (i, s) in strangers.iter().enumerate() {
         n.from(
             B,
-            SyncMessage::StateResponse {
+            SyncMessage::StateResponse(hybridsync_core::StateResponse {
                 request_id: i as u64 + 1,
                 owner: *s,
                 since: 0,
                 through: 1,
                 records: vec![owned(*s, 1, 1).into()],
                 has_more: false,
-            },
+            }),
         );
     }
     assert_eq!(n.digest(), before);
@@ -1288,7 +1302,7 @@ fn heads_of_devices_that_are_not_members_are_never_fetched_nor_tracked() {
     n.now = Now::new(Instant::from_micros(60_000_000), T0 + 60_000);
     let outs = n.feed(Input::Tick);
     for m in sent_to(&outs, B) {
-        if let SyncMessage::Heartbeat { heads, .. } = m {
+        if let SyncMessage::Heartbeat(hybridsync_core::Summary { heads, .. }) = m {
             assert!(heads.keys().all(|o| !strangers.contains(o)), "{heads:?}");
         }
     }
@@ -1318,10 +1332,10 @@ fn changes_from_more_origins_than_a_library_may_have_are_refused_and_the_device_
     let vv = n.replica.version_vector();
     assert!(vv.len() <= MAX_ORIGINS, "{} origins tracked", vv.len());
     // Every summary this device sends still fits a frame, and it keeps writing.
-    let summary = SyncMessage::Heartbeat {
+    let summary = SyncMessage::Heartbeat(hybridsync_core::Summary {
         heads: BTreeMap::new(),
         vv: vv.clone(),
-    };
+    });
     assert!(encode(&summary).len() < DEFAULT_MAX_FRAME);
     let outs = insert_tag(&mut n, 1, Value::from("still here"));
     assert_eq!(failed(&outs, 1), None);

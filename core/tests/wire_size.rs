@@ -75,13 +75,13 @@ fn shared_change_in_a_batch_costs_no_more_than_an_owned_one() {
 #[test]
 fn shared_log_page_costs_what_a_batch_does() {
     let n = 1000;
-    let page = SyncMessage::SharedChangeResponse {
+    let page = SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
         request_id: 7,
         page: 3,
         entries: shared_batch(n),
         has_more: true,
         truncated: false,
-    };
+    });
     let bytes = per_change(&page, n);
     assert!(bytes <= 64.0, "{bytes:.1} B per change");
 }

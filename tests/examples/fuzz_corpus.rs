@@ -128,13 +128,15 @@ fn sample_messages() -> Vec<SyncMessage> {
         out.push(SyncMessage::AckRelay(
             [(b, state.vv.clone()), (c, state.vv.clone())].into(),
         ));
-        out.push(SyncMessage::SharedSnapshotResponse {
-            request_id: 9,
-            page: 0,
-            vv: state.vv.clone(),
-            records: state.shared.values().take(4).cloned().collect(),
-            has_more: true,
-        });
+        out.push(SyncMessage::SharedSnapshotResponse(
+            hybridsync_core::SharedSnapshotResponse {
+                request_id: 9,
+                page: 0,
+                vv: state.vv.clone(),
+                records: state.shared.values().take(4).cloned().collect(),
+                has_more: true,
+            },
+        ));
     }
     for (i, code) in [
         ErrorCode::BadFrame,
@@ -148,18 +150,20 @@ fn sample_messages() -> Vec<SyncMessage> {
     .into_iter()
     .enumerate()
     {
-        out.push(SyncMessage::Error {
+        out.push(SyncMessage::Error(hybridsync_core::ErrorReply {
             request_id: (i % 2 == 0).then_some(i as u64),
             code,
             message: format!("{code:?}"),
-        });
+        }));
     }
-    out.push(SyncMessage::SharedSnapshotRequest {
-        request_id: 1,
-        after: Some(("tag".into(), uuid::Uuid::from_u128(7))),
-        limit: u32::MAX,
-        window: 1,
-    });
+    out.push(SyncMessage::SharedSnapshotRequest(
+        hybridsync_core::SharedSnapshotRequest {
+            request_id: 1,
+            after: Some(("tag".into(), uuid::Uuid::from_u128(7))),
+            limit: u32::MAX,
+            window: 1,
+        },
+    ));
     out
 }
 

@@ -754,9 +754,13 @@ impl Harness {
                     self.store.sync();
                     if matches!(
                         msg,
-                        SyncMessage::StateRequest { .. }
-                            | SyncMessage::SharedChangeRequest { .. }
-                            | SyncMessage::SharedSnapshotRequest { .. }
+                        SyncMessage::StateRequest(hybridsync_core::StateRequest { .. })
+                            | SyncMessage::SharedChangeRequest(
+                                hybridsync_core::SharedChangeRequest { .. }
+                            )
+                            | SyncMessage::SharedSnapshotRequest(
+                                hybridsync_core::SharedSnapshotRequest { .. }
+                            )
                     ) {
                         let list = self.requests.entry(*to).or_default();
                         list.push(msg.clone());
@@ -990,10 +994,13 @@ impl Harness {
             return; // keep the per-step check cheap
         }
         match msg {
-            SyncMessage::StateRequest { owner, .. } | SyncMessage::StateResponse { owner, .. } => {
+            SyncMessage::StateRequest(hybridsync_core::StateRequest { owner, .. })
+            | SyncMessage::StateResponse(hybridsync_core::StateResponse { owner, .. }) => {
                 self.seen.insert(*owner);
             }
-            SyncMessage::Heartbeat { heads, .. } => self.seen.extend(heads.keys().copied()),
+            SyncMessage::Heartbeat(hybridsync_core::Summary { heads, .. }) => {
+                self.seen.extend(heads.keys().copied())
+            }
             _ => {}
         }
     }
@@ -1070,17 +1077,19 @@ impl Harness {
                 since,
                 limit,
                 window,
-            } => SyncMessage::StateRequest {
+            } => SyncMessage::StateRequest(hybridsync_core::StateRequest {
                 request_id: u64::from(limit),
                 owner: owner.id(),
                 since: since.get(),
                 limit,
                 window: u32::from(window),
-            },
-            Msg::PagesReceived { limit, pages } => SyncMessage::PagesReceived {
-                request_id: u64::from(limit),
-                pages,
-            },
+            }),
+            Msg::PagesReceived { limit, pages } => {
+                SyncMessage::PagesReceived(hybridsync_core::PagesReceived {
+                    request_id: u64::from(limit),
+                    pages,
+                })
+            }
             Msg::StateResponse {
                 pick,
                 bad_since,
@@ -1089,15 +1098,18 @@ impl Harness {
                 has_more,
             } => {
                 let req = self.request(from, pick, |m| {
-                    matches!(m, SyncMessage::StateRequest { .. })
+                    matches!(
+                        m,
+                        SyncMessage::StateRequest(hybridsync_core::StateRequest { .. })
+                    )
                 });
                 let (request_id, owner, since) = match req {
-                    Some(SyncMessage::StateRequest {
+                    Some(SyncMessage::StateRequest(hybridsync_core::StateRequest {
                         request_id,
                         owner,
                         since,
                         ..
-                    }) => (*request_id, *owner, *since),
+                    })) => (*request_id, *owner, *since),
                     _ => (u64::from(pick), from, 0),
                 };
                 let since = if bad_since {
@@ -1120,14 +1132,14 @@ impl Harness {
                 records.sort_by_key(|r| r.seq);
                 records.dedup_by_key(|r| r.seq);
                 let last = records.last().map_or(since, |r| r.seq);
-                SyncMessage::StateResponse {
+                SyncMessage::StateResponse(hybridsync_core::StateResponse {
                     request_id,
                     owner,
                     since,
                     through: last.saturating_add(through.get()),
                     records: records.into_iter().map(Into::into).collect(),
                     has_more,
-                }
+                })
             }
             Msg::SharedPush(chgs) => {
                 let mut cs: Vec<_> = chgs.iter().map(|c| self.change(from, c)).collect();
@@ -1141,12 +1153,12 @@ impl Harness {
                 since,
                 limit,
                 window,
-            } => SyncMessage::SharedChangeRequest {
+            } => SyncMessage::SharedChangeRequest(hybridsync_core::SharedChangeRequest {
                 request_id: u64::from(limit),
                 since: vv_of(&since),
                 limit,
                 window: u32::from(window),
-            },
+            }),
             Msg::SharedChangeResponse {
                 pick,
                 page,
@@ -1155,12 +1167,19 @@ impl Harness {
                 truncated,
             } => {
                 let req = self.request(from, pick, |m| {
-                    matches!(m, SyncMessage::SharedChangeRequest { .. })
+                    matches!(
+                        m,
+                        SyncMessage::SharedChangeRequest(
+                            hybridsync_core::SharedChangeRequest { .. }
+                        )
+                    )
                 });
                 let (request_id, since) = match req {
-                    Some(SyncMessage::SharedChangeRequest {
-                        request_id, since, ..
-                    }) => (*request_id, since.clone()),
+                    Some(SyncMessage::SharedChangeRequest(
+                        hybridsync_core::SharedChangeRequest {
+                            request_id, since, ..
+                        },
+                    )) => (*request_id, since.clone()),
                     _ => (u64::from(pick), VersionVector::new()),
                 };
                 let (sent, since) = match self.streams.get(&request_id) {
@@ -1179,32 +1198,32 @@ impl Harness {
                 }
                 self.streams
                     .insert(request_id, (sent + 1, next.clone(), None));
-                SyncMessage::SharedChangeResponse {
+                SyncMessage::SharedChangeResponse(hybridsync_core::SharedChangeResponse {
                     request_id,
                     page: page.map_or(sent, u32::from),
                     entries: es,
                     has_more,
                     truncated,
-                }
+                })
             }
-            Msg::Ack { acker, vv } => SyncMessage::AckSharedChanges {
+            Msg::Ack { acker, vv } => SyncMessage::AckSharedChanges(hybridsync_core::Ack {
                 acker: acker.map_or(from, Who::id),
                 vv: vv_of(&vv),
-            },
-            Msg::Heartbeat { heads, vv } => SyncMessage::Heartbeat {
+            }),
+            Msg::Heartbeat { heads, vv } => SyncMessage::Heartbeat(hybridsync_core::Summary {
                 heads: heads.iter().map(|(w, s)| (w.id(), s.get())).collect(),
                 vv: vv_of(&vv),
-            },
+            }),
             Msg::SnapshotRequest {
                 after,
                 limit,
                 window,
-            } => SyncMessage::SharedSnapshotRequest {
+            } => SyncMessage::SharedSnapshotRequest(hybridsync_core::SharedSnapshotRequest {
                 request_id: u64::from(limit),
                 after: after.map(|(m, k)| (m.name(), k.uuid())),
                 limit,
                 window: u32::from(window),
-            },
+            }),
             Msg::SnapshotResponse {
                 pick,
                 page,
@@ -1213,12 +1232,19 @@ impl Harness {
                 has_more,
             } => {
                 let req = self.request(from, pick, |m| {
-                    matches!(m, SyncMessage::SharedSnapshotRequest { .. })
+                    matches!(
+                        m,
+                        SyncMessage::SharedSnapshotRequest(
+                            hybridsync_core::SharedSnapshotRequest { .. }
+                        )
+                    )
                 });
                 let (request_id, after) = match req {
-                    Some(SyncMessage::SharedSnapshotRequest {
-                        request_id, after, ..
-                    }) => (*request_id, after.clone()),
+                    Some(SyncMessage::SharedSnapshotRequest(
+                        hybridsync_core::SharedSnapshotRequest {
+                            request_id, after, ..
+                        },
+                    )) => (*request_id, after.clone()),
                     _ => (u64::from(pick), None),
                 };
                 let (sent, after) = match self.streams.get(&request_id) {
@@ -1234,13 +1260,13 @@ impl Harness {
                 let last = rs.last().map(|r| r.key()).or(after);
                 self.streams
                     .insert(request_id, (sent + 1, VersionVector::new(), last));
-                SyncMessage::SharedSnapshotResponse {
+                SyncMessage::SharedSnapshotResponse(hybridsync_core::SharedSnapshotResponse {
                     request_id,
                     page: page.map_or(sent, u32::from),
                     vv: vv_of(&vv),
                     records: rs,
                     has_more,
-                }
+                })
             }
             Msg::Error {
                 pick,
@@ -1251,18 +1277,25 @@ impl Harness {
                     let any = self.request(from, p, |_| true);
                     match any {
                         Some(
-                            SyncMessage::StateRequest { request_id, .. }
-                            | SyncMessage::SharedChangeRequest { request_id, .. }
-                            | SyncMessage::SharedSnapshotRequest { request_id, .. },
+                            SyncMessage::StateRequest(hybridsync_core::StateRequest {
+                                request_id,
+                                ..
+                            })
+                            | SyncMessage::SharedChangeRequest(
+                                hybridsync_core::SharedChangeRequest { request_id, .. },
+                            )
+                            | SyncMessage::SharedSnapshotRequest(
+                                hybridsync_core::SharedSnapshotRequest { request_id, .. },
+                            ),
                         ) => *request_id,
                         _ => u64::from(p),
                     }
                 });
-                SyncMessage::Error {
+                SyncMessage::Error(hybridsync_core::ErrorReply {
                     request_id,
                     code,
                     message,
-                }
+                })
             }
             Msg::Raw(m) => m,
             Msg::Bytes(b) => decode(&b).ok()?,

@@ -110,11 +110,11 @@ fn deeply_nested_value_in_a_frame_is_a_typed_error_not_a_stack_overflow() {
             Err(FrameError::Codec(CodecError::Malformed(_)))
         ));
         // A decoded message never nests deeper than the limit, so it re-encodes and decodes.
-        let shallow = SyncMessage::Error {
+        let shallow = SyncMessage::Error(hybridsync_core::ErrorReply {
             request_id: None,
             code: hybridsync_core::ErrorCode::BadFrame,
             message: String::new(),
-        };
+        });
         d = FrameDecoder::default();
         d.push(&encode_frame(&shallow));
         assert_eq!(d.next_message().ok().flatten(), Some(shallow));
@@ -142,7 +142,13 @@ fn lost_ack_is_repaired_by_the_next_heartbeat_and_the_log_is_pruned() {
     let ack = cl
         .in_flight
         .iter()
-        .position(|m| m.from == b && matches!(m.msg(), Some(SyncMessage::AckSharedChanges { .. })))
+        .position(|m| {
+            m.from == b
+                && matches!(
+                    m.msg(),
+                    Some(SyncMessage::AckSharedChanges(hybridsync_core::Ack { .. }))
+                )
+        })
         .expect("b acked");
     cl.drop_message(ack);
     cl.settle();

@@ -98,7 +98,9 @@ fn restart_mid_backfill_resumes() {
         };
         if matches!(
             cl.in_flight[i].msg(),
-            Some(SyncMessage::StateResponse { .. })
+            Some(SyncMessage::StateResponse(
+                hybridsync_core::StateResponse { .. }
+            ))
         ) {
             pages += 1;
         }
@@ -119,10 +121,13 @@ fn restart_mid_backfill_resumes() {
     cl.connect(a, b);
     // The first request after restart starts at the persisted watermark, not at zero.
     let first_since = loop {
-        let found = cl.in_flight.iter().find_map(|m| match m.msg() {
-            Some(SyncMessage::StateRequest { since, .. }) if m.from == b => Some(since),
-            _ => None,
-        });
+        let found =
+            cl.in_flight.iter().find_map(|m| match m.msg() {
+                Some(SyncMessage::StateRequest(hybridsync_core::StateRequest {
+                    since, ..
+                })) if m.from == b => Some(since),
+                _ => None,
+            });
         if let Some(since) = found {
             break since;
         }

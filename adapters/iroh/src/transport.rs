@@ -530,11 +530,11 @@ impl Shared {
         let Some(active) = st.conns.get(&device) else {
             return;
         };
-        let error = encode_frame(&SyncMessage::Error {
+        let error = encode_frame(&SyncMessage::Error(hybridsync_core::ErrorReply {
             request_id: None,
             code,
             message,
-        });
+        }));
         if active
             .realtime
             .tx

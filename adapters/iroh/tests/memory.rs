@@ -179,11 +179,11 @@ async fn a_member_streaming_maximal_frames_stays_within_the_memory_budget() {
         .unwrap();
 
     // Maximal frames, encoded once (the attacker's own memory is these few MiB).
-    let text = SyncMessage::Error {
+    let text = SyncMessage::Error(hybridsync_core::ErrorReply {
         request_id: None,
         code: ErrorCode::Busy,
         message: "x".repeat(DEFAULT_MAX_FRAME - 64),
-    };
+    });
     let text_frame = encode_frame(&text);
     assert!(text_frame.len() - 4 <= DEFAULT_MAX_FRAME);
     let nulls_frame = encode_frame(&nulls(rogue, DEFAULT_MAX_FRAME - 128));

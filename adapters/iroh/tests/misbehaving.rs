@@ -53,7 +53,7 @@ async fn stream_error(mut recv: iroh::endpoint::RecvStream) -> Option<ErrorCode>
     recv.read_chunk(1).await.ok()??;
     loop {
         while let Ok(Some(msg)) = decoder.next_message() {
-            if let SyncMessage::Error { code, .. } = msg {
+            if let SyncMessage::Error(hybridsync_core::ErrorReply { code, .. }) = msg {
                 return Some(code);
             }
         }
@@ -218,14 +218,16 @@ async fn origin_and_ack_spoofing_are_refused_and_change_nothing() {
     // believed, A could prune entries B never received.
     let mut vv = VersionVector::new();
     vv.set(v.dev.id, 1_000);
-    let mut frames = encode_frame(&SyncMessage::AckSharedChanges {
+    let mut frames = encode_frame(&SyncMessage::AckSharedChanges(hybridsync_core::Ack {
         acker: v.rogues[3].1,
         vv: vv.clone(),
-    });
-    frames.extend(encode_frame(&SyncMessage::AckSharedChanges {
-        acker: v.peer.id,
-        vv,
     }));
+    frames.extend(encode_frame(&SyncMessage::AckSharedChanges(
+        hybridsync_core::Ack {
+            acker: v.peer.id,
+            vv,
+        },
+    )));
     let (code, error) = attack(&v.rogues[3].0, &v.dev, frames).await;
     assert_eq!(code, u64::from(close_code::REFUSED));
     assert_eq!(error, Some(ErrorCode::ProtocolViolation));

@@ -86,7 +86,11 @@ async fn state_responses(
                 let mut frames = 0u64;
                 loop {
                     while let Ok(Some(msg)) = decoder.next_message() {
-                        if let SyncMessage::StateResponse { request_id, .. } = msg {
+                        if let SyncMessage::StateResponse(hybridsync_core::StateResponse {
+                            request_id,
+                            ..
+                        }) = msg
+                        {
                             let _ = tx.send((3 * frames + lane - 1, request_id));
                         }
                         frames += 1;
@@ -117,13 +121,13 @@ async fn bulk_frames_reach_the_engine_in_send_order_across_lanes() {
     let conn = peer.connect(a.endpoint_addr(), DEFAULT_ALPN).await.unwrap();
     let mut responses = state_responses(conn.clone()).await;
     let request = |request_id: u64| {
-        encode_frame(&SyncMessage::StateRequest {
+        encode_frame(&SyncMessage::StateRequest(hybridsync_core::StateRequest {
             request_id,
             owner: a.id,
             since: 0,
             limit: 100,
             window: 1,
-        })
+        }))
     };
     // Bulk frame 1 (second lane) first; bulk frame 0 (first lane) only after a pause.
     let mut second = conn.open_uni().await.unwrap();

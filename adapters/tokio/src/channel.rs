@@ -278,11 +278,11 @@ mod tests {
     use crate::transport::{EventSink, TransportEvent};
 
     fn error(len: usize) -> SyncMessage {
-        SyncMessage::Error {
+        SyncMessage::Error(hybridsync_core::ErrorReply {
             request_id: None,
             code: hybridsync_core::ErrorCode::Busy,
             message: "x".repeat(len),
-        }
+        })
     }
 
     #[tokio::test]

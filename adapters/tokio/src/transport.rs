@@ -325,11 +325,11 @@ mod tests {
     use std::time::Duration;
 
     fn page(len: usize) -> SyncMessage {
-        SyncMessage::Error {
+        SyncMessage::Error(hybridsync_core::ErrorReply {
             request_id: None,
             code: hybridsync_core::ErrorCode::Busy,
             message: "x".repeat(len),
-        }
+        })
     }
 
     /// Queues `msg` until a delivery waits (the driver takes nothing); returns the bytes taken.
@@ -360,13 +360,13 @@ mod tests {
         assert!(queued >= 7 * 1024 * 1024, "only {queued} bytes queued");
         // Real-time messages share the budget.
         let (rt_sink, _rt_source) = EventSink::channel();
-        let rt = SyncMessage::HeartbeatDelta {
+        let rt = SyncMessage::HeartbeatDelta(hybridsync_core::Summary {
             heads: BTreeSet::new()
                 .into_iter()
                 .map(|d: DeviceId| (d, 0))
                 .collect(),
             vv: hybridsync_core::VersionVector::new(),
-        };
+        });
         let rt_bytes = hybridsync_core::encode(&rt).len();
         let rt_queued = fill(&rt_sink, &rt, 4096 * rt_bytes).await;
         assert_eq!(

@@ -500,7 +500,7 @@ impl<T: Transport> Transport for RequestLog<T> {
     }
 
     fn send(&mut self, to: DeviceId, msg: SyncMessage) {
-        if let SyncMessage::PagesReceived { pages, .. } = &msg {
+        if let SyncMessage::PagesReceived(hybridsync_core::PagesReceived { pages, .. }) = &msg {
             self.log
                 .lock()
                 .expect("log")
@@ -662,10 +662,10 @@ async fn a_refused_member_is_not_readmitted_by_its_queued_messages() {
             // An ack naming another acker: refused, B is disconnected.
             TransportEvent::Message {
                 from: B,
-                msg: SyncMessage::AckSharedChanges {
+                msg: SyncMessage::AckSharedChanges(hybridsync_core::Ack {
                     acker: C,
                     vv: hybridsync_core::VersionVector::new(),
-                },
+                }),
             },
             // Already queued behind it: must reach no engine.
             TransportEvent::Message {

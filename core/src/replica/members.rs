@@ -2,7 +2,7 @@
 
 use super::{Event, Output, Refusal, Replica};
 use crate::id::DeviceId;
-use crate::message::SyncMessage;
+use crate::message::{Neighbours, SyncMessage};
 use crate::shared::SharedRecord;
 use crate::storage::{is_member_record, StorageCommand};
 use crate::version_vector::VersionVector;
@@ -35,7 +35,7 @@ impl Replica {
     pub(super) fn schedule_ack(&mut self) {
         if self.ack_due.is_none() {
             // No later than the next summary, which carries this device's own ack.
-            self.ack_due = Some((self.now.mono + self.config.ack_delay).min(self.heartbeat_due));
+            self.ack_due = Some((self.now.mono + self.config.ack_delay).min(self.summaries.due));
         }
     }
 
@@ -87,7 +87,10 @@ impl Replica {
                 }
             }
             if own_new {
-                self.send(to, SyncMessage::AckSharedChanges { acker: me, vv: own });
+                self.send(
+                    to,
+                    SyncMessage::AckSharedChanges(crate::Ack { acker: me, vv: own }),
+                );
             }
             // Bounded like a page: with many members the table would outgrow a frame.
             let budget = self.config.relay_budget();
@@ -240,13 +243,12 @@ impl Replica {
     }
 
     /// The peer's connected peers; `pinned` asks for every known ack again.
-    pub(super) fn on_neighbours(
-        &mut self,
-        from: DeviceId,
-        version: u64,
-        peers: Vec<DeviceId>,
-        pinned: bool,
-    ) {
+    pub(super) fn on_neighbours(&mut self, from: DeviceId, list: Neighbours) {
+        let Neighbours {
+            version,
+            peers,
+            pinned,
+        } = list;
         let members: std::collections::BTreeSet<DeviceId> =
             peers.into_iter().filter(|d| self.is_member(*d)).collect();
         let Some(p) = self.peers.get_mut(&from) else {
@@ -279,13 +281,13 @@ impl Replica {
     /// sent now, so it is not sent again).
     /// Peers told this very list already are skipped, unless `pinned`.
     pub(super) fn send_neighbours(&mut self, pinned: bool) {
-        self.neighbours_due = None;
+        self.neighbours.due = None;
         let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
         if peers.is_empty() {
             return;
         }
-        self.neighbours_sent += 1;
-        let version = self.neighbours_sent;
+        self.neighbours.sent += 1;
+        let version = self.neighbours.sent;
         for to in &peers {
             let Some(p) = self.peers.get_mut(to) else {
                 continue;
@@ -294,27 +296,27 @@ impl Replica {
                 continue;
             }
             p.neighbours_told.clone_from(&peers);
-            let msg = SyncMessage::Neighbours {
+            let msg = SyncMessage::Neighbours(crate::Neighbours {
                 version,
                 peers: peers.clone(),
                 pinned,
-            };
+            });
             self.send(*to, msg);
         }
     }
 
     /// Tells one peer which peers this device is connected to.
     pub(super) fn send_neighbours_to(&mut self, to: DeviceId) {
-        self.neighbours_sent += 1;
+        self.neighbours.sent += 1;
         let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
         if let Some(p) = self.peers.get_mut(&to) {
             p.neighbours_told.clone_from(&peers);
         }
-        let msg = SyncMessage::Neighbours {
-            version: self.neighbours_sent,
+        let msg = SyncMessage::Neighbours(crate::Neighbours {
+            version: self.neighbours.sent,
             peers,
             pinned: false,
-        };
+        });
         self.send(to, msg);
     }
 

@@ -20,7 +20,7 @@ pub use io::{Command, CommandId, Input, Output};
 
 use crate::hlc::HlcClock;
 use crate::id::DeviceId;
-use crate::message::{ErrorCode, SyncMessage};
+use crate::message::{Ack, ErrorCode, ErrorReply, Summary, SyncMessage};
 use crate::shared::{SharedKey, SharedRecord};
 use crate::storage::{ReadId, Restored, StorageCommand, StorageDone};
 use crate::time::{Instant, Now};
@@ -245,6 +245,14 @@ enum SharedMode {
     },
 }
 
+/// The records of one owner a device-owned page is read from: `since < seq <= upto`.
+#[derive(Debug)]
+struct OwnedRange {
+    owner: DeviceId,
+    since: u64,
+    upto: u64,
+}
+
 /// A storage read serving a peer's request.
 #[derive(Debug)]
 struct PendingRead {
@@ -255,15 +263,67 @@ struct PendingRead {
 
 #[derive(Debug)]
 enum ReadKind {
-    Owned {
-        owner: DeviceId,
-        since: u64,
-        upto: u64,
-    },
+    Owned(OwnedRange),
     Log,
-    Snapshot {
-        vv: VersionVector,
-    },
+    Snapshot { vv: VersionVector },
+}
+
+/// The catch-ups this device runs: one per owner for device-owned records, one for the shared
+/// stream.
+#[derive(Debug, Default)]
+struct Fetches {
+    owned: BTreeMap<DeviceId, OwnedFetch>,
+    shared: Option<SharedFetch>,
+    /// The last request id issued (unique across every kind of catch-up).
+    next_request: u64,
+}
+
+/// What this device serves its peers: streamed catch-ups and the storage reads behind them.
+#[derive(Debug, Default)]
+struct Serving {
+    /// Device-owned catch-ups, by (requester, owner).
+    owned: BTreeMap<(DeviceId, DeviceId), OwnedServe>,
+    /// Shared catch-ups, by requester (a requester runs one).
+    shared: BTreeMap<DeviceId, SharedServe>,
+    reads: BTreeMap<ReadId, PendingRead>,
+    /// The last read id issued.
+    next_read: u64,
+}
+
+/// The periodic summary: when it is due and what the last ones saw.
+#[derive(Debug)]
+struct Summaries {
+    due: Instant,
+    /// The version vector at the previous summary: log entries it covers that are still
+    /// unpruned have waited a whole period (the log is pinned; see `Neighbours`).
+    vv_at_last: VersionVector,
+    /// The version vector at the summary before that one.
+    vv_two_ago: VersionVector,
+    /// Summaries sent; every [`MEMBERS_EVERY`]th also carries the member registers again.
+    sent: u64,
+    /// The summary count when this device last asked for relayed acks again.
+    pinned_at: u64,
+}
+
+impl Summaries {
+    fn new(due: Instant) -> Summaries {
+        Summaries {
+            due,
+            vv_at_last: VersionVector::new(),
+            vv_two_ago: VersionVector::new(),
+            sent: 0,
+            pinned_at: 0,
+        }
+    }
+}
+
+/// The lists of connected peers this device sends (`Neighbours`).
+#[derive(Debug, Default)]
+struct NeighbourLists {
+    /// Versions the lists sent so far.
+    sent: u64,
+    /// When the list goes to every peer (debounced after a peer came up).
+    due: Option<Instant>,
 }
 
 /// The sans-IO sync engine of one device.
@@ -484,29 +544,14 @@ pub struct Replica {
     member_records: BTreeMap<Uuid, SharedRecord>,
     last_seen: BTreeMap<DeviceId, Instant>,
     peers: BTreeMap<DeviceId, Peer>,
-    owned_fetches: BTreeMap<DeviceId, OwnedFetch>,
-    /// Device-owned catch-ups served, by (requester, owner).
-    serves: BTreeMap<(DeviceId, DeviceId), OwnedServe>,
-    /// Shared catch-ups served, by requester.
-    shared_serves: BTreeMap<DeviceId, SharedServe>,
-    shared_fetch: Option<SharedFetch>,
-    reads: BTreeMap<ReadId, PendingRead>,
-    next_read: u64,
-    next_request: u64,
-    heartbeat_due: Instant,
-    /// The version vector at the previous summary: log entries it covers that are still
-    /// unpruned have waited a whole period (the log is pinned; see `Neighbours`).
-    vv_at_heartbeat: VersionVector,
-    /// The version vector at the summary before that one.
-    vv_two_heartbeats_ago: VersionVector,
-    /// Summaries sent; every [`MEMBERS_EVERY`]th also carries the member registers again.
-    heartbeats: u64,
-    /// Versions this device's `Neighbours` lists.
-    neighbours_sent: u64,
-    /// When the list of connected peers goes to every peer (debounced after a peer came up).
-    neighbours_due: Option<Instant>,
-    /// The summary count when this device last asked for relayed acks again.
-    pinned_at: u64,
+    /// The catch-ups this device runs.
+    fetches: Fetches,
+    /// The catch-ups and reads this device serves to its peers.
+    serving: Serving,
+    /// When and what the periodic summary last sent.
+    summaries: Summaries,
+    /// The lists of connected peers this device sends.
+    neighbours: NeighbourLists,
     ack_due: Option<Instant>,
     prune_due: bool,
     outputs: VecDeque<Output>,
@@ -519,8 +564,8 @@ impl Replica {
         let clock = HlcClock::restore(me, config.max_drift_ms(), restored.hlc);
         let member_records: BTreeMap<Uuid, SharedRecord> =
             restored.members.into_iter().map(|r| (r.uuid, r)).collect();
+        let summaries = Summaries::new(now.mono + config.heartbeat_interval);
         let mut replica = Replica {
-            heartbeat_due: now.mono + config.heartbeat_interval,
             config,
             clock,
             now,
@@ -531,19 +576,10 @@ impl Replica {
             member_records,
             last_seen: BTreeMap::new(),
             peers: BTreeMap::new(),
-            owned_fetches: BTreeMap::new(),
-            serves: BTreeMap::new(),
-            shared_serves: BTreeMap::new(),
-            shared_fetch: None,
-            reads: BTreeMap::new(),
-            next_read: 0,
-            next_request: 0,
-            vv_at_heartbeat: VersionVector::new(),
-            vv_two_heartbeats_ago: VersionVector::new(),
-            heartbeats: 0,
-            neighbours_sent: 0,
-            neighbours_due: None,
-            pinned_at: 0,
+            fetches: Fetches::default(),
+            serving: Serving::default(),
+            summaries,
+            neighbours: NeighbourLists::default(),
             ack_due: None,
             prune_due: false,
             outputs: VecDeque::new(),
@@ -592,13 +628,14 @@ impl Replica {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let fetch_deadlines = self
-            .owned_fetches
+            .fetches
+            .owned
             .values()
             .map(|f| f.deadline)
-            .chain(self.shared_fetch.as_ref().map(|f| f.deadline));
-        std::iter::once(self.heartbeat_due)
+            .chain(self.fetches.shared.as_ref().map(|f| f.deadline));
+        std::iter::once(self.summaries.due)
             .chain(self.ack_due)
-            .chain(self.neighbours_due)
+            .chain(self.neighbours.due)
             .chain(fetch_deadlines)
             .min()
     }
@@ -661,12 +698,12 @@ impl Replica {
 
     /// Storage reads in flight (bounded by peers × `max_pending_reads_per_peer`).
     pub fn pending_reads(&self) -> usize {
-        self.reads.len()
+        self.serving.reads.len()
     }
 
     /// Whether a catch-up is running.
     pub fn is_fetching(&self) -> bool {
-        !self.owned_fetches.is_empty() || self.shared_fetch.is_some()
+        !self.fetches.owned.is_empty() || self.fetches.shared.is_some()
     }
 
     // ---------------------------------------------------------------- outputs
@@ -709,23 +746,23 @@ impl Replica {
     }
 
     fn next_request_id(&mut self) -> u64 {
-        self.next_request += 1;
-        self.next_request
+        self.fetches.next_request += 1;
+        self.fetches.next_request
     }
 
     fn next_read_id(&mut self) -> ReadId {
-        self.next_read += 1;
-        ReadId(self.next_read)
+        self.serving.next_read += 1;
+        ReadId(self.serving.next_read)
     }
 
     fn error_reply(&mut self, to: DeviceId, request_id: Option<u64>, code: ErrorCode, msg: &str) {
         self.send(
             to,
-            SyncMessage::Error {
+            SyncMessage::Error(crate::ErrorReply {
                 request_id,
                 code,
                 message: msg.to_owned(),
-            },
+            }),
         );
     }
 
@@ -755,10 +792,10 @@ impl Replica {
         let msg = if full {
             p.heads_told = heads.clone();
             p.told.insert(me, self.vv.clone());
-            SyncMessage::Heartbeat {
+            SyncMessage::Heartbeat(crate::Summary {
                 heads,
                 vv: self.vv.clone(),
-            }
+            })
         } else {
             let told = p.told.entry(me).or_default();
             let mut vv = VersionVector::new();
@@ -780,7 +817,7 @@ impl Replica {
             if heads.is_empty() && vv.is_empty() {
                 return;
             }
-            SyncMessage::HeartbeatDelta { heads, vv }
+            SyncMessage::HeartbeatDelta(crate::Summary { heads, vv })
         };
         self.send(to, msg);
     }
@@ -820,8 +857,8 @@ impl Replica {
         // messages). Until then they may relay to this device what it gets first-hand:
         // redundant, never missing.
         self.send_neighbours_to(peer);
-        if self.neighbours_due.is_none() {
-            self.neighbours_due = Some(self.now.mono + NEIGHBOURS_DELAY);
+        if self.neighbours.due.is_none() {
+            self.neighbours.due = Some(self.now.mono + NEIGHBOURS_DELAY);
         }
         // And every ack this device knows that the new peer may not.
         self.schedule_ack();
@@ -840,31 +877,33 @@ impl Replica {
             |f| f.peer == peer,
             CommandError::Interrupted("peer disconnected"),
         );
-        self.reads.retain(|_, r| r.peer != peer);
-        self.serves.retain(|(p, _), _| *p != peer);
-        self.shared_serves.remove(&peer);
+        self.serving.reads.retain(|_, r| r.peer != peer);
+        self.serving.owned.retain(|(p, _), _| *p != peer);
+        self.serving.shared.remove(&peer);
     }
 
     /// Abandons every running catch-up that `selects` picks (device-owned ones and the shared
     /// one alike), failing the command attached to each with `reason`.
     fn abort_fetches(&mut self, selects: impl Fn(&FetchView) -> bool, reason: CommandError) {
         let owners: Vec<DeviceId> = self
-            .owned_fetches
+            .fetches
+            .owned
             .iter()
             .filter(|(_, f)| selects(&FetchView::of(f.peer, f.request_id, f.deadline)))
             .map(|(o, _)| *o)
             .collect();
         let mut commands: Vec<Option<CommandId>> = owners
             .iter()
-            .filter_map(|o| self.owned_fetches.remove(o))
+            .filter_map(|o| self.fetches.owned.remove(o))
             .map(|f| f.command)
             .collect();
         let shared = self
-            .shared_fetch
+            .fetches
+            .shared
             .as_ref()
             .is_some_and(|f| selects(&FetchView::of(f.peer, f.request_id, f.deadline)));
         if shared {
-            commands.extend(self.shared_fetch.take().map(|f| f.command));
+            commands.extend(self.fetches.shared.take().map(|f| f.command));
         }
         for command in commands {
             self.fail_command(command, reason.clone());
@@ -899,77 +938,29 @@ impl Replica {
             self.on_peer_up(from);
         }
         match msg {
-            SyncMessage::Heartbeat { heads, vv } => self.on_heartbeat(from, heads, vv, true),
-            SyncMessage::HeartbeatDelta { heads, vv } => self.on_heartbeat(from, heads, vv, false),
+            SyncMessage::Heartbeat(summary) => self.on_heartbeat(from, summary, true),
+            SyncMessage::HeartbeatDelta(summary) => self.on_heartbeat(from, summary, false),
             // A push holds the sender's own changes: their owner is the authenticated sender.
             SyncMessage::StateChange(c) => self.on_owned_push(from, vec![c.into_record(from)]),
             SyncMessage::StateBatch(cs) => {
                 let records = cs.into_iter().map(|c| c.into_record(from)).collect();
                 self.on_owned_push(from, records)
             }
-            SyncMessage::StateRequest {
-                request_id,
-                owner,
-                since,
-                limit,
-                window,
-            } => self.serve_owned(from, request_id, owner, since, limit, window),
-            SyncMessage::PagesReceived { request_id, pages } => {
-                self.on_pages_received(from, request_id, pages)
-            }
-            SyncMessage::StateResponse {
-                request_id,
-                owner,
-                since,
-                through,
-                records,
-                has_more,
-            } => {
-                let records = records.into_iter().map(|c| c.into_record(owner)).collect();
-                self.on_owned_response(from, request_id, owner, since, through, records, has_more)
-            }
+            SyncMessage::StateRequest(request) => self.serve_owned(from, request),
+            SyncMessage::PagesReceived(received) => self.on_pages_received(from, received),
+            SyncMessage::StateResponse(page) => self.on_owned_response(from, page),
             SyncMessage::SharedChange(c) => self.on_shared_push(from, vec![c]),
             SyncMessage::SharedChangeBatch(cs) => self.on_shared_push(from, cs),
-            SyncMessage::SharedChangeRequest {
-                request_id,
-                since,
-                limit,
-                window,
-            } => self.serve_log(from, request_id, since, limit, window),
-            SyncMessage::SharedChangeResponse {
-                request_id,
-                page,
-                entries,
-                has_more,
-                truncated,
-            } => self.on_log_response(from, request_id, page, entries, has_more, truncated),
-            SyncMessage::AckSharedChanges { acker, vv } => self.on_ack(from, acker, vv),
-            SyncMessage::SharedSnapshotRequest {
-                request_id,
-                after,
-                limit,
-                window,
-            } => self.serve_snapshot(from, request_id, after, limit, window),
-            SyncMessage::SharedSnapshotResponse {
-                request_id,
-                page,
-                vv,
-                records,
-                has_more,
-            } => self.on_snapshot_response(from, request_id, page, vv, records, has_more),
-            SyncMessage::Error {
-                request_id,
-                code,
-                message,
-            } => self.on_error(from, request_id, code, message),
+            SyncMessage::SharedChangeRequest(request) => self.serve_log(from, request),
+            SyncMessage::SharedChangeResponse(page) => self.on_log_response(from, page),
+            SyncMessage::AckSharedChanges(Ack { acker, vv }) => self.on_ack(from, acker, vv),
+            SyncMessage::SharedSnapshotRequest(request) => self.serve_snapshot(from, request),
+            SyncMessage::SharedSnapshotResponse(page) => self.on_snapshot_response(from, page),
+            SyncMessage::Error(reply) => self.on_error(from, reply),
             SyncMessage::AckRelay(acks) => self.on_ack_relay(from, acks),
             SyncMessage::Members(records) => self.on_members(from, records),
-            SyncMessage::Neighbours {
-                version,
-                peers,
-                pinned,
-            } => self.on_neighbours(from, version, peers, pinned),
-            SyncMessage::StateRelay { owner, records } => {
+            SyncMessage::Neighbours(list) => self.on_neighbours(from, list),
+            SyncMessage::StateRelay(crate::StateRelay { owner, records }) => {
                 let records = records.into_iter().map(|c| c.into_record(owner)).collect();
                 self.on_owned_relay(from, owner, records)
             }
@@ -977,13 +968,8 @@ impl Replica {
     }
 
     /// A summary: `full` replaces what this device believes of the peer, a delta raises it.
-    fn on_heartbeat(
-        &mut self,
-        from: DeviceId,
-        mut heads: BTreeMap<DeviceId, u64>,
-        vv: VersionVector,
-        full: bool,
-    ) {
+    fn on_heartbeat(&mut self, from: DeviceId, summary: Summary, full: bool) {
+        let Summary { mut heads, vv } = summary;
         let me = self.config.device;
         // A peer that knows a higher head of our own counters than we do: our database was
         // lost or restored from an old backup. Raise the counters past it so new changes are
@@ -1027,13 +1013,12 @@ impl Replica {
         self.plan_shared(from);
     }
 
-    fn on_error(
-        &mut self,
-        from: DeviceId,
-        request_id: Option<u64>,
-        code: ErrorCode,
-        message: String,
-    ) {
+    fn on_error(&mut self, from: DeviceId, reply: ErrorReply) {
+        let ErrorReply {
+            request_id,
+            code,
+            message,
+        } = reply;
         let Some(rid) = request_id else { return };
         // Request ids are unique across every kind of catch-up: at most one matches.
         self.abort_fetches(
@@ -1051,7 +1036,7 @@ impl Replica {
             | StorageDone::Snapshot { id, .. }
             | StorageDone::Failed { id } => *id,
         };
-        let Some(read) = self.reads.remove(&id) else {
+        let Some(read) = self.serving.reads.remove(&id) else {
             return; // unknown or cancelled
         };
         if let Some(p) = self.peers.get_mut(&read.peer) {
@@ -1060,16 +1045,8 @@ impl Replica {
             return;
         }
         match (read.kind, done) {
-            (ReadKind::Owned { owner, since, upto }, StorageDone::Owned { records, more, .. }) => {
-                self.answer_owned(
-                    read.peer,
-                    read.request_id,
-                    owner,
-                    since,
-                    upto,
-                    records,
-                    more,
-                )
+            (ReadKind::Owned(range), StorageDone::Owned { records, more, .. }) => {
+                self.answer_owned(read.peer, read.request_id, range, records, more)
             }
             (ReadKind::Log, StorageDone::Log { entries, more, .. }) => {
                 self.answer_log(read.peer, read.request_id, entries, more)
@@ -1105,7 +1082,7 @@ impl Replica {
         }
         p.pending_reads += 1;
         let id = self.next_read_id();
-        self.reads.insert(
+        self.serving.reads.insert(
             id,
             PendingRead {
                 peer,
@@ -1124,21 +1101,21 @@ impl Replica {
 
     fn on_tick(&mut self) {
         let now = self.now.mono;
-        if self.neighbours_due.is_some_and(|t| t <= now) {
-            self.neighbours_due = None;
+        if self.neighbours.due.is_some_and(|t| t <= now) {
+            self.neighbours.due = None;
             self.send_neighbours(false);
         }
         // The summary before the acks: its version vector is this device's cumulative ack,
         // so the acks that follow carry only what it does not (relayed acks).
-        if self.heartbeat_due <= now {
-            self.heartbeat_due = now + self.config.heartbeat_interval;
-            let full = self.heartbeats.is_multiple_of(FULL_SUMMARY_EVERY);
+        if self.summaries.due <= now {
+            self.summaries.due = now + self.config.heartbeat_interval;
+            let full = self.summaries.sent.is_multiple_of(FULL_SUMMARY_EVERY);
             let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
             for peer in peers {
                 self.send_summary(peer, full);
             }
-            self.heartbeats += 1;
-            if self.heartbeats.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
+            self.summaries.sent += 1;
+            if self.summaries.sent.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
                 // Anti-entropy for the member registers (a lost `Members` is repaired).
                 for msg in self.member_messages() {
                     self.broadcast(msg);
@@ -1151,15 +1128,16 @@ impl Replica {
             // Held for two whole periods: acks ride on summaries, so an entry logged just
             // after one is acknowledged by the peers' next ones, up to a period later.
             let pinned = self
-                .vv_two_heartbeats_ago
+                .summaries
+                .vv_two_ago
                 .iter()
                 .any(|(o, s)| self.horizon.get(o) < s);
-            if pinned && self.heartbeats >= self.pinned_at + PINNED_EVERY {
-                self.pinned_at = self.heartbeats;
+            if pinned && self.summaries.sent >= self.summaries.pinned_at + PINNED_EVERY {
+                self.summaries.pinned_at = self.summaries.sent;
                 self.send_neighbours(true);
             }
-            self.vv_two_heartbeats_ago =
-                std::mem::replace(&mut self.vv_at_heartbeat, self.vv.clone());
+            self.summaries.vv_two_ago =
+                std::mem::replace(&mut self.summaries.vv_at_last, self.vv.clone());
             self.recompute_pruning();
         }
         if self.ack_due.is_some_and(|t| t <= now) {

@@ -1,11 +1,11 @@
 //! The device-owned stream: local writes, owner pushes, catch-up requests and responses.
 
 use super::{
-    CommandError, CommandId, Event, OwnedFetch, OwnedServe, ReadKind, Refusal, Replica,
+    CommandError, CommandId, Event, OwnedFetch, OwnedRange, OwnedServe, ReadKind, Refusal, Replica,
     ServeWindow, Stream,
 };
 use crate::id::DeviceId;
-use crate::message::{ErrorCode, SyncMessage};
+use crate::message::{ErrorCode, PagesReceived, StateRequest, StateResponse, SyncMessage};
 use crate::model::ModelKind;
 use crate::owned::{OwnedChange, OwnedRecord};
 use crate::storage::StorageCommand;
@@ -154,10 +154,10 @@ impl Replica {
     fn relay_owned(&mut self, owner: DeviceId, targets: &[DeviceId], records: Vec<OwnedRecord>) {
         let budget = self.config.relay_budget();
         for chunk in super::writes::chunks(records, budget, OwnedRecord::budget_size) {
-            let msg = SyncMessage::StateRelay {
+            let msg = SyncMessage::StateRelay(crate::StateRelay {
                 owner,
                 records: chunk.into_iter().map(OwnedChange::from).collect(),
-            };
+            });
             for to in targets {
                 self.send(*to, msg.clone());
             }
@@ -192,35 +192,35 @@ impl Replica {
     /// Serves a `StateRequest` for any owner (relay), up to this device's watermark of that
     /// owner, so a response is never gapped: a stream of pages, each read when the previous
     /// one is sent, while the requester's window allows ([`Replica::continue_serve`]).
-    pub(super) fn serve_owned(
-        &mut self,
-        from: DeviceId,
-        request_id: u64,
-        owner: DeviceId,
-        since: u64,
-        limit: u32,
-        window: u32,
-    ) {
+    pub(super) fn serve_owned(&mut self, from: DeviceId, request: StateRequest) {
+        let StateRequest {
+            request_id,
+            owner,
+            since,
+            limit,
+            window,
+        } = request;
         // A new request from the same peer for the same owner ends the previous stream (the
         // requester restarted it, or gave up on it).
-        self.serves.remove(&(from, owner));
+        self.serving.owned.remove(&(from, owner));
         if since >= self.watermark(owner) {
             self.send(
                 from,
-                SyncMessage::StateResponse {
+                SyncMessage::StateResponse(crate::StateResponse {
                     request_id,
                     owner,
                     since,
                     through: since,
                     records: Vec::new(),
                     has_more: false,
-                },
+                }),
             );
             return;
         }
         // Streams held for one peer are bounded like its reads: each is idle or holds one.
         let held = self
-            .serves
+            .serving
+            .owned
             .range((from, DeviceId::NIL)..)
             .take_while(|((p, _), _)| *p == from);
         if held.count() >= self.config.max_pending_reads_per_peer {
@@ -235,7 +235,7 @@ impl Replica {
                 "too many catch-ups in progress",
             );
         }
-        self.serves.insert(
+        self.serving.owned.insert(
             (from, owner),
             OwnedServe {
                 request_id,
@@ -256,19 +256,19 @@ impl Replica {
     fn continue_serve(&mut self, peer: DeviceId, owner: DeviceId) {
         let upto = self.watermark(owner);
         let byte_budget = self.config.serve_window_bytes;
-        let Some(s) = self.serves.get(&(peer, owner)) else {
+        let Some(s) = self.serving.owned.get(&(peer, owner)) else {
             return;
         };
         if !s.flow.may_read(byte_budget) {
             return;
         }
         let (request_id, since, limit) = (s.request_id, s.since, s.limit);
-        let kind = ReadKind::Owned { owner, since, upto };
+        let kind = ReadKind::Owned(OwnedRange { owner, since, upto });
         let Some(id) = self.begin_read(peer, request_id, kind) else {
-            self.serves.remove(&(peer, owner));
+            self.serving.owned.remove(&(peer, owner));
             return;
         };
-        if let Some(s) = self.serves.get_mut(&(peer, owner)) {
+        if let Some(s) = self.serving.owned.get_mut(&(peer, owner)) {
             s.flow.reading = true;
         }
         let max_bytes = self.config.page_bytes;
@@ -283,19 +283,18 @@ impl Replica {
     }
 
     /// Sends a page read from storage, then reads the next one if the stream goes on.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_owned(
         &mut self,
         peer: DeviceId,
         request_id: u64,
-        owner: DeviceId,
-        since: u64,
-        upto: u64,
+        range: OwnedRange,
         records: Vec<OwnedRecord>,
         more: bool,
     ) {
+        let OwnedRange { owner, since, upto } = range;
         let Some(s) = self
-            .serves
+            .serving
+            .owned
             .get_mut(&(peer, owner))
             .filter(|s| s.request_id == request_id)
         else {
@@ -310,7 +309,7 @@ impl Replica {
             .sent_page(records.iter().map(OwnedRecord::budget_size).sum());
         self.send(
             peer,
-            SyncMessage::StateResponse {
+            SyncMessage::StateResponse(crate::StateResponse {
                 request_id,
                 owner,
                 since,
@@ -321,21 +320,23 @@ impl Replica {
                     .map(OwnedChange::from)
                     .collect(),
                 has_more,
-            },
+            }),
         );
         if has_more {
             self.continue_serve(peer, owner);
         } else {
-            self.serves.remove(&(peer, owner));
+            self.serving.owned.remove(&(peer, owner));
         }
     }
 
     /// `PagesReceived`: the requester's window moved; read on. A count for a stream that
     /// ended, or below one already reported, changes nothing; one above the pages sent is
     /// taken as all of them.
-    pub(super) fn on_pages_received(&mut self, from: DeviceId, request_id: u64, pages: u32) {
+    pub(super) fn on_pages_received(&mut self, from: DeviceId, received: PagesReceived) {
+        let PagesReceived { request_id, pages } = received;
         let owned = self
-            .serves
+            .serving
+            .owned
             .range_mut((from, DeviceId::NIL)..)
             .take_while(|((p, _), _)| *p == from)
             .find(|(_, s)| s.request_id == request_id);
@@ -350,18 +351,17 @@ impl Replica {
     }
 
     /// Applies a catch-up page after checking it against the request it answers.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_owned_response(
-        &mut self,
-        from: DeviceId,
-        request_id: u64,
-        owner: DeviceId,
-        since: u64,
-        through: u64,
-        records: Vec<OwnedRecord>,
-        has_more: bool,
-    ) {
-        let Some(fetch) = self.owned_fetches.get(&owner) else {
+    pub(super) fn on_owned_response(&mut self, from: DeviceId, page: StateResponse) {
+        let StateResponse {
+            request_id,
+            owner,
+            since,
+            through,
+            records,
+            has_more,
+        } = page;
+        let records: Vec<OwnedRecord> = records.into_iter().map(|c| c.into_record(owner)).collect();
+        let Some(fetch) = self.fetches.owned.get(&owner) else {
             return; // stale or unsolicited: ignore
         };
         if fetch.peer != from || fetch.request_id != request_id {
@@ -395,7 +395,7 @@ impl Replica {
                         origin: owner,
                         reason: Refusal::UnknownModel,
                     });
-                    if let Some(f) = self.owned_fetches.remove(&owner) {
+                    if let Some(f) = self.fetches.owned.remove(&owner) {
                         self.fail_command(
                             f.command,
                             CommandError::PeerError("unknown model".into()),
@@ -415,13 +415,16 @@ impl Replica {
             // inbound budget while the disk catches up.
             let deadline = self.deadline();
             let mut pages = 0;
-            if let Some(f) = self.owned_fetches.get_mut(&owner) {
+            if let Some(f) = self.fetches.owned.get_mut(&owner) {
                 f.since = through;
                 f.deadline = deadline;
                 f.pages += 1;
                 pages = f.pages;
             }
-            self.send(from, SyncMessage::PagesReceived { request_id, pages });
+            self.send(
+                from,
+                SyncMessage::PagesReceived(crate::PagesReceived { request_id, pages }),
+            );
         }
         self.observe_owned_stamps(&records);
         let applied = records.len();
@@ -457,7 +460,7 @@ impl Replica {
             target,
         });
         if !has_more {
-            if let Some(f) = self.owned_fetches.remove(&owner) {
+            if let Some(f) = self.fetches.owned.remove(&owner) {
                 if let Some(id) = f.command {
                     self.event(Event::CommandDone(id));
                 }
@@ -473,7 +476,7 @@ impl Replica {
     /// Starts the next device-owned catch-up from `peer`, if it is ahead for some owner and
     /// no catch-up from it is running (one per peer and stream; one peer per owner).
     pub(super) fn plan_owned(&mut self, peer: DeviceId) {
-        if self.owned_fetches.values().any(|f| f.peer == peer) {
+        if self.fetches.owned.values().any(|f| f.peer == peer) {
             return;
         }
         let me = self.config.device;
@@ -491,7 +494,7 @@ impl Replica {
         let next = after.chain(upto).find(|(owner, head)| {
             **owner != me
                 && **head > self.watermark(**owner)
-                && !self.owned_fetches.contains_key(owner)
+                && !self.fetches.owned.contains_key(owner)
         });
         if let Some((&owner, _)) = next {
             if let Some(p) = self.peers.get_mut(&peer) {
@@ -511,7 +514,7 @@ impl Replica {
     ) {
         let request_id = self.next_request_id();
         let deadline = self.deadline();
-        self.owned_fetches.insert(
+        self.fetches.owned.insert(
             owner,
             OwnedFetch {
                 peer,
@@ -526,13 +529,13 @@ impl Replica {
         let window = self.config.catch_up_window;
         self.send(
             peer,
-            SyncMessage::StateRequest {
+            SyncMessage::StateRequest(crate::StateRequest {
                 request_id,
                 owner,
                 since,
                 limit,
                 window,
-            },
+            }),
         );
     }
 
@@ -540,7 +543,7 @@ impl Replica {
     /// peer, under a new request id (pages still arriving for the old one are ignored, and the
     /// responder ends the old stream when the new request arrives).
     fn restart_owned_fetch(&mut self, owner: DeviceId) {
-        if let Some(f) = self.owned_fetches.remove(&owner) {
+        if let Some(f) = self.fetches.owned.remove(&owner) {
             self.start_owned_fetch(f.peer, owner, f.since, f.command);
         }
     }
@@ -555,7 +558,7 @@ impl Replica {
         owner: DeviceId,
         since: Option<u64>,
     ) {
-        if let Some(f) = self.owned_fetches.get_mut(&owner) {
+        if let Some(f) = self.fetches.owned.get_mut(&owner) {
             if f.peer == peer && f.command.is_none() && since.is_none() {
                 f.command = Some(id);
                 return;
@@ -565,8 +568,8 @@ impl Replica {
             Some(CommandError::PeerNotConnected(peer))
         } else if owner == self.config.device {
             Some(CommandError::OwnRecords)
-        } else if self.owned_fetches.contains_key(&owner)
-            || self.owned_fetches.values().any(|f| f.peer == peer)
+        } else if self.fetches.owned.contains_key(&owner)
+            || self.fetches.owned.values().any(|f| f.peer == peer)
         {
             Some(CommandError::AlreadyFetching)
         } else {
@@ -620,16 +623,15 @@ mod feed_tests {
                 cmd,
             },
         );
-        let request =
-            drain(&mut b).into_iter().find_map(|o| match o {
-                Output::Send {
-                    msg:
-                        msg @ (SyncMessage::StateRequest { .. }
-                        | SyncMessage::SharedChangeRequest { .. }),
-                    ..
-                } => Some(msg),
-                _ => None,
-            });
+        let request = drain(&mut b).into_iter().find_map(|o| match o {
+            Output::Send {
+                msg:
+                    msg @ (SyncMessage::StateRequest(crate::StateRequest { .. })
+                    | SyncMessage::SharedChangeRequest(crate::SharedChangeRequest { .. })),
+                ..
+            } => Some(msg),
+            _ => None,
+        });
         (b, request.expect("B asks A"))
     }
 
@@ -649,7 +651,7 @@ mod feed_tests {
             since: None,
         };
         let (mut b, request) = fetching(cmd);
-        let SyncMessage::StateRequest { request_id, .. } = request else {
+        let SyncMessage::StateRequest(crate::StateRequest { request_id, .. }) = request else {
             panic!("{request:?}")
         };
         // Three versions, two records: record 10 is named once.
@@ -664,14 +666,14 @@ mod feed_tests {
                 data: Some(vec![1]),
             })
             .collect();
-        let msg = SyncMessage::StateResponse {
+        let msg = SyncMessage::StateResponse(crate::StateResponse {
             request_id,
             owner: A,
             since: 0,
             through: 3,
             records,
             has_more: false,
-        };
+        });
         b.handle(now(), Input::Message { from: A, msg });
         let outs = drain(&mut b);
         let put = position(&outs, |o| {
@@ -704,20 +706,25 @@ mod feed_tests {
             since: None,
         };
         let (mut b, request) = fetching(cmd);
-        let SyncMessage::SharedChangeRequest { request_id, .. } = request else {
+        let SyncMessage::SharedChangeRequest(crate::SharedChangeRequest { request_id, .. }) =
+            request
+        else {
             panic!("{request:?}")
         };
-        let msg = SyncMessage::SharedChangeResponse {
+        let msg = SyncMessage::SharedChangeResponse(crate::SharedChangeResponse {
             request_id,
             page: 0,
             entries: Vec::new(),
             has_more: false,
             truncated: true,
-        };
+        });
         b.handle(now(), Input::Message { from: A, msg });
         let Some(request_id) = drain(&mut b).into_iter().find_map(|o| match o {
             Output::Send {
-                msg: SyncMessage::SharedSnapshotRequest { request_id, .. },
+                msg:
+                    SyncMessage::SharedSnapshotRequest(crate::SharedSnapshotRequest {
+                        request_id, ..
+                    }),
                 ..
             } => Some(request_id),
             _ => None,
@@ -735,12 +742,14 @@ mod feed_tests {
         };
         let mut vv = VersionVector::new();
         vv.set(A, 1);
-        let page = |request_id, page, has_more| SyncMessage::SharedSnapshotResponse {
-            request_id,
-            page,
-            vv: vv.clone(),
-            records: vec![tag.to_record()],
-            has_more,
+        let page = |request_id, page, has_more| {
+            SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse {
+                request_id,
+                page,
+                vv: vv.clone(),
+                records: vec![tag.to_record()],
+                has_more,
+            })
         };
         // A first page is only staged: nothing to report yet.
         b.handle(
@@ -757,7 +766,7 @@ mod feed_tests {
             outs.iter().any(|o| matches!(
                 o,
                 Output::Send {
-                    msg: SyncMessage::PagesReceived { pages: 1, .. },
+                    msg: SyncMessage::PagesReceived(crate::PagesReceived { pages: 1, .. }),
                     ..
                 }
             )),
@@ -765,7 +774,10 @@ mod feed_tests {
         );
         // The last page of the same stream: applied, then reported.
         let mut last = page(request_id, 1, false);
-        if let SyncMessage::SharedSnapshotResponse { records, .. } = &mut last {
+        if let SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse {
+            records, ..
+        }) = &mut last
+        {
             records.clear();
         }
         b.handle(now(), Input::Message { from: A, msg: last });

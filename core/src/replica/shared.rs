@@ -5,7 +5,10 @@ use super::{
     SharedFetch, SharedMode, SharedServe, Stream,
 };
 use crate::id::DeviceId;
-use crate::message::SyncMessage;
+use crate::message::{
+    SharedChangeRequest, SharedChangeResponse, SharedSnapshotRequest, SharedSnapshotResponse,
+    SyncMessage,
+};
 use crate::model::{ModelKind, MEMBER_MODEL};
 use crate::shared::{SharedChange, SharedKey, SharedRecord};
 use crate::storage::StorageCommand;
@@ -229,27 +232,26 @@ impl Replica {
 
     /// Serves a log request: `truncated` below the pruned horizon, else a stream of pages
     /// from storage ([`Replica::continue_shared_serve`]).
-    pub(super) fn serve_log(
-        &mut self,
-        from: DeviceId,
-        request_id: u64,
-        since: VersionVector,
-        limit: u32,
-        window: u32,
-    ) {
+    pub(super) fn serve_log(&mut self, from: DeviceId, request: SharedChangeRequest) {
+        let SharedChangeRequest {
+            request_id,
+            since,
+            limit,
+            window,
+        } = request;
         // A requester runs one shared catch-up at a time: a new request ends the previous.
-        self.shared_serves.remove(&from);
+        self.serving.shared.remove(&from);
         let truncated = self.horizon.iter().any(|(o, h)| since.get(o) < h);
         if truncated || !since.is_behind(&self.vv) {
             self.send(
                 from,
-                SyncMessage::SharedChangeResponse {
+                SyncMessage::SharedChangeResponse(crate::SharedChangeResponse {
                     request_id,
                     page: 0,
                     entries: Vec::new(),
                     has_more: false,
                     truncated,
-                },
+                }),
             );
             return;
         }
@@ -258,15 +260,14 @@ impl Replica {
 
     /// Serves a snapshot as a stream of pages; the first page's vector is what the whole
     /// snapshot covers.
-    pub(super) fn serve_snapshot(
-        &mut self,
-        from: DeviceId,
-        request_id: u64,
-        after: Option<SharedKey>,
-        limit: u32,
-        window: u32,
-    ) {
-        self.shared_serves.remove(&from);
+    pub(super) fn serve_snapshot(&mut self, from: DeviceId, request: SharedSnapshotRequest) {
+        let SharedSnapshotRequest {
+            request_id,
+            after,
+            limit,
+            window,
+        } = request;
+        self.serving.shared.remove(&from);
         let cursor = SharedCursor::Snapshot { after, vv: None };
         self.begin_shared_serve(from, request_id, cursor, limit, window);
     }
@@ -280,7 +281,7 @@ impl Replica {
         window: u32,
     ) {
         let limit = self.page_limit(limit);
-        self.shared_serves.insert(
+        self.serving.shared.insert(
             from,
             SharedServe {
                 request_id,
@@ -298,7 +299,7 @@ impl Replica {
     pub(super) fn continue_shared_serve(&mut self, peer: DeviceId) {
         let byte_budget = self.config.serve_window_bytes;
         let max_bytes = self.config.page_bytes;
-        let Some(s) = self.shared_serves.get(&peer) else {
+        let Some(s) = self.serving.shared.get(&peer) else {
             return;
         };
         if !s.flow.may_read(byte_budget) {
@@ -308,16 +309,16 @@ impl Replica {
         let (kind, read) = match &s.cursor {
             SharedCursor::Log(since) => {
                 if self.horizon.iter().any(|(o, h)| since.get(o) < h) {
-                    self.shared_serves.remove(&peer);
+                    self.serving.shared.remove(&peer);
                     return self.send(
                         peer,
-                        SyncMessage::SharedChangeResponse {
+                        SyncMessage::SharedChangeResponse(crate::SharedChangeResponse {
                             request_id,
                             page,
                             entries: Vec::new(),
                             has_more: false,
                             truncated: true,
-                        },
+                        }),
                     );
                 }
                 let since = since.clone();
@@ -332,10 +333,10 @@ impl Replica {
             }
         };
         let Some(id) = self.begin_read(peer, request_id, kind) else {
-            self.shared_serves.remove(&peer);
+            self.serving.shared.remove(&peer);
             return;
         };
-        if let Some(s) = self.shared_serves.get_mut(&peer) {
+        if let Some(s) = self.serving.shared.get_mut(&peer) {
             s.flow.reading = true;
         }
         self.store(match read {
@@ -375,13 +376,13 @@ impl Replica {
             .sent_page(entries.iter().map(SharedChange::budget_size).sum());
         self.send(
             peer,
-            SyncMessage::SharedChangeResponse {
+            SyncMessage::SharedChangeResponse(crate::SharedChangeResponse {
                 request_id,
                 page,
                 entries,
                 has_more: more,
                 truncated: false,
-            },
+            }),
         );
         self.end_or_continue_shared_serve(peer, more);
     }
@@ -415,13 +416,13 @@ impl Replica {
             .sent_page(records.iter().map(SharedRecord::budget_size).sum());
         self.send(
             peer,
-            SyncMessage::SharedSnapshotResponse {
+            SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse {
                 request_id,
                 page,
                 vv,
                 records,
                 has_more: more,
-            },
+            }),
         );
         self.end_or_continue_shared_serve(peer, more);
     }
@@ -433,7 +434,8 @@ impl Replica {
         peer: DeviceId,
         request_id: u64,
     ) -> Option<&mut SharedServe> {
-        self.shared_serves
+        self.serving
+            .shared
             .get_mut(&peer)
             .filter(|s| s.request_id == request_id)
     }
@@ -442,12 +444,13 @@ impl Replica {
         if more {
             self.continue_shared_serve(peer);
         } else {
-            self.shared_serves.remove(&peer);
+            self.serving.shared.remove(&peer);
         }
     }
 
     fn current_shared_fetch(&self, from: DeviceId, request_id: u64) -> bool {
-        self.shared_fetch
+        self.fetches
+            .shared
             .as_ref()
             .is_some_and(|f| f.peer == from && f.request_id == request_id)
     }
@@ -456,12 +459,12 @@ impl Replica {
     /// (a page was lost or overtaken: the network reorders), the catch-up starts again from
     /// what this device applied. An earlier one (a repeat) is ignored.
     fn next_shared_page(&mut self, from: DeviceId, page: u32) -> bool {
-        let expected = self.shared_fetch.as_ref().map_or(0, |f| f.pages);
+        let expected = self.fetches.shared.as_ref().map_or(0, |f| f.pages);
         if page == expected {
             return true;
         }
         if page > expected {
-            match self.shared_fetch.as_ref().map(|f| &f.mode) {
+            match self.fetches.shared.as_ref().map(|f| &f.mode) {
                 Some(SharedMode::Log { .. }) => {
                     let since = self.vv.clone();
                     self.send_log_request(from, since);
@@ -480,30 +483,32 @@ impl Replica {
     /// reads on.
     fn shared_page_received(&mut self, from: DeviceId, request_id: u64) {
         let deadline = self.deadline();
-        let Some(f) = self.shared_fetch.as_mut() else {
+        let Some(f) = self.fetches.shared.as_mut() else {
             return;
         };
         f.pages += 1;
         f.deadline = deadline;
         let pages = f.pages;
-        self.send(from, SyncMessage::PagesReceived { request_id, pages });
+        self.send(
+            from,
+            SyncMessage::PagesReceived(crate::PagesReceived { request_id, pages }),
+        );
     }
 
     /// Applies a log page after checking it is contiguous per origin from where the previous
     /// page ended.
-    pub(super) fn on_log_response(
-        &mut self,
-        from: DeviceId,
-        request_id: u64,
-        page: u32,
-        entries: Vec<SharedChange>,
-        has_more: bool,
-        truncated: bool,
-    ) {
+    pub(super) fn on_log_response(&mut self, from: DeviceId, response: SharedChangeResponse) {
+        let SharedChangeResponse {
+            request_id,
+            page,
+            entries,
+            has_more,
+            truncated,
+        } = response;
         if !self.current_shared_fetch(from, request_id) || !self.next_shared_page(from, page) {
             return;
         }
-        let Some(SharedMode::Log { since }) = self.shared_fetch.as_ref().map(|f| &f.mode) else {
+        let Some(SharedMode::Log { since }) = self.fetches.shared.as_ref().map(|f| &f.mode) else {
             return;
         };
         if truncated {
@@ -531,7 +536,7 @@ impl Replica {
             return; // the page removed its sender from the library: the fetch ended with it
         }
         let progressed = self.vv != before;
-        let applied = match self.shared_fetch.as_mut() {
+        let applied = match self.fetches.shared.as_mut() {
             Some(f) => {
                 f.applied += count as u64;
                 f.applied
@@ -556,7 +561,7 @@ impl Replica {
             // entries refused or held) ends the catch-up here, and the server, which sends one
             // page more for each page reported, has sent nothing more for it.
             self.shared_page_received(from, request_id);
-            if let Some(f) = self.shared_fetch.as_mut() {
+            if let Some(f) = self.fetches.shared.as_mut() {
                 f.mode = SharedMode::Log { since: expect };
             }
         } else {
@@ -567,7 +572,7 @@ impl Replica {
     }
 
     fn finish_shared_fetch(&mut self, from: DeviceId, stream: Stream) {
-        if let Some(f) = self.shared_fetch.take() {
+        if let Some(f) = self.fetches.shared.take() {
             if let Some(id) = f.command {
                 self.event(Event::CommandDone(id));
             }
@@ -578,7 +583,7 @@ impl Replica {
     fn send_log_request(&mut self, peer: DeviceId, since: VersionVector) {
         let request_id = self.next_request_id();
         let deadline = self.deadline();
-        if let Some(f) = self.shared_fetch.as_mut() {
+        if let Some(f) = self.fetches.shared.as_mut() {
             f.request_id = request_id;
             f.deadline = deadline;
             f.pages = 0;
@@ -590,12 +595,12 @@ impl Replica {
         let window = self.config.catch_up_window;
         self.send(
             peer,
-            SyncMessage::SharedChangeRequest {
+            SyncMessage::SharedChangeRequest(crate::SharedChangeRequest {
                 request_id,
                 since,
                 limit,
                 window,
-            },
+            }),
         );
     }
 
@@ -607,7 +612,7 @@ impl Replica {
     ) {
         let request_id = self.next_request_id();
         let deadline = self.deadline();
-        if let Some(f) = self.shared_fetch.as_mut() {
+        if let Some(f) = self.fetches.shared.as_mut() {
             f.request_id = request_id;
             f.deadline = deadline;
             f.pages = 0;
@@ -620,12 +625,12 @@ impl Replica {
         let window = self.config.catch_up_window;
         self.send(
             peer,
-            SyncMessage::SharedSnapshotRequest {
+            SyncMessage::SharedSnapshotRequest(crate::SharedSnapshotRequest {
                 request_id,
                 after,
                 limit,
                 window,
-            },
+            }),
         );
     }
 
@@ -636,16 +641,20 @@ impl Replica {
     pub(super) fn on_snapshot_response(
         &mut self,
         from: DeviceId,
-        request_id: u64,
-        page: u32,
-        page_vv: VersionVector,
-        records: Vec<SharedRecord>,
-        has_more: bool,
+        response: SharedSnapshotResponse,
     ) {
+        let SharedSnapshotResponse {
+            request_id,
+            page,
+            vv: page_vv,
+            records,
+            has_more,
+        } = response;
         if !self.current_shared_fetch(from, request_id) || !self.next_shared_page(from, page) {
             return;
         }
-        let Some(SharedMode::Snapshot { after, vv }) = self.shared_fetch.as_ref().map(|f| &f.mode)
+        let Some(SharedMode::Snapshot { after, vv }) =
+            self.fetches.shared.as_ref().map(|f| &f.mode)
         else {
             return;
         };
@@ -689,7 +698,7 @@ impl Replica {
                 origin: from,
                 reason,
             });
-            if let Some(f) = self.shared_fetch.take() {
+            if let Some(f) = self.fetches.shared.take() {
                 self.fail_command(f.command, CommandError::PeerError(reason.to_string()));
             }
             return;
@@ -733,7 +742,7 @@ impl Replica {
             // The server streams on after this page's last record; the claim stays the first
             // page's.
             self.shared_page_received(from, request_id);
-            if let Some(f) = self.shared_fetch.as_mut() {
+            if let Some(f) = self.fetches.shared.as_mut() {
                 f.mode = SharedMode::Snapshot {
                     after: last,
                     vv: Some(claim),
@@ -767,7 +776,7 @@ impl Replica {
 
     /// Starts a shared catch-up from `peer` if it is ahead and none is running.
     pub(super) fn plan_shared(&mut self, peer: DeviceId) {
-        if self.shared_fetch.is_some() {
+        if self.fetches.shared.is_some() {
             return;
         }
         let ahead = self
@@ -785,7 +794,7 @@ impl Replica {
         since: VersionVector,
         command: Option<CommandId>,
     ) {
-        self.shared_fetch = Some(SharedFetch {
+        self.fetches.shared = Some(SharedFetch {
             peer,
             request_id: 0,
             mode: SharedMode::Log {
@@ -808,7 +817,7 @@ impl Replica {
         peer: DeviceId,
         since: Option<VersionVector>,
     ) {
-        if let Some(f) = self.shared_fetch.as_mut() {
+        if let Some(f) = self.fetches.shared.as_mut() {
             if f.peer == peer && f.command.is_none() && since.is_none() {
                 f.command = Some(id);
                 return;
@@ -816,7 +825,7 @@ impl Replica {
         }
         let reason = if !self.peers.contains_key(&peer) {
             Some(CommandError::PeerNotConnected(peer))
-        } else if self.shared_fetch.is_some() {
+        } else if self.fetches.shared.is_some() {
             Some(CommandError::AlreadyFetching)
         } else {
             None

@@ -186,7 +186,9 @@ impl Net {
             .iter()
             .rev()
             .find_map(|(_, m)| match m {
-                SyncMessage::StateRequest { request_id, .. } => Some(*request_id),
+                SyncMessage::StateRequest(crate::StateRequest { request_id, .. }) => {
+                    Some(*request_id)
+                }
                 _ => None,
             })
             .expect("request sent");
@@ -544,14 +546,14 @@ fn catch_up_page_can_never_hold_the_requesters_own_records() {
     net.inject(
         b,
         a,
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(crate::StateResponse {
             request_id: rid,
             owner: a,
             since: 0,
             through: 9,
             records: vec![rec(a, 9, 5, Some(b"forged")).into()],
             has_more: false,
-        },
+        }),
     );
     assert_eq!(net.digest(a), before);
     assert_eq!(net.node(a).replica.watermark(a), 1, "own head untouched");
@@ -559,14 +561,14 @@ fn catch_up_page_can_never_hold_the_requesters_own_records() {
     net.inject(
         b,
         a,
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(crate::StateResponse {
             request_id: rid,
             owner: b,
             since: 0,
             through: 9,
             records: vec![rec(a, 9, 5, Some(b"forged")).into()],
             has_more: false,
-        },
+        }),
     );
     assert_eq!(
         stored(&net, a, a, 5).and_then(|r| r.data),
@@ -637,7 +639,7 @@ fn restart_resumes_from_persisted_watermark_without_full_resync() {
         .sent
         .iter()
         .filter_map(|(_, m)| match m {
-            SyncMessage::StateRequest { since, .. } => Some(*since),
+            SyncMessage::StateRequest(crate::StateRequest { since, .. }) => Some(*since),
             _ => None,
         })
         .collect();
@@ -852,14 +854,15 @@ fn acks_are_cumulative_debounced_and_from_the_authenticated_sender() {
     net.advance(5_100); // past the 5 s ack delay: the next summary carries the ack
     let acks = net.node(b).sent[mark..]
         .iter()
-        .filter(|(_, m)| matches!(m, SyncMessage::AckSharedChanges { .. }))
+        .filter(|(_, m)| matches!(m, SyncMessage::AckSharedChanges(crate::Ack { .. })))
         .count();
     let summaries = net.node(b).sent[mark..]
         .iter()
         .filter(|(_, m)| {
             matches!(
                 m,
-                SyncMessage::Heartbeat { .. } | SyncMessage::HeartbeatDelta { .. }
+                SyncMessage::Heartbeat(crate::Summary { .. })
+                    | SyncMessage::HeartbeatDelta(crate::Summary { .. })
             )
         })
         .count();
@@ -883,7 +886,11 @@ fn ack_naming_another_device_is_refused() {
     net.tag(a, 1, ChangeKind::Insert, "t");
     net.settle();
     let vv: VersionVector = [(a, 1)].into_iter().collect();
-    net.inject(b, a, SyncMessage::AckSharedChanges { acker: c, vv });
+    net.inject(
+        b,
+        a,
+        SyncMessage::AckSharedChanges(crate::Ack { acker: c, vv }),
+    );
     assert!(net
         .node(a)
         .disconnects
@@ -978,7 +985,10 @@ fn snapshot_cut_short_by_a_lost_server_leaves_nothing_behind() {
     let mut pages = 0;
     while let Some((from, to, bytes)) = net.queue.pop_front() {
         let msg = decode(&bytes).expect("decodes");
-        let page = matches!(msg, SyncMessage::SharedSnapshotResponse { .. });
+        let page = matches!(
+            msg,
+            SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse { .. })
+        );
         net.input(to, Input::Message { from, msg });
         if page && to == c {
             pages += 1;
@@ -1132,13 +1142,13 @@ fn request_flood_keeps_pending_reads_bounded() {
             now,
             Input::Message {
                 from: b,
-                msg: SyncMessage::StateRequest {
+                msg: SyncMessage::StateRequest(crate::StateRequest {
                     request_id: i,
                     owner: a,
                     since: 0,
                     limit: u32::MAX,
                     window: 1,
-                },
+                }),
             },
         );
     }
@@ -1149,10 +1159,10 @@ fn request_flood_keeps_pending_reads_bounded() {
         match o {
             Output::Send {
                 msg:
-                    SyncMessage::Error {
+                    SyncMessage::Error(crate::ErrorReply {
                         code: ErrorCode::Busy,
                         ..
-                    },
+                    }),
                 ..
             } => busy += 1,
             Output::Storage(cmd @ StorageCommand::ReadOwned { .. }) => reads.push(cmd),
@@ -1181,21 +1191,21 @@ fn absurd_limit_is_capped() {
     net.inject(
         b,
         a,
-        SyncMessage::StateRequest {
+        SyncMessage::StateRequest(crate::StateRequest {
             request_id: 1,
             owner: a,
             since: 0,
             limit: u32::MAX,
             window: 1,
-        },
+        }),
     );
     let page = net.node(a).sent.iter().rev().find_map(|(_, m)| match m {
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(crate::StateResponse {
             records,
             has_more,
             through,
             ..
-        } => Some((records.len(), *has_more, *through)),
+        }) => Some((records.len(), *has_more, *through)),
         _ => None,
     });
     assert_eq!(page, Some((4, true, 4)));
@@ -1212,14 +1222,14 @@ fn unsolicited_responses_and_unknown_completions_are_ignored() {
     net.inject(
         b,
         a,
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(crate::StateResponse {
             request_id: 777,
             owner: b,
             since: 0,
             through: 1,
             records: vec![rec(b, 1, 1, Some(b"x")).into()],
             has_more: false,
-        },
+        }),
     );
     net.input(
         a,
@@ -1328,7 +1338,8 @@ fn summaries_carry_only_what_rose_and_idle_links_stay_quiet() {
             .filter(|m| {
                 matches!(
                     m,
-                    SyncMessage::Heartbeat { .. } | SyncMessage::HeartbeatDelta { .. }
+                    SyncMessage::Heartbeat(crate::Summary { .. })
+                        | SyncMessage::HeartbeatDelta(crate::Summary { .. })
                 )
             })
             .collect()
@@ -1343,7 +1354,10 @@ fn summaries_carry_only_what_rose_and_idle_links_stay_quiet() {
         1,
         "one full summary in 130 s of idling: {idle:?}"
     );
-    assert!(matches!(idle[0], SyncMessage::Heartbeat { .. }));
+    assert!(matches!(
+        idle[0],
+        SyncMessage::Heartbeat(crate::Summary { .. })
+    ));
     net.tag(a, 1, ChangeKind::Insert, "x");
     net.put(a, 2, b"y");
     let mark = net.node(a).sent.len();
@@ -1353,10 +1367,10 @@ fn summaries_carry_only_what_rose_and_idle_links_stay_quiet() {
     let vv_a: VersionVector = [(a, 1)].into_iter().collect();
     assert_eq!(
         after,
-        vec![SyncMessage::HeartbeatDelta {
+        vec![SyncMessage::HeartbeatDelta(crate::Summary {
             heads: [(a, 1)].into(),
             vv: vv_a
-        }],
+        })],
         "the delta names what rose: a's own head and vector entry"
     );
 }
@@ -1386,14 +1400,14 @@ fn response_page_larger_than_requested_is_refused() {
     net.inject(
         b,
         a,
-        SyncMessage::StateResponse {
+        SyncMessage::StateResponse(crate::StateResponse {
             request_id: rid,
             owner: b,
             since: 0,
             through: 4,
             records: records.into_iter().map(Into::into).collect(),
             has_more: false,
-        },
+        }),
     );
     assert_eq!(net.digest(a), before, "page of 4 when 3 were asked");
     assert!(net
@@ -1442,14 +1456,14 @@ fn pages_received_goes_out_before_the_page_is_stored() {
         now,
         Input::Message {
             from: b,
-            msg: SyncMessage::StateResponse {
+            msg: SyncMessage::StateResponse(crate::StateResponse {
                 request_id: rid,
                 owner: b,
                 since: 0,
                 through: 3,
                 records: records.into_iter().map(Into::into).collect(),
                 has_more: true,
-            },
+            }),
         },
     );
     let outputs: Vec<Output> = std::iter::from_fn(|| node.replica.poll_output()).collect();
@@ -1457,7 +1471,7 @@ fn pages_received_goes_out_before_the_page_is_stored() {
         matches!(
             o,
             Output::Send {
-                msg: SyncMessage::PagesReceived { pages: 1, .. },
+                msg: SyncMessage::PagesReceived(crate::PagesReceived { pages: 1, .. }),
                 ..
             }
         )
@@ -1493,13 +1507,13 @@ fn pages_sent(net: &Net, d: DeviceId, to: DeviceId, rid: u64) -> Vec<(u64, u64, 
         .sent
         .iter()
         .filter_map(|(t, m)| match m {
-            SyncMessage::StateResponse {
+            SyncMessage::StateResponse(crate::StateResponse {
                 request_id,
                 since,
                 through,
                 has_more,
                 ..
-            } if *t == to && *request_id == rid => Some((*since, *through, *has_more)),
+            }) if *t == to && *request_id == rid => Some((*since, *through, *has_more)),
             _ => None,
         })
         .collect()
@@ -1523,13 +1537,13 @@ fn serving_twenty_records() -> (Net, DeviceId, DeviceId) {
 }
 
 fn state_request(owner: DeviceId, window: u32) -> SyncMessage {
-    SyncMessage::StateRequest {
+    SyncMessage::StateRequest(crate::StateRequest {
         request_id: 7,
         owner,
         since: 0,
         limit: 3,
         window,
-    }
+    })
 }
 
 #[test]
@@ -1542,20 +1556,20 @@ fn catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() {
     net.inject(
         b,
         a,
-        SyncMessage::PagesReceived {
+        SyncMessage::PagesReceived(crate::PagesReceived {
             request_id: 7,
             pages: 1,
-        },
+        }),
     );
     let pages = pages_sent(&net, a, b, 7);
     assert_eq!(pages[1..], [(3, 6, true), (6, 9, true)], "two in flight");
     net.inject(
         b,
         a,
-        SyncMessage::PagesReceived {
+        SyncMessage::PagesReceived(crate::PagesReceived {
             request_id: 7,
             pages: 3,
-        },
+        }),
     );
     assert_eq!(
         pages_sent(&net, a, b, 7).len(),
@@ -1564,17 +1578,21 @@ fn catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() {
     );
     // A repeated, older or unknown report moves nothing.
     for (request_id, pages) in [(7, 3), (7, 1), (8, 6)] {
-        net.inject(b, a, SyncMessage::PagesReceived { request_id, pages });
+        net.inject(
+            b,
+            a,
+            SyncMessage::PagesReceived(crate::PagesReceived { request_id, pages }),
+        );
     }
     assert_eq!(pages_sent(&net, a, b, 7).len(), 6);
     // A report beyond what was sent counts as all of it.
     net.inject(
         b,
         a,
-        SyncMessage::PagesReceived {
+        SyncMessage::PagesReceived(crate::PagesReceived {
             request_id: 7,
             pages: u32::MAX,
-        },
+        }),
     );
     let pages = pages_sent(&net, a, b, 7);
     assert_eq!(pages.len(), 7, "{pages:?}");
@@ -1585,10 +1603,10 @@ fn catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() {
     net.inject(
         b,
         a,
-        SyncMessage::PagesReceived {
+        SyncMessage::PagesReceived(crate::PagesReceived {
             request_id: 7,
             pages: 7,
-        },
+        }),
     );
     assert_eq!(pages_sent(&net, a, b, 7).len(), 7);
 }
@@ -1604,10 +1622,10 @@ fn served_pages_in_flight_are_bounded_in_bytes_whatever_the_window() {
     net.inject(
         b,
         a,
-        SyncMessage::PagesReceived {
+        SyncMessage::PagesReceived(crate::PagesReceived {
             request_id: 7,
             pages: 1,
-        },
+        }),
     );
     assert_eq!(pages_sent(&net, a, b, 7).len(), 2);
 }
@@ -1619,23 +1637,23 @@ fn a_new_request_for_the_same_stream_ends_the_previous_one() {
     net.inject(
         b,
         a,
-        SyncMessage::StateRequest {
+        SyncMessage::StateRequest(crate::StateRequest {
             request_id: 8,
             owner: a,
             since: 9,
             limit: 3,
             window: 1,
-        },
+        }),
     );
     // Request 7's report no longer moves anything; request 8's does.
     for request_id in [7, 8] {
         net.inject(
             b,
             a,
-            SyncMessage::PagesReceived {
+            SyncMessage::PagesReceived(crate::PagesReceived {
                 request_id,
                 pages: 1,
-            },
+            }),
         );
     }
     assert_eq!(pages_sent(&net, a, b, 7).len(), 1);
@@ -1654,12 +1672,14 @@ fn catch_up_over_a_reordering_network_restarts_from_the_last_page_applied() {
     }
     net.connect(a, b);
     // Deliver until A has streamed B some pages, then swap the first two in the queue.
-    net.swap_first_two_queued(|m| matches!(m, SyncMessage::StateResponse { .. }));
+    net.swap_first_two_queued(|m| {
+        matches!(m, SyncMessage::StateResponse(crate::StateResponse { .. }))
+    });
     let requests_before = net
         .node(b)
         .sent
         .iter()
-        .filter(|(_, m)| matches!(m, SyncMessage::StateRequest { .. }))
+        .filter(|(_, m)| matches!(m, SyncMessage::StateRequest(crate::StateRequest { .. })))
         .count();
     net.settle();
     let restarts: Vec<u64> = net
@@ -1667,7 +1687,7 @@ fn catch_up_over_a_reordering_network_restarts_from_the_last_page_applied() {
         .sent
         .iter()
         .filter_map(|(_, m)| match m {
-            SyncMessage::StateRequest { since, .. } => Some(*since),
+            SyncMessage::StateRequest(crate::StateRequest { since, .. }) => Some(*since),
             _ => None,
         })
         .skip(requests_before)
@@ -1693,13 +1713,13 @@ fn log_pages_sent(net: &Net, d: DeviceId, to: DeviceId, rid: u64) -> Vec<(u32, u
         .sent
         .iter()
         .filter_map(|(t, m)| match m {
-            SyncMessage::SharedChangeResponse {
+            SyncMessage::SharedChangeResponse(crate::SharedChangeResponse {
                 request_id,
                 page,
                 entries,
                 has_more,
                 ..
-            } if *t == to && *request_id == rid => Some((*page, entries.len(), *has_more)),
+            }) if *t == to && *request_id == rid => Some((*page, entries.len(), *has_more)),
             _ => None,
         })
         .collect()
@@ -1721,12 +1741,12 @@ fn shared_log_catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() 
     net.inject(
         b,
         a,
-        SyncMessage::SharedChangeRequest {
+        SyncMessage::SharedChangeRequest(crate::SharedChangeRequest {
             request_id: 7,
             since: VersionVector::new(),
             limit: 3,
             window: 2,
-        },
+        }),
     );
     assert_eq!(
         log_pages_sent(&net, a, b, 7),
@@ -1736,10 +1756,10 @@ fn shared_log_catch_up_streams_a_window_of_pages_and_moves_it_as_pages_arrive() 
     net.inject(
         b,
         a,
-        SyncMessage::PagesReceived {
+        SyncMessage::PagesReceived(crate::PagesReceived {
             request_id: 7,
             pages: 1,
-        },
+        }),
     );
     let pages = log_pages_sent(&net, a, b, 7);
     assert_eq!(
@@ -1757,15 +1777,24 @@ fn shared_catch_up_over_a_reordering_network_restarts_from_what_it_applied() {
         net.tag(a, i, ChangeKind::Insert, &format!("t{i}"));
     }
     net.connect(a, b);
-    let overtaking =
-        net.swap_first_two_queued(|m| matches!(m, SyncMessage::SharedChangeResponse { .. }));
+    let overtaking = net.swap_first_two_queued(|m| {
+        matches!(
+            m,
+            SyncMessage::SharedChangeResponse(crate::SharedChangeResponse { .. })
+        )
+    });
     // Up to and including the page that overtook its predecessor. A catch-up runs, so only
     // the restart can make B ask for log entries meanwhile.
     let requests = |net: &Net| {
         net.node(b)
             .sent
             .iter()
-            .filter(|(_, m)| matches!(m, SyncMessage::SharedChangeRequest { .. }))
+            .filter(|(_, m)| {
+                matches!(
+                    m,
+                    SyncMessage::SharedChangeRequest(crate::SharedChangeRequest { .. })
+                )
+            })
             .count()
     };
     let before = requests(&net);
@@ -1822,7 +1851,7 @@ fn request_state_joins_the_engines_own_catch_up_of_that_stream() {
         net.node(a)
             .sent
             .iter()
-            .any(|(_, m)| matches!(m, SyncMessage::StateRequest { owner, .. } if *owner == b))
+            .any(|(_, m)| matches!(m, SyncMessage::StateRequest(crate::StateRequest { owner, .. }) if *owner == b))
     };
     deliver_until(&mut net, asked);
     // The engine is catching up b's records from b: a request for the same range joins it...
@@ -1860,10 +1889,12 @@ fn request_shared_changes_joins_the_engines_own_catch_up() {
     }
     net.connect(a, b);
     let asked = |net: &Net| {
-        net.node(a)
-            .sent
-            .iter()
-            .any(|(_, m)| matches!(m, SyncMessage::SharedChangeRequest { .. }))
+        net.node(a).sent.iter().any(|(_, m)| {
+            matches!(
+                m,
+                SyncMessage::SharedChangeRequest(crate::SharedChangeRequest { .. })
+            )
+        })
     };
     deliver_until(&mut net, asked);
     let joined = net.cmd(
