@@ -257,6 +257,42 @@ impl SharedRecord {
         self
     }
 
+    /// This record as parts of at most `budget` [`budget_size`](Self::budget_size) bytes each
+    /// (a part holds at least one field, so a field larger than `budget` makes a part of its
+    /// own), in field order; the first part carries `exists` and `last_insert`. Registers
+    /// merge one by one, so merging the parts in any order equals merging the whole record:
+    /// a record whose fields together outgrow a frame travels in several messages.
+    pub(crate) fn into_parts(self, budget: usize) -> Vec<SharedRecord> {
+        if self.budget_size() <= budget {
+            return vec![self];
+        }
+        let SharedRecord {
+            model,
+            uuid,
+            exists,
+            last_insert,
+            fields,
+        } = self;
+        let mut parts = vec![SharedRecord {
+            exists,
+            last_insert,
+            ..SharedRecord::empty(&model, uuid)
+        }];
+        for (name, register) in fields {
+            let size = fields_size(std::iter::once((&name, &register.value)));
+            let fits = parts
+                .last()
+                .is_some_and(|p| p.fields.is_empty() || p.budget_size() + size <= budget);
+            if !fits {
+                parts.push(SharedRecord::empty(&model, uuid));
+            }
+            if let Some(part) = parts.last_mut() {
+                part.fields.insert(name, register);
+            }
+        }
+        parts
+    }
+
     /// The size this record counts against a snapshot page's byte budget.
     pub fn budget_size(&self) -> usize {
         96 + self.model.len() + fields_size(self.fields.iter().map(|(k, r)| (k, &r.value)))
@@ -297,6 +333,41 @@ fn value_size(v: &Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_in_parts_merges_back_into_the_whole_record() {
+        let mut whole = SharedRecord::empty("tag", Uuid::from_u128(7));
+        whole.exists = Some(Register::new(Hlc::new(5, 0, A), true));
+        whole.last_insert = Some(Hlc::new(5, 0, A));
+        for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            let value = Value::Bytes(vec![i as u8; 100 * (i + 1)]);
+            whole.fields.insert(
+                name.to_owned(),
+                Register::new(Hlc::new(6 + i as u64, 0, B), value),
+            );
+        }
+        let budget = 400;
+        let parts = whole.clone().into_parts(budget);
+        assert!(parts.len() > 1, "{} bytes in one part", whole.budget_size());
+        for part in &parts {
+            // A part over the budget holds one field only (a field is never split).
+            assert!(part.budget_size() <= budget || part.fields.len() == 1);
+            assert_eq!(part.key(), whole.key());
+        }
+        assert!(parts[1..]
+            .iter()
+            .all(|p| p.exists.is_none() && p.last_insert.is_none()));
+        // In any order, the parts merge back into exactly the whole record.
+        for rotation in 0..parts.len() {
+            let mut merged = SharedRecord::empty("tag", Uuid::from_u128(7));
+            for part in parts.iter().cycle().skip(rotation).take(parts.len()) {
+                merged.merge(part);
+            }
+            assert_eq!(merged, whole);
+        }
+        // A record within the budget stays one part.
+        assert_eq!(whole.clone().into_parts(usize::MAX), vec![whole]);
+    }
 
     const A: DeviceId = DeviceId::from_u128(1);
     const B: DeviceId = DeviceId::from_u128(2);

@@ -850,9 +850,10 @@ impl World {
     }
 
     /// A write near, at or beyond the frame limit: accepted writes must reach everyone, larger
-    /// ones must be refused up front. Large shared values go in by `Insert` under one of two
-    /// field names, so a record re-inserted with the other name carries a large hidden
-    /// register while the application sees one large field.
+    /// ones must be refused up front. Large shared values go under one of two field names, by
+    /// `Insert` (a record re-inserted with the other name carries a large hidden register
+    /// while the application sees one large field) or by `Update` (both large fields stay
+    /// visible: the record the application sees is larger than a frame).
     fn large_write(
         &mut self,
         d: usize,
@@ -879,10 +880,18 @@ impl World {
             };
             let mut fields = self.fields();
             fields.insert(name.to_owned(), Value::Bytes(vec![byte; len]));
-            Command::InsertShared {
-                model: shared_model.into(),
-                uuid: shared_uuid,
-                fields,
+            if self.rng.chance(0.5) {
+                Command::InsertShared {
+                    model: shared_model.into(),
+                    uuid: shared_uuid,
+                    fields,
+                }
+            } else {
+                Command::UpdateShared {
+                    model: shared_model.into(),
+                    uuid: shared_uuid,
+                    fields,
+                }
             }
         };
         self.count("large_writes");

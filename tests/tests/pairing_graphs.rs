@@ -112,6 +112,55 @@ fn reinserted_large_shared_record_travels_by_snapshot() {
 }
 
 #[test]
+fn shared_record_larger_than_a_frame_travels_by_snapshot_in_parts() {
+    let (a, b, c) = (device(0), device(1), device(2));
+    let mut cl = Cluster::new(2);
+    for id in [a, b] {
+        cl.add_with(id, Restored::bootstrap([a, b]), small_frame(id));
+    }
+    cl.connect(a, b);
+    // Three large fields, each written by its own update (each change well under the write
+    // limit), all visible: the record the application sees is larger than a frame.
+    let big = small_frame(a).max_frame * 6 / 10;
+    let tag = tag_uuid(1);
+    let insert = [("name".to_owned(), Value::from("holiday"))].into();
+    assert!(cl.command(
+        a,
+        Command::InsertShared {
+            model: "tag".into(),
+            uuid: tag,
+            fields: insert,
+        },
+    ));
+    for (field, byte) in [("blob", 1u8), ("cover", 2u8), ("thumb", 3u8)] {
+        let fields = [(field.to_owned(), Value::Bytes(vec![byte; big]))].into();
+        assert!(cl.command(
+            a,
+            Command::UpdateShared {
+                model: "tag".into(),
+                uuid: tag,
+                fields,
+            },
+        ));
+    }
+    cl.settle();
+    assert_eq!(
+        log_len(&cl, a),
+        0,
+        "pruned: a newcomer must take a snapshot"
+    );
+    // c joins through a and, below a's pruned horizon, takes a snapshot: the record must
+    // reach it whole, in messages that each fit a frame.
+    assert!(cl.command(a, Command::AddMember(c)));
+    cl.add_with(c, Restored::bootstrap([c, a]), small_frame(c));
+    cl.connect(a, c);
+    cl.settle();
+    assert_eq!(cl.oversized, [], "no message above the frame limit");
+    cl.check_converged(&[a, b, c])
+        .expect("c has the record with every field");
+}
+
+#[test]
 fn acks_cross_relays_so_every_log_prunes_in_a_chain() {
     let (a, b, c) = (device(0), device(1), device(2));
     let mut cl = Cluster::new(3);

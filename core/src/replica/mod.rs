@@ -240,7 +240,12 @@ enum SharedMode {
     Log { since: VersionVector },
     /// Reading a snapshot; `vv` is the snapshot's claim, from its first page.
     Snapshot {
+        /// The last record received: the next page starts with it (the rest of a record
+        /// sent in parts) or after it.
         after: Option<SharedKey>,
+        /// The greatest record known received whole, where a restarted stream resumes: the
+        /// last record received may be the first part of one that goes on in the next page.
+        resume: Option<SharedKey>,
         vv: Option<VersionVector>,
     },
 }

@@ -399,31 +399,68 @@ impl Replica {
         let Some(s) = self.shared_serve(peer, request_id) else {
             return;
         };
-        // Hidden registers carry nothing the requester can see or needs: without them a
-        // record is never larger than its visible fields.
-        let records: Vec<SharedRecord> = records
-            .into_iter()
-            .map(SharedRecord::without_hidden)
-            .collect();
         if let SharedCursor::Snapshot { after, vv: claim } = &mut s.cursor {
             if let Some(last) = records.last() {
                 *after = Some(last.key());
             }
             claim.get_or_insert_with(|| vv.clone());
         }
-        let page = s
-            .flow
-            .sent_page(records.iter().map(SharedRecord::budget_size).sum());
-        self.send(
-            peer,
-            SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse {
-                request_id,
-                page,
-                vv,
-                records,
-                has_more: more,
-            }),
-        );
+        // Hidden registers carry nothing the requester can see or needs. The visible fields
+        // of one record, written by separate updates, can still outgrow a frame together: such
+        // a record goes in parts, one message each, which the requester stages and merges.
+        // The page read from storage goes out as as many messages as its bytes need.
+        let budget = self.config.relay_budget();
+        let parts = records
+            .into_iter()
+            .flat_map(|r| r.without_hidden().into_parts(budget));
+        let mut messages: Vec<(usize, Vec<SharedRecord>)> = Vec::new();
+        for part in parts {
+            let size = part.budget_size();
+            match messages.last_mut() {
+                // Two parts of one record never share a message: keys within one are distinct.
+                Some((used, m))
+                    if *used + size <= budget && m.last().is_none_or(|l| l.key() != part.key()) =>
+                {
+                    *used += size;
+                    m.push(part);
+                }
+                _ => messages.push((size, vec![part])),
+            }
+        }
+        let count = messages.len();
+        for (i, (bytes, records)) in messages.into_iter().enumerate() {
+            let Some(s) = self.shared_serve(peer, request_id) else {
+                return;
+            };
+            let page = s.flow.sent_page(bytes);
+            self.send(
+                peer,
+                SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse {
+                    request_id,
+                    page,
+                    vv: vv.clone(),
+                    records,
+                    has_more: more || i + 1 < count,
+                }),
+            );
+        }
+        if count == 0 {
+            // An empty last page still tells the requester the snapshot is complete.
+            let Some(s) = self.shared_serve(peer, request_id) else {
+                return;
+            };
+            let page = s.flow.sent_page(0);
+            self.send(
+                peer,
+                SyncMessage::SharedSnapshotResponse(crate::SharedSnapshotResponse {
+                    request_id,
+                    page,
+                    vv,
+                    records: Vec::new(),
+                    has_more: more,
+                }),
+            );
+        }
         self.end_or_continue_shared_serve(peer, more);
     }
 
@@ -469,9 +506,9 @@ impl Replica {
                     let since = self.vv.clone();
                     self.send_log_request(from, since);
                 }
-                Some(SharedMode::Snapshot { after, vv }) => {
-                    let (after, vv) = (after.clone(), vv.clone());
-                    self.start_snapshot_page(from, after, vv);
+                Some(SharedMode::Snapshot { resume, vv, .. }) => {
+                    let (resume, vv) = (resume.clone(), vv.clone());
+                    self.start_snapshot_page(from, resume, vv);
                 }
                 None => {}
             }
@@ -618,6 +655,7 @@ impl Replica {
             f.pages = 0;
             f.mode = SharedMode::Snapshot {
                 after: after.clone(),
+                resume: after.clone(),
                 vv,
             };
         }
@@ -653,10 +691,17 @@ impl Replica {
         if !self.current_shared_fetch(from, request_id) || !self.next_shared_page(from, page) {
             return;
         }
-        let Some(SharedMode::Snapshot { after, vv }) =
+        let Some(SharedMode::Snapshot { after, resume, vv }) =
             self.fetches.shared.as_ref().map(|f| &f.mode)
         else {
             return;
+        };
+        // Every record before this page's last one is whole (a greater key followed it), and
+        // so is the previous page's last one once a greater key arrives.
+        let resume = match records.iter().rev().nth(1) {
+            Some(before_last) => Some(before_last.key()),
+            None if records.first().map(SharedRecord::key) != *after => after.clone(),
+            None => resume.clone(),
         };
         let first_page = vv.is_none();
         let claim = vv.clone().unwrap_or(page_vv);
@@ -669,9 +714,11 @@ impl Replica {
         if first_page && self.vv.len() + new_origins > self.config.max_origins {
             return self.misbehaved(from, Refusal::TooManyOrigins);
         }
+        // Keys rise within a page. A page may start with the last record of the previous one:
+        // a record larger than a frame comes in parts, one page each.
         let ordered = records.windows(2).all(|w| w[0].key() < w[1].key())
             && match (after, records.first()) {
-                (Some(a), Some(first)) => first.key() > *a,
+                (Some(a), Some(first)) => first.key() >= *a,
                 _ => true,
             };
         let oversized = records.len() > self.config.page_records as usize;
@@ -745,6 +792,7 @@ impl Replica {
             if let Some(f) = self.fetches.shared.as_mut() {
                 f.mode = SharedMode::Snapshot {
                     after: last,
+                    resume,
                     vv: Some(claim),
                 };
             }
