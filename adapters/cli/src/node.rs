@@ -590,7 +590,6 @@ async fn node(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data.display()))?;
     let store = open_store(&args.data)?;
     let key = load_key(&args.data)?;
-    let me = device_id_for(&key.public());
     let peers = load_peers(&args.data)?;
     let registry = DeviceRegistry::new();
     for t in &peers {
@@ -603,7 +602,27 @@ async fn node(args: Args) -> anyhow::Result<()> {
     }
     let network = args.network()?;
     let endpoint = bind_endpoint(key.clone(), &network).await?;
-    if network.relays != RelayMode::Disabled {
+    let relays = network.relays != RelayMode::Disabled;
+    let result = serve(args, &key, peers, registry, store, endpoint.clone(), relays).await;
+    // On every way out, the error paths included: an endpoint dropped open makes iroh log
+    // `ERROR ... Endpoint dropped without calling Endpoint::close` just before our own error
+    // (after a clean stop the transport already closed it, and this returns at once).
+    endpoint.close().await;
+    result
+}
+
+/// Runs the node on its bound `endpoint` until `quit` (or end of input and Ctrl-C).
+async fn serve(
+    args: Args,
+    key: &SecretKey,
+    peers: Vec<Ticket>,
+    registry: DeviceRegistry,
+    store: Store,
+    endpoint: Endpoint,
+    relays: bool,
+) -> anyhow::Result<()> {
+    let me = device_id_for(&key.public());
+    if relays {
         // The ticket should name the home relay: wait (a little) until there is one.
         if tokio::time::timeout(RELAY_WAIT, endpoint.online())
             .await

@@ -332,6 +332,8 @@ fn refused_start(dir: &Path) -> Option<(std::process::ExitStatus, String)> {
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // The user sees our error only, not iroh's complaint about an endpoint dropped unclosed.
+    assert!(!stderr.contains("Endpoint dropped"), "{stderr}");
     Some((status, stderr))
 }
 
@@ -572,4 +574,25 @@ fn offline_node_names_no_relay_and_relay_flags_conflict_with_offline() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+/// Issue 17: a node that fails after its endpoint is bound (here: a corrupt row in its
+/// database, found when the engine loads its state) shows its own error only, not iroh's
+/// `ERROR iroh::socket: Endpoint dropped without calling Endpoint::close` line before it.
+#[test]
+fn a_start_up_error_after_the_endpoint_is_bound_shows_only_our_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    Proc::start(&data).quit();
+    // The clock row the engine restores from: one byte where an HLC takes more.
+    let db = rusqlite::Connection::open(data.join("sync.db")).unwrap();
+    db.execute("INSERT OR REPLACE INTO hlc (id, hlc) VALUES (0, x'01')", [])
+        .unwrap();
+    drop(db);
+    let Some((status, stderr)) = refused_start(&data) else {
+        panic!("the node started on a corrupt database");
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(stderr.contains("corrupt row in table `hlc`"), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
 }
