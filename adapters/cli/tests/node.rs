@@ -8,7 +8,7 @@ mod local_relay;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
@@ -17,6 +17,10 @@ struct Proc {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
+    /// Every line printed so far, events included (`lines` hands each to one reader only).
+    printed: Arc<Mutex<Vec<String>>>,
+    /// Every line written to stderr so far (logs, warnings).
+    logged: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -39,24 +43,37 @@ impl Proc {
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::new(Mutex::new(Vec::new()));
+        let keep = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                keep.lock().unwrap().push(line.clone());
+                // The test may have stopped reading: the log above still gets every line.
+                let _ = tx.send(line);
+            }
+        });
+        let keep = logged.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line);
             }
         });
         Proc {
             child,
             stdin,
             lines,
+            printed,
+            logged,
         }
     }
 
@@ -120,6 +137,26 @@ impl Proc {
             assert!(Instant::now() < deadline, "{cmd}: never satisfied: {out:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The lines printed so far (events included) that contain `text`.
+    fn printed_with(&self, text: &str) -> Vec<String> {
+        let printed = self.printed.lock().unwrap();
+        printed
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
+    }
+
+    /// The lines written to stderr so far that contain `text`.
+    fn logged_with(&self, text: &str) -> Vec<String> {
+        let logged = self.logged.lock().unwrap();
+        logged
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
     }
 
     fn quit(mut self) {
@@ -574,6 +611,63 @@ fn offline_node_names_no_relay_and_relay_flags_conflict_with_offline() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+/// Issue 17, pairing in the natural order: A runs `add-member <B's ticket>` first, and B
+/// only a while later (its user is still copying A's ticket), so A dials B meanwhile and B
+/// turns it away. Once B pairs back, both sides sync within a few seconds (not after a
+/// backoff of ten), and neither user is told of a refusal, on stdout or in the logs.
+fn pairing_in_the_natural_order(flags: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start_with(&dir.path().join("a"), flags);
+    let mut b = Proc::start_with(&dir.path().join("b"), flags);
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    a.run("put from-a yes");
+    b.run("put from-b yes");
+    a.run(&format!("add-member {ticket_b}"));
+    // Long enough for A's redial backoff to grow past what a prompt pairing allows.
+    std::thread::sleep(Duration::from_secs(8));
+    b.run(&format!("add-member {ticket_a}"));
+    let paired = Instant::now();
+    b.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("from-a = yes"))
+    });
+    a.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("from-b = yes"))
+    });
+    let took = paired.elapsed();
+    eprintln!("synced {took:?} after the second add-member");
+    for (name, p) in [("A", &a), ("B", &b)] {
+        let refused = p.printed_with("refused");
+        assert!(refused.is_empty(), "{name} printed {refused:?}");
+        let errors = p.printed_with("error");
+        assert!(errors.is_empty(), "{name} printed {errors:?}");
+        // Nor in its logs: a device that paired first dialing is expected, not a warning.
+        let logged = p.logged_with("refused");
+        assert!(logged.is_empty(), "{name} logged {logged:?}");
+    }
+    assert!(took < Duration::from_secs(5), "synced only after {took:?}");
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn pairing_in_the_natural_order_syncs_promptly_without_a_refusal() {
+    pairing_in_the_natural_order(&["--offline"]);
+}
+
+#[test]
+fn pairing_in_the_natural_order_through_a_relay_syncs_promptly_without_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = rt.block_on(local_relay::LocalRelay::start());
+    let ca = dir.path().join("relay.pem");
+    std::fs::write(&ca, relay.cert_pem()).unwrap();
+    let url = relay.url().to_string();
+    let ca = ca.to_str().unwrap();
+    pairing_in_the_natural_order(&["--relay", &url, "--relay-ca", ca, "--bind", "127.0.0.1:0"]);
+    drop(relay);
 }
 
 /// Issue 17: a node that fails after its endpoint is bound (here: a corrupt row in its
