@@ -111,6 +111,28 @@ impl Proc {
         }
     }
 
+    /// Sends every command at once, then waits for an `ok` for each (panics on `error:`).
+    fn run_all(&mut self, cmds: impl Iterator<Item = String>) {
+        let mut count = 0;
+        let mut text = String::new();
+        for cmd in cmds {
+            text.push_str(&cmd);
+            text.push('\n');
+            count += 1;
+        }
+        self.stdin.write_all(text.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+        let deadline = Instant::now() + T * 4;
+        while count > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap();
+            assert!(!line.starts_with("error:"), "{line}");
+            if line == "ok" {
+                count -= 1;
+            }
+        }
+    }
+
     /// Sends a command that must fail; returns its error message (panics on `ok`).
     fn run_err(&mut self, cmd: &str) -> String {
         writeln!(self.stdin, "{cmd}").unwrap();
@@ -689,4 +711,83 @@ fn a_start_up_error_after_the_endpoint_is_bound_shows_only_our_error() {
     assert!(!status.success(), "{status:?}");
     assert!(stderr.contains("corrupt row in table `hlc`"), "{stderr}");
     assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// Issue 17: a catch-up that takes a while shows its progress (here every page, with
+/// `--progress-every 0`), then one line with the total once done.
+#[test]
+fn catch_up_progress_is_shown_then_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    // More than one page (2,048 records) of A's records.
+    let n = 3000;
+    a.run_all((0..n).map(|i| format!("put k{i} v{i}")));
+    let mut b = Proc::start_with(
+        &dir.path().join("b"),
+        &["--offline", "--progress-every", "0"],
+    );
+    let ticket_b = b.expect("ticket ");
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    let short = &device_a[..8];
+    let done = b.expect(&format!(
+        "event: caught up {n} records of {short} from {short}"
+    ));
+    let progress = b.printed_with(&format!("event: catching up records of {short}"));
+    eprintln!("{progress:#?}\ncaught up {done}");
+    // `event: catching up records of A from A: N records so far (P%)`, N rising to the total.
+    let counts: Vec<u64> = progress
+        .iter()
+        .map(|l| {
+            let rest = l
+                .strip_prefix(&format!(
+                    "event: catching up records of {short} from {short}: "
+                ))
+                .unwrap_or_else(|| panic!("{l}"));
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(counts.len() >= 2, "{progress:?}");
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert_eq!(counts.last(), Some(&n), "{progress:?}");
+    assert!(progress.last().unwrap().ends_with("(100%)"), "{progress:?}");
+    a.quit();
+    b.quit();
+}
+
+/// Issue 17: a catch-up of a few records prints no progress, only its total; an empty one
+/// prints nothing.
+#[test]
+fn a_small_catch_up_prints_only_its_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    let mut b = Proc::start(&dir.path().join("b"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    a.run_all((0..5).map(|i| format!("put k{i} v{i}")));
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    let short = &device_a[..8];
+    b.expect(&format!(
+        "event: caught up 5 records of {short} from {short}"
+    ));
+    // Whatever else was still to come has come (a heartbeat or two).
+    std::thread::sleep(Duration::from_secs(2));
+    for p in [&a, &b] {
+        let progress = p.printed_with("catching up");
+        assert!(progress.is_empty(), "{progress:?}");
+        // One line per stream that brought something (A's records to B, and each side's
+        // `add-member` to the other as a shared change), none for the empty ones.
+        let totals = p.printed_with("caught up");
+        assert!(
+            totals.iter().all(|l| !l.contains("caught up 0 ")),
+            "{totals:?}"
+        );
+        assert!(totals.len() <= 2, "{totals:?}");
+    }
+    a.quit();
+    b.quit();
 }
