@@ -189,6 +189,15 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    /// A test that fails leaves no node behind (with stdin closed, a node waits for Ctrl-C).
+    fn drop(&mut self) {
+        // Already gone after `quit`: the kill fails and is ignored.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn digest(p: &mut Proc) -> String {
     p.run("status")
         .into_iter()
