@@ -16,6 +16,10 @@
 //! or network; `--relay URL` uses your own relays instead (and nothing else); `--offline` keeps
 //! to the direct addresses in tickets (the demo, tests and benchmarks never leave 127.0.0.1).
 //!
+//! Besides the answers to its commands, a node prints `event: ...` lines: peers connecting and
+//! leaving, members added and removed, and what it catches up from a peer (progress at most
+//! once a second for a catch-up that takes longer, then its total, see [`CatchUps`]).
+//!
 //! One node per data directory: the node holds its database's lock (`sync.db.lock`, see
 //! [`hybridsync_sqlite::SqliteStore::open`]) while it runs, so a second node on the same
 //! directory refuses to start; the lock of a killed node is released by the OS.
@@ -24,7 +28,7 @@ use crate::support::{self, Store};
 use anyhow::Context;
 use hybridsync_core::SharedView;
 use hybridsync_core::{
-    Config, DeviceId, Event, ModelKind, ModelRegistry, OwnedRecord, Value, MEMBER_MODEL,
+    Config, DeviceId, Event, ModelKind, ModelRegistry, OwnedRecord, Stream, Value, MEMBER_MODEL,
 };
 use hybridsync_iroh::{
     bind_endpoint, device_id_for, DeviceRegistry, IrohConfig, IrohTransport, NetworkConfig,
@@ -40,8 +44,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast::error::RecvError;
 
 /// Options of `hybridsync node`.
 #[derive(Debug, clap::Args)]
@@ -71,6 +76,10 @@ pub struct Args {
     /// self-signed certificate or a private CA), besides the usual public roots.
     #[arg(long, value_name = "FILE")]
     pub relay_ca: Option<PathBuf>,
+    /// How often a running catch-up prints its progress, in milliseconds (default 1000): a
+    /// catch-up shorter than this prints only its total. Hidden: 0 (every page) is for tests.
+    #[arg(long, value_name = "MS", default_value_t = 1000, hide = true)]
+    pub progress_every: u64,
 }
 
 /// How long a node with relays waits for one before it prints its ticket.
@@ -590,7 +599,6 @@ async fn node(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data.display()))?;
     let store = open_store(&args.data)?;
     let key = load_key(&args.data)?;
-    let me = device_id_for(&key.public());
     let peers = load_peers(&args.data)?;
     let registry = DeviceRegistry::new();
     for t in &peers {
@@ -603,7 +611,27 @@ async fn node(args: Args) -> anyhow::Result<()> {
     }
     let network = args.network()?;
     let endpoint = bind_endpoint(key.clone(), &network).await?;
-    if network.relays != RelayMode::Disabled {
+    let relays = network.relays != RelayMode::Disabled;
+    let result = serve(args, &key, peers, registry, store, endpoint.clone(), relays).await;
+    // On every way out, the error paths included: an endpoint dropped open makes iroh log
+    // `ERROR ... Endpoint dropped without calling Endpoint::close` just before our own error
+    // (after a clean stop the transport already closed it, and this returns at once).
+    endpoint.close().await;
+    result
+}
+
+/// Runs the node on its bound `endpoint` until `quit` (or end of input and Ctrl-C).
+async fn serve(
+    args: Args,
+    key: &SecretKey,
+    peers: Vec<Ticket>,
+    registry: DeviceRegistry,
+    store: Store,
+    endpoint: Endpoint,
+    relays: bool,
+) -> anyhow::Result<()> {
+    let me = device_id_for(&key.public());
+    if relays {
         // The ticket should name the home relay: wait (a little) until there is one.
         if tokio::time::timeout(RELAY_WAIT, endpoint.online())
             .await
@@ -623,7 +651,7 @@ async fn node(args: Args) -> anyhow::Result<()> {
     members.extend(peers.iter().map(|t| t.device));
     let builder =
         Node::builder(Config::new(me, ModelRegistry::spacedrive())).bootstrap_members(members);
-    let mut events = builder.subscribe();
+    let events = builder.subscribe();
     let node = builder.start(store, transport).await?;
     println!("device {me:#}");
     for relay in ticket.addr.relay_urls() {
@@ -632,27 +660,8 @@ async fn node(args: Args) -> anyhow::Result<()> {
     println!("ticket {ticket}");
     println!("ready (type `help`)");
 
-    let printer = tokio::spawn(async move {
-        while let Ok(e) = events.recv().await {
-            match e {
-                Event::PeerConnected(p) => println!("event: connected {p:#}"),
-                Event::PeerDisconnected(p) => println!("event: disconnected {p:#}"),
-                Event::MembershipChanged { device, member } => {
-                    println!(
-                        "event: member {device:#} {}",
-                        if member { "added" } else { "removed" }
-                    )
-                }
-                Event::PeerMisbehaved { peer, reason } => {
-                    println!("event: refused {peer:#}: {reason}")
-                }
-                Event::CaughtUp { peer, stream } => {
-                    println!("event: caught up {stream} from {peer}")
-                }
-                _ => {}
-            }
-        }
-    });
+    let every = Duration::from_millis(args.progress_every);
+    let printer = tokio::spawn(print_events(events, CatchUps::new(every)));
 
     let session = Session {
         node,
@@ -688,4 +697,314 @@ async fn node(args: Args) -> anyhow::Result<()> {
     printer.abort();
     println!("stopped");
     Ok(())
+}
+
+/// Prints the events a user of the node wants to see, as `event: ...` lines.
+async fn print_events(
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    mut catch_ups: CatchUps,
+) {
+    loop {
+        let e = match events.recv().await {
+            Ok(e) => e,
+            // A burst (a large catch-up, many real-time changes) outran this loop: the events
+            // missed are gone, the following ones are still worth printing.
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        match e {
+            Event::PeerConnected(p) => println!("event: connected {p:#}"),
+            Event::PeerDisconnected(p) => {
+                println!("event: disconnected {p:#}");
+                for line in catch_ups.interrupted(p) {
+                    println!("event: {line}");
+                }
+            }
+            Event::MembershipChanged { device, member } => {
+                println!(
+                    "event: member {device:#} {}",
+                    if member { "added" } else { "removed" }
+                )
+            }
+            Event::PeerMisbehaved { peer, reason } => {
+                println!("event: refused {peer:#}: {reason}")
+            }
+            Event::CatchUpProgress {
+                peer,
+                stream,
+                applied,
+                position,
+                target,
+            } => {
+                let page = Page {
+                    applied,
+                    position,
+                    target,
+                };
+                if let Some(line) = catch_ups.progress(Instant::now(), peer, stream, page) {
+                    println!("event: {line}");
+                }
+            }
+            Event::CaughtUp { peer, stream } => {
+                if let Some(line) = catch_ups.caught_up(Instant::now(), peer, stream) {
+                    println!("event: {line}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One applied catch-up page, as [`Event::CatchUpProgress`] reports it.
+#[derive(Clone, Copy, Debug)]
+struct Page {
+    /// Records (or shared changes) in the page.
+    applied: usize,
+    /// The watermark reached (device-owned) or the changes so far (shared log).
+    position: u64,
+    /// The head the peer announced (device-owned) or the changes in all (shared log).
+    target: Option<u64>,
+}
+
+/// The catch-ups running, and what of them is printed: at most one progress line per
+/// `every` for each, none before it has run for `every` (a catch-up of a few records says
+/// nothing until its total), and its total once done (nothing for a catch-up that brought
+/// nothing: every connection starts with one per stream, most of them empty).
+#[derive(Debug)]
+struct CatchUps {
+    every: Duration,
+    running: Vec<CatchUp>,
+}
+
+#[derive(Debug)]
+struct CatchUp {
+    peer: DeviceId,
+    stream: Stream,
+    started: Instant,
+    /// Records (or shared changes) applied so far.
+    records: u64,
+    /// How far along, when the peer said how far it goes.
+    percent: Option<u64>,
+    /// When a progress line was last printed, if one was.
+    shown: Option<Instant>,
+}
+
+impl CatchUps {
+    fn new(every: Duration) -> Self {
+        CatchUps {
+            every,
+            running: Vec::new(),
+        }
+    }
+
+    /// Records a page; returns the progress line to print, if one is due.
+    fn progress(
+        &mut self,
+        now: Instant,
+        peer: DeviceId,
+        stream: Stream,
+        page: Page,
+    ) -> Option<String> {
+        let every = self.every;
+        let c = match self
+            .running
+            .iter()
+            .position(|c| c.peer == peer && c.stream == stream)
+        {
+            Some(i) => &mut self.running[i],
+            None => {
+                self.running.push(CatchUp {
+                    peer,
+                    stream,
+                    started: now,
+                    records: 0,
+                    percent: None,
+                    shown: None,
+                });
+                self.running.last_mut()?
+            }
+        };
+        c.records = c.records.saturating_add(page.applied as u64);
+        c.percent = page
+            .target
+            .filter(|t| *t > 0)
+            .map(|t| (u128::from(page.position.min(t)) * 100 / u128::from(t)) as u64);
+        let due = match c.shown {
+            Some(at) => now.duration_since(at) >= every,
+            None => now.duration_since(c.started) >= every,
+        };
+        if !due {
+            return None;
+        }
+        c.shown = Some(now);
+        let percent = c.percent.map(|p| format!(" ({p}%)")).unwrap_or_default();
+        Some(format!(
+            "catching up {} from {peer}: {} so far{percent}",
+            what(stream),
+            count(stream, c.records),
+        ))
+    }
+
+    /// The catch-up is done; returns its total line, unless it brought nothing.
+    fn caught_up(&mut self, now: Instant, peer: DeviceId, stream: Stream) -> Option<String> {
+        let i = self
+            .running
+            .iter()
+            .position(|c| c.peer == peer && c.stream == stream)?;
+        let c = self.running.swap_remove(i);
+        if c.records == 0 {
+            return None;
+        }
+        // The time it took is news only to a user who watched it go.
+        let took = match c.shown {
+            Some(_) => format!(" in {:.1}s", now.duration_since(c.started).as_secs_f64()),
+            None => String::new(),
+        };
+        Some(format!(
+            "caught up {} from {peer}{took}",
+            amount(stream, c.records)
+        ))
+    }
+
+    /// `peer` disconnected: its catch-ups end unfinished (they resume from where they got to
+    /// once it is back). Returns a line for each one whose progress was shown.
+    fn interrupted(&mut self, peer: DeviceId) -> Vec<String> {
+        let (gone, running) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|c| c.peer == peer);
+        self.running = running;
+        gone.into_iter()
+            .filter(|c| c.shown.is_some())
+            .map(|c| {
+                format!(
+                    "catching up {} from {peer}: interrupted after {} (resumes when it is back)",
+                    what(c.stream),
+                    count(c.stream, c.records)
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a catch-up of `stream` brings, for a progress line.
+fn what(stream: Stream) -> String {
+    match stream {
+        Stream::Owned(owner) => format!("records of {owner}"),
+        Stream::SharedLog => "shared changes".to_owned(),
+        Stream::SharedSnapshot => "a shared snapshot".to_owned(),
+    }
+}
+
+/// `n` records (or shared changes) of `stream`.
+fn count(stream: Stream, n: u64) -> String {
+    let unit = match stream {
+        Stream::SharedLog => "change",
+        Stream::Owned(_) | Stream::SharedSnapshot => "record",
+    };
+    let s = if n == 1 { "" } else { "s" };
+    format!("{n} {unit}{s}")
+}
+
+/// What a catch-up of `stream` brought, `n` of them, for its total line.
+fn amount(stream: Stream, n: u64) -> String {
+    let s = if n == 1 { "" } else { "s" };
+    match stream {
+        Stream::Owned(owner) => format!("{n} record{s} of {owner}"),
+        Stream::SharedLog => format!("{n} shared change{s}"),
+        Stream::SharedSnapshot => format!("a shared snapshot of {n} record{s}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn device(n: u8) -> DeviceId {
+        DeviceId(uuid::Uuid::from_bytes([n; 16]))
+    }
+
+    fn page(applied: usize, position: u64, target: u64) -> Page {
+        Page {
+            applied,
+            position,
+            target: Some(target),
+        }
+    }
+
+    #[test]
+    fn a_short_catch_up_prints_only_its_total() {
+        let (peer, t0) = (device(1), Instant::now());
+        let mut c = CatchUps::new(SEC);
+        let s = Stream::Owned(peer);
+        assert_eq!(c.progress(t0, peer, s, page(3, 3, 5)), None);
+        assert_eq!(c.progress(t0 + SEC / 2, peer, s, page(2, 5, 5)), None);
+        assert_eq!(
+            c.caught_up(t0 + SEC / 2, peer, s).as_deref(),
+            Some("caught up 5 records of 01010101 from 01010101")
+        );
+        assert!(c.running.is_empty());
+    }
+
+    #[test]
+    fn an_empty_catch_up_prints_nothing_and_one_change_is_singular() {
+        let (peer, t0) = (device(1), Instant::now());
+        let mut c = CatchUps::new(SEC);
+        let s = Stream::SharedLog;
+        assert_eq!(c.progress(t0, peer, s, page(0, 0, 0)), None);
+        assert_eq!(c.caught_up(t0, peer, s), None);
+        // One is one.
+        assert_eq!(c.progress(t0, peer, s, page(1, 1, 1)), None);
+        assert_eq!(
+            c.caught_up(t0, peer, s).as_deref(),
+            Some("caught up 1 shared change from 01010101")
+        );
+        // A catch-up that never reported a page is not news either.
+        assert_eq!(c.caught_up(t0, peer, Stream::SharedSnapshot), None);
+    }
+
+    #[test]
+    fn a_long_catch_up_prints_at_most_one_line_a_second_then_its_total() {
+        let (peer, owner, t0) = (device(1), device(2), Instant::now());
+        let mut c = CatchUps::new(SEC);
+        let s = Stream::Owned(owner);
+        // A page every 300 ms for 3 s: 1,000 records each, of 10,000.
+        let lines: Vec<(u64, String)> = (1..=10u64)
+            .filter_map(|k| {
+                let at = t0 + Duration::from_millis(300 * (k - 1));
+                let line = c.progress(at, peer, s, page(1000, k * 1000, 10_000))?;
+                Some((300 * (k - 1), line))
+            })
+            .collect();
+        let at: Vec<u64> = lines.iter().map(|(ms, _)| *ms).collect();
+        assert_eq!(at, [1200, 2400], "{lines:?}");
+        assert_eq!(
+            lines[0].1,
+            "catching up records of 02020202 from 01010101: 5000 records so far (50%)"
+        );
+        assert_eq!(
+            c.caught_up(t0 + 3 * SEC, peer, s).as_deref(),
+            Some("caught up 10000 records of 02020202 from 01010101 in 3.0s")
+        );
+    }
+
+    #[test]
+    fn a_catch_up_cut_short_says_so_only_if_its_progress_was_shown() {
+        let (p, q, t0) = (device(1), device(2), Instant::now());
+        let mut c = CatchUps::new(SEC);
+        let log = Stream::SharedLog;
+        assert_eq!(c.progress(t0, p, log, page(100, 100, 400)), None);
+        assert!(c.progress(t0 + SEC, p, log, page(100, 200, 400)).is_some());
+        assert_eq!(c.progress(t0, q, Stream::Owned(q), page(1, 1, 9)), None);
+        assert_eq!(
+            c.interrupted(p),
+            [
+                "catching up shared changes from 01010101: interrupted after 200 changes \
+              (resumes when it is back)"
+            ]
+        );
+        assert!(c.interrupted(q).is_empty());
+        assert!(c.running.is_empty());
+    }
 }

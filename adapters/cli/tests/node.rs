@@ -8,7 +8,7 @@ mod local_relay;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
@@ -17,6 +17,10 @@ struct Proc {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
+    /// Every line printed so far, events included (`lines` hands each to one reader only).
+    printed: Arc<Mutex<Vec<String>>>,
+    /// Every line written to stderr so far (logs, warnings).
+    logged: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -39,24 +43,37 @@ impl Proc {
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let logged = Arc::new(Mutex::new(Vec::new()));
+        let keep = printed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
+                keep.lock().unwrap().push(line.clone());
+                // The test may have stopped reading: the log above still gets every line.
+                let _ = tx.send(line);
+            }
+        });
+        let keep = logged.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line);
             }
         });
         Proc {
             child,
             stdin,
             lines,
+            printed,
+            logged,
         }
     }
 
@@ -94,6 +111,28 @@ impl Proc {
         }
     }
 
+    /// Sends every command at once, then waits for an `ok` for each (panics on `error:`).
+    fn run_all(&mut self, cmds: impl Iterator<Item = String>) {
+        let mut count = 0;
+        let mut text = String::new();
+        for cmd in cmds {
+            text.push_str(&cmd);
+            text.push('\n');
+            count += 1;
+        }
+        self.stdin.write_all(text.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+        let deadline = Instant::now() + T * 4;
+        while count > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap();
+            assert!(!line.starts_with("error:"), "{line}");
+            if line == "ok" {
+                count -= 1;
+            }
+        }
+    }
+
     /// Sends a command that must fail; returns its error message (panics on `ok`).
     fn run_err(&mut self, cmd: &str) -> String {
         writeln!(self.stdin, "{cmd}").unwrap();
@@ -122,11 +161,40 @@ impl Proc {
         }
     }
 
+    /// The lines printed so far (events included) that contain `text`.
+    fn printed_with(&self, text: &str) -> Vec<String> {
+        let printed = self.printed.lock().unwrap();
+        printed
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
+    }
+
+    /// The lines written to stderr so far that contain `text`.
+    fn logged_with(&self, text: &str) -> Vec<String> {
+        let logged = self.logged.lock().unwrap();
+        logged
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
+    }
+
     fn quit(mut self) {
         writeln!(self.stdin, "quit").unwrap();
         self.expect("stopped");
         let status = self.child.wait().unwrap();
         assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    /// A test that fails leaves no node behind (with stdin closed, a node waits for Ctrl-C).
+    fn drop(&mut self) {
+        // Already gone after `quit`: the kill fails and is ignored.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -332,6 +400,8 @@ fn refused_start(dir: &Path) -> Option<(std::process::ExitStatus, String)> {
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // The user sees our error only, not iroh's complaint about an endpoint dropped unclosed.
+    assert!(!stderr.contains("Endpoint dropped"), "{stderr}");
     Some((status, stderr))
 }
 
@@ -572,4 +642,161 @@ fn offline_node_names_no_relay_and_relay_flags_conflict_with_offline() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+/// Issue 17, pairing in the natural order: A runs `add-member <B's ticket>` first, and B
+/// only a while later (its user is still copying A's ticket), so A dials B meanwhile and B
+/// turns it away. Once B pairs back, both sides sync within a few seconds (not after a
+/// backoff of ten), and neither user is told of a refusal, on stdout or in the logs.
+fn pairing_in_the_natural_order(flags: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start_with(&dir.path().join("a"), flags);
+    let mut b = Proc::start_with(&dir.path().join("b"), flags);
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    a.run("put from-a yes");
+    b.run("put from-b yes");
+    a.run(&format!("add-member {ticket_b}"));
+    // Long enough for A's redial backoff to grow past what a prompt pairing allows.
+    std::thread::sleep(Duration::from_secs(8));
+    b.run(&format!("add-member {ticket_a}"));
+    let paired = Instant::now();
+    b.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("from-a = yes"))
+    });
+    a.poll("list", |out| {
+        out.iter().any(|l| l.ends_with("from-b = yes"))
+    });
+    let took = paired.elapsed();
+    eprintln!("synced {took:?} after the second add-member");
+    for (name, p) in [("A", &a), ("B", &b)] {
+        let refused = p.printed_with("refused");
+        assert!(refused.is_empty(), "{name} printed {refused:?}");
+        let errors = p.printed_with("error");
+        assert!(errors.is_empty(), "{name} printed {errors:?}");
+        // Nor in its logs: a device that paired first dialing is expected, not a warning.
+        let logged = p.logged_with("refused");
+        assert!(logged.is_empty(), "{name} logged {logged:?}");
+    }
+    assert!(took < Duration::from_secs(5), "synced only after {took:?}");
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn pairing_in_the_natural_order_syncs_promptly_without_a_refusal() {
+    pairing_in_the_natural_order(&["--offline"]);
+}
+
+#[test]
+fn pairing_in_the_natural_order_through_a_relay_syncs_promptly_without_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = rt.block_on(local_relay::LocalRelay::start());
+    let ca = dir.path().join("relay.pem");
+    std::fs::write(&ca, relay.cert_pem()).unwrap();
+    let url = relay.url().to_string();
+    let ca = ca.to_str().unwrap();
+    pairing_in_the_natural_order(&["--relay", &url, "--relay-ca", ca, "--bind", "127.0.0.1:0"]);
+    drop(relay);
+}
+
+/// Issue 17: a node that fails after its endpoint is bound (here: a corrupt row in its
+/// database, found when the engine loads its state) shows its own error only, not iroh's
+/// `ERROR iroh::socket: Endpoint dropped without calling Endpoint::close` line before it.
+#[test]
+fn a_start_up_error_after_the_endpoint_is_bound_shows_only_our_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    Proc::start(&data).quit();
+    // The clock row the engine restores from: one byte where an HLC takes more.
+    let db = rusqlite::Connection::open(data.join("sync.db")).unwrap();
+    db.execute("INSERT OR REPLACE INTO hlc (id, hlc) VALUES (0, x'01')", [])
+        .unwrap();
+    drop(db);
+    let Some((status, stderr)) = refused_start(&data) else {
+        panic!("the node started on a corrupt database");
+    };
+    assert!(!status.success(), "{status:?}");
+    assert!(stderr.contains("corrupt row in table `hlc`"), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// Issue 17: a catch-up that takes a while shows its progress (here every page, with
+/// `--progress-every 0`), then one line with the total once done.
+#[test]
+fn catch_up_progress_is_shown_then_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    // More than one page (2,048 records) of A's records.
+    let n = 3000;
+    a.run_all((0..n).map(|i| format!("put k{i} v{i}")));
+    let mut b = Proc::start_with(
+        &dir.path().join("b"),
+        &["--offline", "--progress-every", "0"],
+    );
+    let ticket_b = b.expect("ticket ");
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    let short = &device_a[..8];
+    let done = b.expect(&format!(
+        "event: caught up {n} records of {short} from {short}"
+    ));
+    let progress = b.printed_with(&format!("event: catching up records of {short}"));
+    eprintln!("{progress:#?}\ncaught up {done}");
+    // `event: catching up records of A from A: N records so far (P%)`, N rising to the total.
+    let counts: Vec<u64> = progress
+        .iter()
+        .map(|l| {
+            let rest = l
+                .strip_prefix(&format!(
+                    "event: catching up records of {short} from {short}: "
+                ))
+                .unwrap_or_else(|| panic!("{l}"));
+            rest.split(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(counts.len() >= 2, "{progress:?}");
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert_eq!(counts.last(), Some(&n), "{progress:?}");
+    assert!(progress.last().unwrap().ends_with("(100%)"), "{progress:?}");
+    a.quit();
+    b.quit();
+}
+
+/// Issue 17: a catch-up of a few records prints no progress, only its total; an empty one
+/// prints nothing.
+#[test]
+fn a_small_catch_up_prints_only_its_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(&dir.path().join("a"));
+    let mut b = Proc::start(&dir.path().join("b"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    a.run_all((0..5).map(|i| format!("put k{i} v{i}")));
+    a.run(&format!("add-member {ticket_b}"));
+    b.run(&format!("add-member {ticket_a}"));
+    let short = &device_a[..8];
+    b.expect(&format!(
+        "event: caught up 5 records of {short} from {short}"
+    ));
+    // Whatever else was still to come has come (a heartbeat or two).
+    std::thread::sleep(Duration::from_secs(2));
+    for p in [&a, &b] {
+        let progress = p.printed_with("catching up");
+        assert!(progress.is_empty(), "{progress:?}");
+        // One line per stream that brought something (A's records to B, and each side's
+        // `add-member` to the other as a shared change), none for the empty ones.
+        let totals = p.printed_with("caught up");
+        assert!(
+            totals.iter().all(|l| !l.contains("caught up 0 ")),
+            "{totals:?}"
+        );
+        assert!(totals.len() <= 2, "{totals:?}");
+    }
+    a.quit();
+    b.quit();
 }

@@ -959,7 +959,10 @@ impl ProtocolHandler for SyncProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let remote = conn.remote_id();
         let Some(device) = self.shared.registry.device_of(&remote) else {
-            tracing::warn!(endpoint = %remote.fmt_short(), "unknown endpoint refused");
+            // Not a warning: pairing is mutual, so a device that paired with this one first
+            // dials it (again, with backoff) until this one pairs back, which is the usual
+            // order of two people exchanging tickets.
+            tracing::info!(endpoint = %remote.fmt_short(), "unknown endpoint refused");
             conn.close(
                 VarInt::from_u32(close_code::UNKNOWN_ENDPOINT),
                 b"unknown endpoint",
