@@ -35,6 +35,30 @@ fn small_frame(id: DeviceId) -> Config {
     c
 }
 
+/// Two devices with small frames, connected; a third one, `c`, that will join later.
+fn small_frame_pair() -> (Cluster, DeviceId, DeviceId, DeviceId) {
+    let (a, b, c) = (device(0), device(1), device(2));
+    let mut cl = Cluster::new(2);
+    for id in [a, b] {
+        cl.add_with(id, Restored::bootstrap([a, b]), small_frame(id));
+    }
+    cl.connect(a, b);
+    (cl, a, b, c)
+}
+
+/// Once `a`'s log is pruned, `c` joins through `a` and, below its pruned horizon, takes a
+/// snapshot: it must end with every record, in messages that each fit a frame.
+fn newcomer_takes_a_snapshot(cl: &mut Cluster, a: DeviceId, b: DeviceId, c: DeviceId) {
+    cl.settle();
+    assert_eq!(log_len(cl, a), 0, "pruned: a newcomer must take a snapshot");
+    assert!(cl.command(a, Command::AddMember(c)));
+    cl.add_with(c, Restored::bootstrap([c, a]), small_frame(c));
+    cl.connect(a, c);
+    cl.settle();
+    assert_eq!(cl.oversized, [], "no message above the frame limit");
+    cl.check_converged(&[a, b, c]).expect("c has every record");
+}
+
 /// The models of the previous release: no `volume`, no `album`.
 fn previous_release(id: DeviceId) -> Config {
     let mut c = Cluster::config(id);
@@ -76,12 +100,7 @@ fn write_beyond_the_frame_is_refused_and_never_stops_its_owners_stream() {
 
 #[test]
 fn reinserted_large_shared_record_travels_by_snapshot() {
-    let (a, b, c) = (device(0), device(1), device(2));
-    let mut cl = Cluster::new(2);
-    for id in [a, b] {
-        cl.add_with(id, Restored::bootstrap([a, b]), small_frame(id));
-    }
-    cl.connect(a, b);
+    let (mut cl, a, b, c) = small_frame_pair();
     // Two large fields, each alone well under the limit, together above the frame: the
     // second insert hides the first field; the application only ever sees one of them.
     let big = small_frame(a).max_frame * 6 / 10;
@@ -96,29 +115,12 @@ fn reinserted_large_shared_record_travels_by_snapshot() {
             },
         ));
     }
-    cl.settle();
-    assert_eq!(
-        log_len(&cl, a),
-        0,
-        "pruned: a newcomer must take a snapshot"
-    );
-    // c joins through a and, below a's pruned horizon, takes a snapshot.
-    assert!(cl.command(a, Command::AddMember(c)));
-    cl.add_with(c, Restored::bootstrap([c, a]), small_frame(c));
-    cl.connect(a, c);
-    cl.settle();
-    assert_eq!(cl.oversized, [], "no message above the frame limit");
-    cl.check_converged(&[a, b, c]).expect("c has the record");
+    newcomer_takes_a_snapshot(&mut cl, a, b, c);
 }
 
 #[test]
 fn shared_record_larger_than_a_frame_travels_by_snapshot_in_parts() {
-    let (a, b, c) = (device(0), device(1), device(2));
-    let mut cl = Cluster::new(2);
-    for id in [a, b] {
-        cl.add_with(id, Restored::bootstrap([a, b]), small_frame(id));
-    }
-    cl.connect(a, b);
+    let (mut cl, a, b, c) = small_frame_pair();
     // Three large fields, each written by its own update (each change well under the write
     // limit), all visible: the record the application sees is larger than a frame.
     let big = small_frame(a).max_frame * 6 / 10;
@@ -143,21 +145,7 @@ fn shared_record_larger_than_a_frame_travels_by_snapshot_in_parts() {
             },
         ));
     }
-    cl.settle();
-    assert_eq!(
-        log_len(&cl, a),
-        0,
-        "pruned: a newcomer must take a snapshot"
-    );
-    // c joins through a and, below a's pruned horizon, takes a snapshot: the record must
-    // reach it whole, in messages that each fit a frame.
-    assert!(cl.command(a, Command::AddMember(c)));
-    cl.add_with(c, Restored::bootstrap([c, a]), small_frame(c));
-    cl.connect(a, c);
-    cl.settle();
-    assert_eq!(cl.oversized, [], "no message above the frame limit");
-    cl.check_converged(&[a, b, c])
-        .expect("c has the record with every field");
+    newcomer_takes_a_snapshot(&mut cl, a, b, c);
 }
 
 #[test]

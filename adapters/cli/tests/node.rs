@@ -522,16 +522,22 @@ fn mistakes_get_a_clear_message_not_a_silent_ok() {
     a.quit();
 }
 
+/// Two fresh nodes in `dir`, with `a`'s device line and both tickets.
+fn two_nodes(dir: &Path) -> (Proc, Proc, String, String, String) {
+    let a = Proc::start(&dir.join("a"));
+    let b = Proc::start(&dir.join("b"));
+    let device_a = a.expect("device ");
+    let ticket_a = a.expect("ticket ");
+    let ticket_b = b.expect("ticket ");
+    (a, b, device_a, ticket_a, ticket_b)
+}
+
 /// Issue 17: `get KEY`, `count [MODEL]` and `list [MODEL]` read through the typed reads; a
 /// record that arrives from a peer shows up in them too.
 #[test]
 fn get_count_and_a_model_filter_read_the_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Proc::start(&dir.path().join("a"));
-    let mut b = Proc::start(&dir.path().join("b"));
-    let device_a = a.expect("device ");
-    let ticket_a = a.expect("ticket ");
-    let ticket_b = b.expect("ticket ");
+    let (mut a, mut b, device_a, ticket_a, ticket_b) = two_nodes(dir.path());
     a.run("put k1 one");
     a.run("put k2 two words");
     a.run("put gone soon");
@@ -569,21 +575,36 @@ fn get_count_and_a_model_filter_read_the_records() {
     b.quit();
 }
 
+/// A relay of our own on 127.0.0.1 and the `hybridsync node` flags that use it and nothing
+/// else (its certificate written into `dir`). The relay runs on the returned runtime's threads
+/// while the test's thread drives the processes: keep both alive for the test.
+fn relay_of_our_own(
+    dir: &Path,
+) -> (
+    tokio::runtime::Runtime,
+    local_relay::LocalRelay,
+    Vec<String>,
+) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = rt.block_on(local_relay::LocalRelay::start());
+    let ca = dir.join("relay.pem");
+    std::fs::write(&ca, relay.cert_pem()).unwrap();
+    let url = relay.url().to_string();
+    let ca = ca.to_str().unwrap().to_owned();
+    // 127.0.0.1: direct addresses stay on loopback (the default binds every interface).
+    let flags = ["--relay", &url, "--relay-ca", &ca, "--bind", "127.0.0.1:0"];
+    (rt, relay, flags.map(str::to_owned).to_vec())
+}
+
 /// The issue's user story, with a relay of our own on 127.0.0.1 instead of iroh's public
 /// ones: two nodes paired once, both restart on new ports (their old ones held by someone
 /// else), and they find each other again through the relay their tickets name.
 #[test]
 fn paired_nodes_reconnect_through_their_relay_after_both_restart_on_new_ports() {
     let dir = tempfile::tempdir().unwrap();
-    // The relay runs on this runtime's threads while this thread drives the two processes.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let relay = rt.block_on(local_relay::LocalRelay::start());
-    let ca = dir.path().join("relay.pem");
-    std::fs::write(&ca, relay.cert_pem()).unwrap();
+    let (_rt, relay, flags) = relay_of_our_own(dir.path());
     let url = relay.url().to_string();
-    let ca = ca.to_str().unwrap();
-    // 127.0.0.1: direct addresses stay on loopback (the default binds every interface).
-    let flags = ["--relay", &url, "--relay-ca", ca, "--bind", "127.0.0.1:0"];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let mut a = Proc::start_with(&da, &flags);
     let mut b = Proc::start_with(&db, &flags);
@@ -691,13 +712,9 @@ fn pairing_in_the_natural_order_syncs_promptly_without_a_refusal() {
 #[test]
 fn pairing_in_the_natural_order_through_a_relay_syncs_promptly_without_a_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let relay = rt.block_on(local_relay::LocalRelay::start());
-    let ca = dir.path().join("relay.pem");
-    std::fs::write(&ca, relay.cert_pem()).unwrap();
-    let url = relay.url().to_string();
-    let ca = ca.to_str().unwrap();
-    pairing_in_the_natural_order(&["--relay", &url, "--relay-ca", ca, "--bind", "127.0.0.1:0"]);
+    let (_rt, relay, flags) = relay_of_our_own(dir.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    pairing_in_the_natural_order(&flags);
     drop(relay);
 }
 
@@ -771,11 +788,7 @@ fn catch_up_progress_is_shown_then_the_total() {
 #[test]
 fn a_small_catch_up_prints_only_its_total() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Proc::start(&dir.path().join("a"));
-    let mut b = Proc::start(&dir.path().join("b"));
-    let device_a = a.expect("device ");
-    let ticket_a = a.expect("ticket ");
-    let ticket_b = b.expect("ticket ");
+    let (mut a, mut b, device_a, ticket_a, ticket_b) = two_nodes(dir.path());
     a.run_all((0..5).map(|i| format!("put k{i} v{i}")));
     a.run(&format!("add-member {ticket_b}"));
     b.run(&format!("add-member {ticket_a}"));
