@@ -74,6 +74,12 @@ pub enum SyncMessage {
     /// `request_id`. Cumulative, so a lost, repeated or reordered one is harmless (the
     /// responder keeps the highest); it never travels ahead of the request it names.
     PagesReceived(PagesReceived),
+    /// A digest of the sender's member registers ([`Members`](SyncMessage::Members) would
+    /// carry), sent on connect and every few minutes instead of the registers themselves: a
+    /// receiver whose own registers differ answers with its `Members`, and as both sides send
+    /// one, each gets what it lacks. Peers that already agree (every pair, after the first
+    /// exchange) send nothing more.
+    MembersDigest(u64),
 }
 
 /// The body of [`SyncMessage::StateRequest`].
@@ -291,6 +297,7 @@ impl SyncMessage {
             SyncMessage::Neighbours { .. } => "Neighbours",
             SyncMessage::StateRelay { .. } => "StateRelay",
             SyncMessage::HeartbeatDelta { .. } => "HeartbeatDelta",
+            SyncMessage::MembersDigest(_) => "MembersDigest",
         }
     }
 
@@ -307,6 +314,7 @@ impl SyncMessage {
                 | SyncMessage::Heartbeat { .. }
                 | SyncMessage::AckRelay(_)
                 | SyncMessage::Members(_)
+                | SyncMessage::MembersDigest(_)
                 | SyncMessage::Neighbours { .. }
                 | SyncMessage::StateRelay { .. }
                 | SyncMessage::HeartbeatDelta { .. }

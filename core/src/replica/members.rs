@@ -141,6 +141,25 @@ impl Replica {
     /// `max_write_bytes` (a record is under 128 bytes), for `Members`. Removed members' go
     /// too: a device that missed a member's bootstrap registers before its removal would
     /// otherwise hold that record differently for ever.
+    /// A digest of the member registers (every member record, removed members' too): equal
+    /// on two devices exactly when their registers are (up to a 64-bit collision).
+    pub(super) fn members_digest(&self) -> u64 {
+        let mut digest = crate::digest::Fnv64::default();
+        for record in self.member_records.values() {
+            digest.write(&postcard::to_stdvec(record).unwrap_or_default());
+        }
+        digest.finish()
+    }
+
+    /// A peer's [`SyncMessage::MembersDigest`]: registers that differ are sent whole.
+    pub(super) fn on_members_digest(&mut self, from: DeviceId, digest: u64) {
+        if digest != self.members_digest() {
+            for msg in self.member_messages() {
+                self.send(from, msg);
+            }
+        }
+    }
+
     pub(super) fn member_messages(&self) -> Vec<SyncMessage> {
         let per = (self.config.max_write_bytes() / 128).max(1);
         let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();

@@ -50,9 +50,9 @@ pub const MAX_ORIGINS: usize = 4 * MAX_MEMBERS;
 /// A pinned log asks for relayed acks again at most every this many summaries (30 s).
 const PINNED_EVERY: u64 = 6;
 
-/// Every this many summaries, the member registers go out again (every 10 minutes by
-/// default): a repair for a lost `Members`, which a reliable transport never loses (it is
-/// sent on every connect).
+/// Every this many summaries, the digest of the member registers goes out again (every 10
+/// minutes by default), and the registers to a peer whose digest differs: a repair for a lost
+/// `Members`, which a reliable transport never loses (digests are compared on every connect).
 const MEMBERS_EVERY: u64 = 120;
 
 /// Every this many summaries, a peer gets a full summary instead of a delta (every 2 minutes
@@ -811,10 +811,14 @@ impl Replica {
             }
             told.merge(&vv);
             // A head the peer reported at or above ours tells it nothing (it fetches from us
-            // only what it lacks); its own stream's head is always sent (a lost database).
+            // only what it lacks), nor does the head of an owner the peer is connected to,
+            // this device included: the owner pushes it every change first-hand (a change
+            // lost on the way is repaired by the next full summary). Its own stream's head is
+            // always sent (a lost database).
             heads.retain(|o, s| {
+                let first_hand = *o == me || p.neighbours.contains(o);
                 p.heads_told.get(o).is_none_or(|t| t < s)
-                    && (*o == to || p.heads.get(o).is_none_or(|h| h < s))
+                    && (*o == to || (!first_hand && p.heads.get(o).is_none_or(|h| h < s)))
             });
             for (o, s) in &heads {
                 p.heads_told.insert(*o, *s);
@@ -852,10 +856,11 @@ impl Replica {
         self.send_summary(peer, true);
         // The member registers, bootstrap ones included: those exist only as registers (never
         // in the log), so a device that catches up from the log would otherwise never learn
-        // them, and refuse their connections.
-        for msg in self.member_messages() {
-            self.send(peer, msg);
-        }
+        // them, and refuse their connections. Their digest first: the registers themselves
+        // go only where they differ (sent whole to every new peer, they were n^2 lists of n
+        // records at start-up).
+        let digest = self.members_digest();
+        self.send(peer, SyncMessage::MembersDigest(digest));
         // The new peer learns at once who this device reaches; the others learn that it
         // reaches one more a moment later, once for every peer that came up meanwhile (when a
         // device starts, its links come up one by one: one list per link per peer was n^3
@@ -964,6 +969,7 @@ impl Replica {
             SyncMessage::Error(reply) => self.on_error(from, reply),
             SyncMessage::AckRelay(acks) => self.on_ack_relay(from, acks),
             SyncMessage::Members(records) => self.on_members(from, records),
+            SyncMessage::MembersDigest(digest) => self.on_members_digest(from, digest),
             SyncMessage::Neighbours(list) => self.on_neighbours(from, list),
             SyncMessage::StateRelay(crate::StateRelay { owner, records }) => {
                 let records = records.into_iter().map(|c| c.into_record(owner)).collect();
@@ -1122,9 +1128,8 @@ impl Replica {
             self.summaries.sent += 1;
             if self.summaries.sent.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
                 // Anti-entropy for the member registers (a lost `Members` is repaired).
-                for msg in self.member_messages() {
-                    self.broadcast(msg);
-                }
+                let digest = self.members_digest();
+                self.broadcast(SyncMessage::MembersDigest(digest));
             }
             // Entries held since the previous summary and still unpruned: some ack did not
             // arrive (a relayed one may have been lost); ask the peers to relay them all again.

@@ -480,6 +480,37 @@ fn reconnecting_a_synced_pair_costs_one_round_trip() {
     assert!(!net.node(a).replica.is_fetching() && !net.node(b).replica.is_fetching());
 }
 
+#[test]
+fn member_registers_travel_only_to_a_peer_whose_registers_differ() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let members_sent = |net: &Net, d: DeviceId| {
+        let sent = &net.node(d).sent;
+        sent.iter()
+            .filter(|(_, m)| matches!(m, SyncMessage::Members(_)))
+            .count()
+    };
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    // The same bootstrap registers on both sides: a digest each way, no registers.
+    assert_eq!(members_sent(&net, a) + members_sent(&net, b), 0);
+    // A joiner that knows only itself and its sponsor lacks b's bootstrap registers (they
+    // were never in the log): the digests differ, and the registers go both ways.
+    net.cmd(a, Command::AddMember(c));
+    net.add_node(c, Restored::bootstrap([c, a]), config(c));
+    net.connect(a, c);
+    net.settle();
+    assert!(members_sent(&net, a) >= 1);
+    assert!(
+        net.node(c).replica.is_member(b),
+        "c learned b from a's registers"
+    );
+    assert_eq!(
+        net.node(a).replica.members().collect::<Vec<_>>(),
+        net.node(c).replica.members().collect::<Vec<_>>()
+    );
+}
+
 // ------------------------------------------------------------------ device-owned rules
 
 #[test]
@@ -1368,11 +1399,52 @@ fn summaries_carry_only_what_rose_and_idle_links_stay_quiet() {
     assert_eq!(
         after,
         vec![SyncMessage::HeartbeatDelta(crate::Summary {
-            heads: [(a, 1)].into(),
+            heads: BTreeMap::new(),
             vv: vv_a
         })],
-        "the delta names what rose: a's own head and vector entry"
+        "the delta names what rose and b cannot learn first-hand: a's vector entry (its ack), \
+         not a's own head (a pushed b the change itself)"
     );
+}
+
+#[test]
+fn summaries_name_heads_only_to_peers_that_cannot_learn_them_first_hand() {
+    // A chain a - b - c, and d paired with b and a: b's summaries tell c of a's head (c is
+    // not connected to a), never d (a pushes d its changes itself).
+    let (a, b, c, d) = (dev(1), dev(2), dev(3), dev(4));
+    let mut net = Net::new(4);
+    net.connect(a, b);
+    net.connect(b, c);
+    net.connect(b, d);
+    net.connect(a, d);
+    net.settle();
+    net.advance(1_000); // neighbour lists are out
+    let mark = net.node(b).sent.len();
+    net.put(a, 1, b"x");
+    net.run();
+    net.advance(5_000);
+    let heads_to = |to: DeviceId| -> Vec<BTreeMap<DeviceId, u64>> {
+        net.node(b).sent[mark..]
+            .iter()
+            .filter(|(t, _)| *t == to)
+            .filter_map(|(_, m)| match m {
+                SyncMessage::HeartbeatDelta(s) => Some(s.heads.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        heads_to(c).iter().any(|h| h.get(&a) == Some(&1)),
+        "{:?}",
+        heads_to(c)
+    );
+    assert!(
+        heads_to(d).iter().all(|h| !h.contains_key(&a)),
+        "{:?}",
+        heads_to(d)
+    );
+    net.settle();
+    net.assert_converged();
 }
 
 #[test]
