@@ -128,6 +128,24 @@ fn sample_messages() -> Vec<SyncMessage> {
         out.push(SyncMessage::AckRelay(
             [(b, state.vv.clone()), (c, state.vv.clone())].into(),
         ));
+        // Kinds a cluster that agrees rarely sends: member registers (only where their
+        // digests differ), a summary delta and a stand-alone ack.
+        let members: Vec<_> = state
+            .shared
+            .values()
+            .filter(|r| r.model == hybridsync_core::MEMBER_MODEL)
+            .cloned()
+            .collect();
+        out.push(SyncMessage::Members(members));
+        let heads: BTreeMap<_, _> = state.watermarks.iter().map(|(d, s)| (*d, *s)).collect();
+        out.push(SyncMessage::HeartbeatDelta(hybridsync_core::Summary {
+            heads,
+            vv: state.vv.clone(),
+        }));
+        out.push(SyncMessage::AckSharedChanges(hybridsync_core::Ack {
+            acker: a,
+            vv: state.vv.clone(),
+        }));
         out.push(SyncMessage::SharedSnapshotResponse(
             hybridsync_core::SharedSnapshotResponse {
                 request_id: 9,
