@@ -137,10 +137,6 @@ impl Replica {
         out
     }
 
-    /// Every member record's registers, removed members' too, in messages of at most
-    /// `max_write_bytes` (a record is under 128 bytes), for `Members`. Removed members' go
-    /// too: a device that missed a member's bootstrap registers before its removal would
-    /// otherwise hold that record differently for ever.
     /// A digest of the member registers (every member record, removed members' too): equal
     /// on two devices exactly when their registers are (up to a 64-bit collision).
     pub(super) fn members_digest(&self) -> u64 {
@@ -160,6 +156,10 @@ impl Replica {
         }
     }
 
+    /// Every member record's registers, removed members' too, in messages of at most
+    /// `max_write_bytes` (a record is under 128 bytes), for `Members`. Removed members' go
+    /// too: a device that missed a member's bootstrap registers before its removal would
+    /// otherwise hold that record differently for ever.
     pub(super) fn member_messages(&self) -> Vec<SyncMessage> {
         let per = (self.config.max_write_bytes() / 128).max(1);
         let members: Vec<SharedRecord> = self.member_records.values().cloned().collect();
