@@ -2,7 +2,7 @@
 //! time-ordered (UUIDv7-like) and random (UUIDv4-like) record ids.
 //!
 //! ```sh
-//! cargo run --release -p hybridsync-sqlite --example sqlite_bench -- 1000000 [batch] [payload] [v7|v4]
+//! cargo run --release -p hybridsync-sqlite --features bench --example sqlite_bench -- 1000000 [batch] [payload] [v7|v4]
 //! ```
 //!
 //! Database files go to a temporary directory (set `TMPDIR` to measure another disk).
