@@ -7,6 +7,7 @@ pub const DEFAULT_MAX_FRAME: usize = 4 * 1024 * 1024;
 
 /// A message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// The bytes are not a valid message.
     #[error("malformed message: {0}")]
@@ -61,6 +62,7 @@ pub fn encode_frame(msg: &SyncMessage) -> Vec<u8> {
 
 /// A frame could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The length prefix announces a frame larger than the maximum (nothing was allocated).
     #[error("frame of {len} bytes exceeds the maximum of {max}")]

@@ -44,6 +44,7 @@ impl fmt::Debug for Hlc {
 
 /// Why a remote stamp was not adopted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClockError {
     /// The stamp is further ahead of local physical time than the configured drift bound.
     #[error("remote stamp is {ahead_ms} ms ahead of local time (bound {max_drift_ms} ms)")]

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 /// supplies the authenticated sender with every message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum SyncMessage {
     /// A real-time push of one device-owned change of the sender (its owner).
     StateChange(OwnedChange),

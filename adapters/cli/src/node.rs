@@ -580,7 +580,7 @@ fn refusal(e: RegistryError) -> anyhow::Error {
             "{e}: is the ticket mistyped? If device {device:#} really has a new key, run \
              `remove-member {device:#}` first, then `add-member` again"
         ),
-        RegistryError::EndpointBound { .. } => anyhow::anyhow!(e),
+        e => anyhow::anyhow!(e),
     }
 }
 

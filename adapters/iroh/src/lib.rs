@@ -53,6 +53,7 @@ use std::time::Duration;
 
 /// An endpoint could not be bound. iroh's own error is the source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EndpointError {
     /// The bind address is not usable.
     #[error("invalid bind address")]

@@ -30,6 +30,7 @@ pub fn device_id_for(key: &EndpointId) -> DeviceId {
 
 /// A registration was refused: it would have re-bound a device or a key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// The device is registered with another endpoint key. [`DeviceRegistry::insert`] never
     /// replaces a device's key; [`DeviceRegistry::rebind`] does, when that is what is meant.
@@ -255,6 +256,7 @@ impl Ticket {
 
 /// A ticket could not be parsed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TicketError {
     /// Not of the form `hybridsync:<uuid>@<hex>@<addrs>`.
     #[error("a ticket looks like hybridsync:<device>@<endpoint>@<addr or relay url>,...")]

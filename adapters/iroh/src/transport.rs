@@ -944,7 +944,8 @@ fn bad_frame(shared: &Shared, device: DeviceId, e: &FrameError) {
     tracing::warn!(peer = %device, error = %e, "bad frame: closing the connection");
     let code = match e {
         FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-        FrameError::Codec(_) => ErrorCode::BadFrame,
+        // Undecodable, and whatever a later core refuses a frame for.
+        _ => ErrorCode::BadFrame,
     };
     shared.refuse(
         device,

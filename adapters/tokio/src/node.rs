@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 /// Why a [`Node`] operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
     /// The engine refused the command (nothing changed).
     #[error(transparent)]

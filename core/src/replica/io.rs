@@ -51,6 +51,7 @@ pub enum Input {
 /// A local command.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Command {
     /// Creates or replaces one of this device's records.
     PutOwned {
