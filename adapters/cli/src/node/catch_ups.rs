@@ -4,7 +4,7 @@
 use hybridsync_core::{DeviceId, Stream};
 use std::time::{Duration, Instant};
 
-/// One applied catch-up page, as [`Event::CatchUpProgress`] reports it.
+/// One applied catch-up page, as [`Event::CatchUpProgress`](hybridsync_core::Event::CatchUpProgress) reports it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Page {
     /// Records (or shared changes) in the page.
