@@ -147,12 +147,27 @@ impl Replica {
         digest.finish()
     }
 
-    /// A peer's [`SyncMessage::MembersDigest`]: registers that differ are sent whole.
+    /// A peer's [`SyncMessage::MembersDigest`]: registers that differ are sent whole, the
+    /// same registers at most once a summary period to one peer (a member sending digests in
+    /// a loop gets one answer, not one per digest).
     pub(super) fn on_members_digest(&mut self, from: DeviceId, digest: u64) {
-        if digest != self.members_digest() {
-            for msg in self.member_messages() {
-                self.send(from, msg);
-            }
+        let mine = self.members_digest();
+        if digest == mine {
+            return;
+        }
+        let (now, period) = (self.now.mono, self.config.heartbeat_interval);
+        let Some(p) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let answered_lately = p
+            .members_answered
+            .is_some_and(|(at, sent)| sent == mine && now.saturating_duration_since(at) < period);
+        if answered_lately {
+            return;
+        }
+        p.members_answered = Some((now, mine));
+        for msg in self.member_messages() {
+            self.send(from, msg);
         }
     }
 

@@ -90,6 +90,10 @@ struct Peer {
     /// The list of connected peers this device last told the peer (`Neighbours`): the same
     /// list is not sent twice.
     neighbours_told: Vec<DeviceId>,
+    /// When this device last answered the peer's `MembersDigest` with its registers, and the
+    /// digest they had then: the same registers go to a peer at most once a summary period,
+    /// however many digests it sends.
+    members_answered: Option<(Instant, u64)>,
 }
 
 /// A running catch-up of one owner's device-owned records.

@@ -511,6 +511,28 @@ fn member_registers_travel_only_to_a_peer_whose_registers_differ() {
     );
 }
 
+#[test]
+fn digests_in_a_loop_get_one_answer_a_summary_period() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    net.connect(a, b);
+    net.settle();
+    let answers = |net: &Net| {
+        let sent = &net.node(a).sent;
+        sent.iter()
+            .filter(|(to, m)| *to == b && matches!(m, SyncMessage::Members(_)))
+            .count()
+    };
+    let before = answers(&net);
+    for digest in 0..100 {
+        net.inject(b, a, SyncMessage::MembersDigest(digest));
+    }
+    assert_eq!(answers(&net) - before, 1, "one answer to 100 digests");
+    net.advance(5_000);
+    net.inject(b, a, SyncMessage::MembersDigest(7));
+    assert_eq!(answers(&net) - before, 2, "and one more a period later");
+}
+
 // ------------------------------------------------------------------ device-owned rules
 
 #[test]
