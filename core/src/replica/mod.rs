@@ -308,7 +308,7 @@ struct Summaries {
     vv_at_last: VersionVector,
     /// The version vector at the summary before that one.
     vv_two_ago: VersionVector,
-    /// Summaries sent; every [`MEMBERS_EVERY`]th also carries the member registers again.
+    /// Summaries sent; every [`MEMBERS_EVERY`]th also sends the member registers' digest again.
     sent: u64,
     /// The summary count when this device last asked for relayed acks again.
     pinned_at: u64,
