@@ -128,6 +128,7 @@ CREATE TABLE staged (
 ";
 
 /// The current shape of the device-owned record tables and the catch-up index.
+#[cfg(feature = "bench")]
 pub(crate) const OWNED_TABLE: &str = owned_table_v1!();
 
 /// Brings a database at `from` up to [`SCHEMA_VERSION`] inside `tx`.
