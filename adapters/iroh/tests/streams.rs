@@ -9,8 +9,7 @@ mod common;
 
 use common::*;
 use hybridsync_core::{encode_frame, FrameDecoder, SyncMessage};
-use hybridsync_iroh::{offline_endpoint, DEFAULT_ALPN};
-use iroh::SecretKey;
+use hybridsync_iroh::DEFAULT_ALPN;
 use std::time::Duration;
 
 /// Streams the sync protocol lets a peer have open towards a device (it uses four: one
@@ -23,11 +22,7 @@ async fn a_member_cannot_open_more_streams_than_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Dev::new(95, dir.path()).await;
     // A registered member with a raw endpoint: it does whatever it likes with the connection.
-    let key = SecretKey::from_bytes(&[96; 32]);
-    let rogue = offline_endpoint(key.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let rogue_dev = Dev::accept_only(device_id(96), key);
+    let (rogue, rogue_dev) = raw_member(96).await;
     let members = [a.id, rogue_dev.id];
     let node = start(&mut a, &[&rogue_dev], &members, None).await;
 
@@ -111,11 +106,7 @@ async fn bulk_frames_reach_the_engine_in_send_order_across_lanes() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut a = Dev::new(97, dir.path()).await;
-    let key = SecretKey::from_bytes(&[98; 32]);
-    let peer = offline_endpoint(key.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let peer_dev = Dev::accept_only(device_id(98), key);
+    let (peer, peer_dev) = raw_member(98).await;
     let members = [a.id, peer_dev.id];
     let node = start(&mut a, &[&peer_dev], &members, None).await;
     let conn = peer.connect(a.endpoint_addr(), DEFAULT_ALPN).await.unwrap();

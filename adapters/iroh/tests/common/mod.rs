@@ -5,7 +5,7 @@
 use hybridsync_core::{Config, DeviceId, Event, ModelRegistry};
 use hybridsync_iroh::{offline_endpoint, DeviceRegistry, IrohConfig, IrohTransport};
 use hybridsync_tokio::Node;
-use iroh::{EndpointAddr, SecretKey};
+use iroh::{Endpoint, EndpointAddr, SecretKey};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,6 +120,16 @@ impl Dev {
 }
 
 /// A device id that reads well in logs (`DeviceId` displays its first 8 hex digits).
+/// A member that is nothing but a raw endpoint (offline, on 127.0.0.1), and its `Dev` to
+/// register it with: the test drives the connection itself, as a misbehaving peer would.
+pub async fn raw_member(n: u8) -> (Endpoint, Dev) {
+    let key = SecretKey::from_bytes(&[n; 32]);
+    let endpoint = offline_endpoint(key.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (endpoint, Dev::accept_only(device_id(u128::from(n)), key))
+}
+
 pub fn device_id(n: u128) -> DeviceId {
     DeviceId::from_u128((n << 96) | n)
 }
