@@ -278,16 +278,21 @@ impl SharedRecord {
             last_insert,
             ..SharedRecord::empty(&model, uuid)
         }];
+        // The size of the last part, kept as fields go in (not summed again per field).
+        let mut used = parts[0].budget_size();
         for (name, register) in fields {
             let size = fields_size(std::iter::once((&name, &register.value)));
             let fits = parts
                 .last()
-                .is_some_and(|p| p.fields.is_empty() || p.budget_size() + size <= budget);
+                .is_some_and(|p| p.fields.is_empty() || used + size <= budget);
             if !fits {
-                parts.push(SharedRecord::empty(&model, uuid));
+                let part = SharedRecord::empty(&model, uuid);
+                used = part.budget_size();
+                parts.push(part);
             }
             if let Some(part) = parts.last_mut() {
                 part.fields.insert(name, register);
+                used += size;
             }
         }
         parts
