@@ -50,7 +50,7 @@ pub use hlc::{ClockError, Hlc, HlcClock};
 pub use id::DeviceId;
 pub use memstore::{MemState, MemStore};
 pub use message::{
-    Ack, ErrorCode, ErrorReply, Neighbours, PagesReceived, SharedChangeRequest,
+    Ack, ErrorCode, ErrorReply, Neighbours, OwnedDigest, PagesReceived, SharedChangeRequest,
     SharedChangeResponse, SharedSnapshotRequest, SharedSnapshotResponse, StateRelay, StateRequest,
     StateResponse, Summary, SyncMessage,
 };

@@ -81,6 +81,26 @@ pub enum SyncMessage {
     /// one, each gets what it lacks. Peers that already agree (every pair, after the first
     /// exchange) send nothing more.
     MembersDigest(u64),
+    /// A digest of the sender's device-owned records of `owner`, a removed member, through
+    /// `through` (the sender's watermark of it). No one can add to a removed member's stream,
+    /// so survivors compare what they hold of it: a receiver holding the same watermark and a
+    /// different digest reads the sender's records of it again from the start and keeps, per
+    /// record, the newer version. Sent on connect, when the sender's records of `owner`
+    /// change, and with every full summary.
+    OwnedDigest(OwnedDigest),
+}
+
+/// The body of [`SyncMessage::OwnedDigest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct OwnedDigest {
+    /// The removed member whose records the digest covers.
+    pub owner: DeviceId,
+    /// The sender's watermark of `owner`.
+    pub through: u64,
+    /// A hash of the sender's records of `owner`: each record's seq, model and uuid, in seq
+    /// order (a change is named by its owner and seq, so these identify the content).
+    pub digest: u64,
 }
 
 /// The body of [`SyncMessage::StateRequest`].
@@ -299,6 +319,7 @@ impl SyncMessage {
             SyncMessage::StateRelay { .. } => "StateRelay",
             SyncMessage::HeartbeatDelta { .. } => "HeartbeatDelta",
             SyncMessage::MembersDigest(_) => "MembersDigest",
+            SyncMessage::OwnedDigest(_) => "OwnedDigest",
         }
     }
 
@@ -316,6 +337,7 @@ impl SyncMessage {
                 | SyncMessage::AckRelay(_)
                 | SyncMessage::Members(_)
                 | SyncMessage::MembersDigest(_)
+                | SyncMessage::OwnedDigest(_)
                 | SyncMessage::Neighbours { .. }
                 | SyncMessage::StateRelay { .. }
                 | SyncMessage::HeartbeatDelta { .. }

@@ -146,6 +146,12 @@ fn sample_messages() -> Vec<SyncMessage> {
             acker: a,
             vv: state.vv.clone(),
         }));
+        // Sent only for removed members' records.
+        out.push(SyncMessage::OwnedDigest(hybridsync_core::OwnedDigest {
+            owner: b,
+            through: state.watermarks.get(&b).copied().unwrap_or(1),
+            digest: 0x5eed_d1ce_57ab_1e00,
+        }));
         out.push(SyncMessage::SharedSnapshotResponse(
             hybridsync_core::SharedSnapshotResponse {
                 request_id: 9,

@@ -429,6 +429,12 @@ enum Msg {
         code: ErrorCode,
         message: String,
     },
+    /// A digest of a (possibly removed) member's device-owned records.
+    OwnedDigest {
+        owner: Who,
+        through: Seq,
+        digest: u64,
+    },
     /// Anything at all.
     Raw(SyncMessage),
     /// Bytes through the codec (delivered only if they decode).
@@ -1297,6 +1303,15 @@ impl Harness {
                     message,
                 })
             }
+            Msg::OwnedDigest {
+                owner,
+                through,
+                digest,
+            } => SyncMessage::OwnedDigest(hybridsync_core::OwnedDigest {
+                owner: owner.id(),
+                through: through.get(),
+                digest,
+            }),
             Msg::Raw(m) => m,
             Msg::Bytes(b) => decode(&b).ok()?,
         })
@@ -1435,8 +1450,7 @@ fn seeded_world(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         topology: *u.choose(&crate::Topology::SHAPES)?,
         large_writes: u.arbitrary()?,
         rolling_upgrade: u.arbitrary()?,
-        // Not yet: a known limit still fails some of these worlds (README "Known limits").
-        lost_device: false,
+        lost_device: u.arbitrary()?,
         power_loss: u.arbitrary()?,
         idle_ms: 0,
         trace: false,

@@ -58,9 +58,8 @@ pub struct SimConfig {
     /// run, its disk with it: its neighbours are re-paired with each other, and once the
     /// others agree on how much of its streams survived, a member removes it. Whatever any
     /// live device held of it must reach every live device; the reference then expects
-    /// exactly that surviving prefix of its writes. Off in [`SimConfig::all_faults`]: some of
-    /// these seeds (13 of 6,000 at 300 operations) still fail on a known limit (a record the lost
-    /// device overwrote after some devices fetched an older version; README "Known limits").
+    /// exactly that surviving prefix of its writes (each record of it, a version it wrote
+    /// within that prefix, the same on every live device).
     pub lost_device: bool,
     /// Storage completions arrive late.
     pub storage_delay: bool,
@@ -98,7 +97,7 @@ impl SimConfig {
             future_clock: true,
             late_join: true,
             removal: true,
-            lost_device: false,
+            lost_device: true,
             storage_delay: true,
             power_loss: true,
             topology: Topology::Random,

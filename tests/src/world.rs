@@ -959,6 +959,14 @@ impl World {
             return;
         }
         let id = self.devs[joiner].id;
+        if self.devs[sponsor].lost {
+            // The sponsor was lost for good before the new device was paired with it: the
+            // user pairs it through another member (adding it again changes nothing where it
+            // already is one).
+            self.count("joins_sponsor_lost");
+            self.at(SECOND, Ev::Join);
+            return;
+        }
         // A sponsor that crashes before the change is durable loses it: then the device is
         // not a member and must not start as one. Retry.
         let durable = self.devs[sponsor]

@@ -2,6 +2,14 @@
 
 use hybridsync_sim::{run_seed, SimConfig};
 
+/// The default world as it was when the regression seeds below were found, before devices lost
+/// for good were part of it: a seed replays the same way only in the world it was found in.
+fn world_without_lost_devices(peers: usize, ops: usize) -> SimConfig {
+    let mut cfg = SimConfig::all_faults(peers, ops);
+    cfg.lost_device = false;
+    cfg
+}
+
 fn run_range(cfg: &SimConfig, seeds: std::ops::Range<u64>) {
     let mut failed = Vec::new();
     for seed in seeds {
@@ -62,7 +70,7 @@ fn larger_clusters_converge() {
 /// simulator now restarts such a device the same way.
 #[test]
 fn device_whose_first_batch_was_lost_bootstraps_again() {
-    let cfg = SimConfig::all_faults(3, 300);
+    let cfg = world_without_lost_devices(3, 300);
     for seed in [621, 1124, 2026, 3746] {
         let r = run_seed(&cfg, seed);
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
@@ -100,21 +108,25 @@ fn device_lost_for_good_leaves_nothing_stranded() {
     }
 }
 
-/// Known limit (README "Known limits"), kept as the seeds that show it: a catch-up page omits a
-/// record its owner overwrote above the page, so a device that caught up from the owner just
-/// before it was lost holds no version (or an older one) of that record, while a device that
-/// got the older version in real time keeps it; both have the same watermark, and nothing
-/// tells them apart. Fails today; run with `--ignored`. (Seeds 25 and 68 showed it before
-/// catch-up streamed a window of pages; with the window it is rarer: 13 of seeds 1,000–6,999.
-/// Moving the watermark only with a catch-up's last page was tried: it turns such seeds into
-/// devices that hold versions above their watermark that no other device gets.)
+/// Simulator findings of a device lost for good (on by default since): a catch-up page omits a
+/// record its owner overwrote above the page, so a device whose catch-up from the owner was cut
+/// short by the loss held no version (or an older one) of that record, while a device that got
+/// the older version in real time kept it: same watermark, different content, for ever. Now
+/// survivors compare digests of a removed member's records and fill each other's holes (seeds
+/// 1149, 2068, 3118, 3212, 4760; each failed before). Seed 1836: the late joiner's sponsor was
+/// lost before the joiner started, leaving it paired only with a dead device (a world the
+/// simulator made up: it now pairs the joiner through another member).
 #[test]
-#[ignore = "known limit: a lost owner's overwritten record can differ between live devices"]
 fn lost_owner_overwritten_record_is_the_same_everywhere() {
-    let mut cfg = SimConfig::all_faults(3, 300);
-    cfg.lost_device = true;
-    for seed in [1489, 3229, 3908, 4472] {
+    let cfg = SimConfig::all_faults(3, 300);
+    assert!(cfg.lost_device, "on in the default world");
+    for seed in [1149, 1836, 2068, 3118, 3212, 4760] {
         let r = run_seed(&cfg, seed);
+        assert_eq!(
+            r.stats.get("devices_lost"),
+            Some(&1),
+            "seed {seed} loses a device"
+        );
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
     }
 }
@@ -125,7 +137,7 @@ fn lost_owner_overwritten_record_is_the_same_everywhere() {
 /// only current members' registers. It now sends every member record.
 #[test]
 fn joiner_gets_a_removed_members_registers() {
-    let cfg = SimConfig::all_faults(3, 300);
+    let cfg = world_without_lost_devices(3, 300);
     for seed in [200_176, 200_249, 200_698] {
         let r = run_seed(&cfg, seed);
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
@@ -139,7 +151,7 @@ fn joiner_gets_a_removed_members_registers() {
 /// never got the rest (a restart now resumes after the last record received whole).
 #[test]
 fn records_larger_than_a_frame_reach_a_snapshot_whole() {
-    let cfg = SimConfig::all_faults(3, 300);
+    let cfg = world_without_lost_devices(3, 300);
     for seed in [9, 91, 148, 220, 374] {
         let r = run_seed(&cfg, seed);
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);

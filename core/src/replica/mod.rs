@@ -8,6 +8,7 @@
 
 mod config;
 mod event;
+mod frozen;
 mod io;
 mod members;
 mod owned;
@@ -94,6 +95,12 @@ struct Peer {
     /// digest they had then: the same registers go to a peer at most once a summary period,
     /// however many digests it sends.
     members_answered: Option<(Instant, u64)>,
+    /// The peer's digests of removed members' records: (its watermark, digest) by owner.
+    digests: BTreeMap<DeviceId, (u64, u64)>,
+    /// The digests this device last told the peer, by owner.
+    digests_told: BTreeMap<DeviceId, (u64, u64)>,
+    /// When this device last read a removed member's records again from the peer, by owner.
+    reread: BTreeMap<DeviceId, Instant>,
 }
 
 /// A running catch-up of one owner's device-owned records.
@@ -561,6 +568,8 @@ pub struct Replica {
     summaries: Summaries,
     /// The lists of connected peers this device sends.
     neighbours: NeighbourLists,
+    /// Removed members' streams and this device's digests of them.
+    frozen: BTreeMap<DeviceId, frozen::Frozen>,
     ack_due: Option<Instant>,
     prune_due: bool,
     outputs: VecDeque<Output>,
@@ -589,6 +598,7 @@ impl Replica {
             serving: Serving::default(),
             summaries,
             neighbours: NeighbourLists::default(),
+            frozen: BTreeMap::new(),
             ack_due: None,
             prune_due: false,
             outputs: VecDeque::new(),
@@ -729,6 +739,7 @@ impl Replica {
             StorageCommand::SetWatermark { owner, .. } => *owner == me,
             _ => false,
         };
+        self.frozen_written(&cmd);
         self.outputs.push_back(Output::Storage(cmd));
         if own {
             self.outputs
@@ -833,6 +844,10 @@ impl Replica {
             SyncMessage::HeartbeatDelta(crate::Summary { heads, vv })
         };
         self.send(to, msg);
+        if full {
+            // Digests of removed members' records go again too (a lost one is repaired).
+            self.tell_digests(to, true);
+        }
     }
 
     fn on_peer_up(&mut self, peer: DeviceId) {
@@ -865,6 +880,8 @@ impl Replica {
         // records at start-up).
         let digest = self.members_digest();
         self.send(peer, SyncMessage::MembersDigest(digest));
+        // What it holds of removed members (computed first if need be, then sent).
+        self.refresh_frozen();
         // The new peer learns at once who this device reaches; the others learn that it
         // reaches one more a moment later, once for every peer that came up meanwhile (when a
         // device starts, its links come up one by one: one list per link per peer was n^3
@@ -974,6 +991,7 @@ impl Replica {
             SyncMessage::AckRelay(acks) => self.on_ack_relay(from, acks),
             SyncMessage::Members(records) => self.on_members(from, records),
             SyncMessage::MembersDigest(digest) => self.on_members_digest(from, digest),
+            SyncMessage::OwnedDigest(claim) => self.on_owned_digest(from, claim),
             SyncMessage::Neighbours(list) => self.on_neighbours(from, list),
             SyncMessage::StateRelay(crate::StateRelay { owner, records }) => {
                 let records = records.into_iter().map(|c| c.into_record(owner)).collect();
@@ -1045,6 +1063,9 @@ impl Replica {
     // ---------------------------------------------------------------- storage
 
     fn on_storage(&mut self, done: StorageDone) {
+        let Some(done) = self.on_digest_page(done) else {
+            return;
+        };
         let id = match &done {
             StorageDone::Owned { id, .. }
             | StorageDone::Log { id, .. }
@@ -1130,6 +1151,7 @@ impl Replica {
                 self.send_summary(peer, full);
             }
             self.summaries.sent += 1;
+            self.refresh_frozen();
             if self.summaries.sent.is_multiple_of(MEMBERS_EVERY) && !self.peers.is_empty() {
                 // Anti-entropy for the member registers (a lost `Members` is repaired).
                 let digest = self.members_digest();

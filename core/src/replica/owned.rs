@@ -465,6 +465,10 @@ impl Replica {
                     self.event(Event::CommandDone(id));
                 }
             }
+            if self.frozen.contains_key(&owner) {
+                // A removed member's records may have changed: a new digest to compare.
+                self.refresh_frozen();
+            }
             self.event(Event::CaughtUp {
                 peer: from,
                 stream: Stream::Owned(owner),
@@ -505,7 +509,7 @@ impl Replica {
         }
     }
 
-    fn start_owned_fetch(
+    pub(super) fn start_owned_fetch(
         &mut self,
         peer: DeviceId,
         owner: DeviceId,

@@ -432,6 +432,109 @@ fn owned_change_above_a_gap_never_strands_when_its_owner_is_gone() {
     net.assert_converged();
 }
 
+/// A catch-up page omits a record its server holds in a newer version above the page, so a
+/// device whose catch-up is cut short there holds no version of that record, while a device
+/// that got the older version in real time holds it, at the same watermark. Once the owner is
+/// gone for good and removed, the survivors must still end up holding the same records.
+#[test]
+fn a_removed_owners_records_are_the_same_on_every_survivor_after_a_cut_short_catch_up() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    for uuid in 1..=4 {
+        net.put(a, uuid, b"first");
+    }
+    net.settle();
+    // b holds record 1 at seq 1; a overwrites it at seq 5, which b never gets.
+    net.disconnect(a, b);
+    net.put(a, 1, b"second");
+    // c catches up from a: its first page (three records: seqs 2, 3, 4) omits record 1, which
+    // a holds only at seq 5; a is lost for good right after that page.
+    net.connect(a, c);
+    let mut pages = 0;
+    while let Some((from, to, bytes)) = net.queue.pop_front() {
+        let msg = decode(&bytes).expect("decodes");
+        let page = matches!(msg, SyncMessage::StateResponse(crate::StateResponse { .. }));
+        net.input(to, Input::Message { from, msg });
+        if page && to == c {
+            pages += 1;
+            break;
+        }
+    }
+    assert_eq!(pages, 1, "c took a page from a");
+    net.queue.clear();
+    net.disconnect(a, c);
+    net.nodes.remove(&a);
+    assert_eq!(net.node(c).replica.watermark(a), 4);
+    assert_eq!(net.node(b).replica.watermark(a), 4);
+    assert_eq!(net.owned(c, a, 1), None, "the page left record 1 out");
+    net.connect(b, c);
+    net.cmd(b, Command::RemoveMember(a));
+    for _ in 0..30 {
+        net.advance(6_000);
+    }
+    for uuid in 1..=4 {
+        assert_eq!(
+            net.owned(b, a, uuid),
+            net.owned(c, a, uuid),
+            "record {uuid} of the removed owner differs between the survivors"
+        );
+    }
+    assert_eq!(
+        net.owned(c, a, 1).and_then(|r| r.data),
+        Some(b"first".to_vec())
+    );
+    net.assert_converged();
+}
+
+/// A member sending made-up digests of a removed member's records in a loop gets one read of
+/// its records a summary period, not one per digest; digests of devices outside the library
+/// are ignored.
+#[test]
+fn digests_of_removed_members_records_in_a_loop_get_one_read_a_summary_period() {
+    let (a, b, c) = (dev(1), dev(2), dev(3));
+    let mut net = Net::new(3);
+    net.connect(a, b);
+    net.connect(b, c);
+    for uuid in 1..=4 {
+        net.put(a, uuid, b"x");
+    }
+    net.settle();
+    net.disconnect(a, b);
+    net.nodes.remove(&a);
+    net.cmd(b, Command::RemoveMember(a));
+    net.settle();
+    net.assert_converged();
+    let through = net.node(b).replica.watermark(a);
+    assert_eq!(through, 4);
+    let rereads = |net: &Net| {
+        net.node(b)
+            .sent
+            .iter()
+            .filter(|(to, m)| {
+                *to == c
+                    && matches!(m, SyncMessage::StateRequest(crate::StateRequest { owner, since: 0, .. }) if *owner == a)
+            })
+            .count()
+    };
+    let before = rereads(&net);
+    for digest in 0..100 {
+        let claim = |owner| {
+            SyncMessage::OwnedDigest(crate::OwnedDigest {
+                owner,
+                through,
+                digest,
+            })
+        };
+        net.inject(c, b, claim(a));
+        net.inject(c, b, claim(dev(99)));
+    }
+    net.run();
+    assert_eq!(rereads(&net) - before, 1, "one read for 100 digests");
+    assert_eq!(net.node(b).replica.watermark(dev(99)), 0);
+    net.assert_converged();
+}
+
 /// The shared stream's version of the above: a change merged above a gap at one device must
 /// reach the others, or not be held at all, once its origin is gone for good.
 #[test]
