@@ -618,10 +618,35 @@ impl World {
                 msg.kind(),
                 bytes.len()
             ));
+            match &msg {
+                SyncMessage::SharedSnapshotResponse(r) => self.trace.push(format!(
+                    "{:>9}   request {} page {} has_more {} keys {:?}",
+                    self.now_us,
+                    r.request_id,
+                    r.page,
+                    r.has_more,
+                    r.records
+                        .iter()
+                        .map(|x| (x.model.clone(), x.uuid.as_u128() & 0xffff, x.fields.len()))
+                        .collect::<Vec<_>>()
+                )),
+                SyncMessage::SharedSnapshotRequest(r) => self.trace.push(format!(
+                    "{:>9}   request {} after {:?}",
+                    self.now_us,
+                    r.request_id,
+                    r.after
+                        .as_ref()
+                        .map(|(m, u)| (m.clone(), u.as_u128() & 0xffff))
+                )),
+                _ => {}
+            }
         }
         let faults = self.faults;
         if faults && self.rng.chance(self.cfg.loss) {
             self.count("lost");
+            if self.cfg.trace {
+                self.trace.push(format!("{:>9}   (lost)", self.now_us));
+            }
             return;
         }
         let copies = if faults && self.rng.chance(self.cfg.dup) {
@@ -634,6 +659,10 @@ impl World {
             let mut delay = self.rng.range(200, 3_000);
             if faults && self.rng.chance(self.cfg.reorder) {
                 delay += self.rng.range(1_000, 300_000);
+            }
+            if self.cfg.trace {
+                self.trace
+                    .push(format!("{:>9}   (arrives +{delay} us)", self.now_us));
             }
             self.at(
                 delay,

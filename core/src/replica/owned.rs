@@ -200,6 +200,12 @@ impl Replica {
             limit,
             window,
         } = request;
+        // A copy of the request being served (a network that duplicates) changes nothing:
+        // starting again would take a read begun for the first copy as a page of the second.
+        let serving = self.serving.owned.get(&(from, owner));
+        if serving.is_some_and(|s| s.request_id == request_id) {
+            return;
+        }
         // A new request from the same peer for the same owner ends the previous stream (the
         // requester restarted it, or gave up on it).
         self.serving.owned.remove(&(from, owner));

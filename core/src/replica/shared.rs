@@ -239,6 +239,9 @@ impl Replica {
             limit,
             window,
         } = request;
+        if self.serving_shared(from, request_id) {
+            return;
+        }
         // A requester runs one shared catch-up at a time: a new request ends the previous.
         self.serving.shared.remove(&from);
         let truncated = self.horizon.iter().any(|(o, h)| since.get(o) < h);
@@ -267,9 +270,23 @@ impl Replica {
             limit,
             window,
         } = request;
+        if self.serving_shared(from, request_id) {
+            return;
+        }
         self.serving.shared.remove(&from);
         let cursor = SharedCursor::Snapshot { after, vv: None };
         self.begin_shared_serve(from, request_id, cursor, limit, window);
+    }
+
+    /// Whether `request_id` is the shared catch-up already served to `from`: a copy of its
+    /// request (a network that duplicates) changes nothing. Starting it again would take the
+    /// page of a read begun for the first copy as a page of the second, and number the pages
+    /// from 0 again: the requester would skip the records between them.
+    fn serving_shared(&self, from: DeviceId, request_id: u64) -> bool {
+        self.serving
+            .shared
+            .get(&from)
+            .is_some_and(|s| s.request_id == request_id)
     }
 
     fn begin_shared_serve(

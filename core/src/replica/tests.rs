@@ -535,6 +535,91 @@ fn digests_of_removed_members_records_in_a_loop_get_one_read_a_summary_period() 
     net.assert_converged();
 }
 
+/// Simulator finding (seeds 2041494, 2088338, 2090812): a copy of a snapshot request (a
+/// network that duplicates) arrived while the server's read for the first copy was pending.
+/// The server started the stream again under the same request id and sent the first copy's
+/// read as a page of the second, numbered from 0 again; the requester skipped the records in
+/// between and kept a snapshot without them.
+#[test]
+fn a_duplicated_snapshot_request_never_makes_the_server_skip_records() {
+    let (a, b) = (dev(1), dev(2));
+    let mut net = Net::new(2);
+    for uuid in 0..10 {
+        net.tag(a, uuid, ChangeKind::Insert, "t");
+    }
+    let now = net.now;
+    let node = net.nodes.get_mut(&a).expect("a");
+    // Storage runs at once; its completions are held until the test feeds them.
+    fn handle(node: &mut Node, now: Now, input: Input, held: &mut Vec<StorageDone>) -> Vec<Output> {
+        node.replica.handle(now, input);
+        let mut sent = Vec::new();
+        while let Some(out) = node.replica.poll_output() {
+            match out {
+                Output::Storage(cmd) => held.extend(node.store.execute(cmd)),
+                other => sent.push(other),
+            }
+        }
+        sent
+    }
+    let mut pending = Vec::new();
+    handle(node, now, Input::PeerUp { peer: b }, &mut pending);
+    let request = SyncMessage::SharedSnapshotRequest(crate::SharedSnapshotRequest {
+        request_id: 7,
+        after: None,
+        limit: 3,
+        window: 1,
+    });
+    let first = Input::Message {
+        from: b,
+        msg: request.clone(),
+    };
+    handle(node, now, first, &mut pending);
+    assert_eq!(pending.len(), 1, "the first page's read is pending");
+    // The copy arrives before the read completes.
+    let copy = Input::Message {
+        from: b,
+        msg: request,
+    };
+    handle(node, now, copy, &mut pending);
+    let mut pages = Vec::new();
+    // Completions in the order the reads were issued: the first copy's read first.
+    while !pending.is_empty() {
+        let done = pending.remove(0);
+        for out in handle(node, now, Input::Storage(done), &mut pending) {
+            if let Output::Send {
+                msg: SyncMessage::SharedSnapshotResponse(page),
+                ..
+            } = out
+            {
+                let received = SyncMessage::PagesReceived(crate::PagesReceived {
+                    request_id: 7,
+                    pages: page.page + 1,
+                });
+                pages.push(page);
+                let report = Input::Message {
+                    from: b,
+                    msg: received,
+                };
+                handle(node, now, report, &mut pending);
+            }
+        }
+    }
+    let numbers: Vec<u32> = pages.iter().map(|p| p.page).collect();
+    let expected: Vec<u32> = (0..pages.len() as u32).collect();
+    assert_eq!(numbers, expected, "pages numbered once each, in order");
+    let keys: Vec<SharedKey> = pages
+        .iter()
+        .flat_map(|p| p.records.iter().map(SharedRecord::key))
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys rise across the pages: {keys:?}"
+    );
+    let tags = keys.iter().filter(|k| k.0 == "tag").count();
+    assert_eq!(tags, 10, "every tag in the snapshot");
+    assert!(!pages.last().expect("pages").has_more);
+}
+
 /// The shared stream's version of the above: a change merged above a gap at one device must
 /// reach the others, or not be held at all, once its origin is gone for good.
 #[test]
