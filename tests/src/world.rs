@@ -85,6 +85,12 @@ enum Ev {
         a: usize,
         b: usize,
     },
+    /// The `AddMember` commands of a pairing had time to commit: pair again where one was lost
+    /// (a crash in the middle of its batch), as a user whose devices do not sync would.
+    PairCheck {
+        a: usize,
+        b: usize,
+    },
 }
 
 /// A batch executed on a device's store and not yet durable.
@@ -787,6 +793,14 @@ impl World {
         }
         self.devs[d].lost = true;
         let neighbours = self.neighbours(d);
+        if self.cfg.trace {
+            let id = self.devs[d].id;
+            let ids: Vec<DeviceId> = neighbours.iter().map(|n| self.devs[*n].id).collect();
+            self.trace.push(format!(
+                "{:>9} {id} is lost for good; its neighbours {ids:?}",
+                self.now_us
+            ));
+        }
         for w in neighbours.windows(2) {
             let later = self.rng.range(SECOND, 10 * SECOND);
             self.at(later, Ev::Pair { a: w[0], b: w[1] });
@@ -965,21 +979,65 @@ impl World {
             return;
         }
         self.count("pairings");
+        if self.cfg.trace {
+            let (ia, ib) = (self.devs[a].id, self.devs[b].id);
+            self.trace
+                .push(format!("{:>9} the user pairs {ia} and {ib}", self.now_us));
+        }
         self.edges.insert(pair(a, b));
         let mut retry = false;
+        let mut added = false;
         for (x, y) in [(a, b), (b, a)] {
             let other = self.devs[y].id;
             let knows = self.devs[x].replica.as_ref().map(|r| r.is_member(other));
             match knows {
                 Some(true) => {}
-                Some(false) => self.command(x, Command::AddMember(other)),
+                Some(false) => {
+                    self.command(x, Command::AddMember(other));
+                    added = true;
+                }
                 None => retry = true,
             }
         }
         if retry {
             self.at(SECOND, Ev::Pair { a, b });
         }
+        if added {
+            self.at(SECOND, Ev::PairCheck { a, b });
+        }
         self.maintain_links();
+    }
+
+    /// Pairs `a` and `b` again if either lost the other's membership in a crash; waits while
+    /// it is still committing.
+    fn pair_check(&mut self, a: usize, b: usize) {
+        let gone = |d: &Dev| d.removed || d.lost;
+        if gone(&self.devs[a]) || gone(&self.devs[b]) {
+            return;
+        }
+        let mut lost = false;
+        let mut committing = false;
+        for (x, y) in [(a, b), (b, a)] {
+            let other = self.devs[y].id;
+            let durable = self.devs[x]
+                .store
+                .restored()
+                .members
+                .iter()
+                .any(|r| r.uuid == other.0 && hybridsync_core::is_member_record(r));
+            let knows = self.devs[x].replica.as_ref().map(|r| r.is_member(other));
+            match (durable, knows) {
+                (true, _) => {}
+                (false, Some(true)) => committing = true,
+                (false, _) => lost = true,
+            }
+        }
+        if lost {
+            self.count("pairings_lost_to_crash");
+            self.at(SECOND, Ev::Pair { a, b });
+        } else if committing {
+            self.at(SECOND, Ev::PairCheck { a, b });
+        }
     }
 
     fn join_check(&mut self, sponsor: usize) {
@@ -1110,6 +1168,7 @@ impl World {
             Ev::Join => self.join(),
             Ev::JoinCheck { sponsor } => self.join_check(sponsor),
             Ev::Pair { a, b } => self.pair_devices(a, b),
+            Ev::PairCheck { a, b } => self.pair_check(a, b),
         }
     }
 

@@ -172,3 +172,17 @@ fn a_duplicated_catch_up_request_never_skips_records() {
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
     }
 }
+
+/// Simulator findings of the second 100,000-seed run (seeds 3,000,000–3,099,999): a device
+/// crashed in the middle of the batch adding the device it was being paired with, and the
+/// simulated user never paired them again, so the joiner stayed cut off for ever once its
+/// sponsor was lost (a world the simulator made up). The user now pairs again when a pairing
+/// did not survive (`pairings_lost_to_crash`).
+#[test]
+fn a_pairing_lost_in_a_crash_is_made_again() {
+    let cfg = SimConfig::all_faults(3, 300);
+    for seed in [3_013_418, 3_060_110] {
+        let r = run_seed(&cfg, seed);
+        assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
+    }
+}
