@@ -186,3 +186,18 @@ fn a_pairing_lost_in_a_crash_is_made_again() {
         assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
     }
 }
+
+/// Known limit (README "Known limits"), kept as the seed that shows it (1 of seeds
+/// 4,000,000–4,099,999): a joiner took a snapshot from device 1, restarted it after a lost page,
+/// and kept the first stream's version vector as its claim while the later pages, read after
+/// device 1 wrote two more shared changes, carried their effect; device 1 was then lost, so no
+/// log ever held those changes for anyone. The survivors agree on content here, but hold the
+/// effect of changes beyond the prefix that survived, which the reference does not expect.
+/// Fails today; run with `--ignored`.
+#[test]
+#[ignore = "known limit: a snapshot from a device lost right after can carry its changes beyond what survived"]
+fn a_snapshot_from_a_device_lost_right_after_carries_nothing_beyond_what_survived() {
+    let cfg = SimConfig::all_faults(3, 300);
+    let r = run_seed(&cfg, 4_019_836);
+    assert!(r.passed(), "{:#?}", r.failures);
+}
