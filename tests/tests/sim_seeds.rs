@@ -201,3 +201,27 @@ fn a_snapshot_from_a_device_lost_right_after_carries_nothing_beyond_what_survive
     let r = run_seed(&cfg, 4_019_836);
     assert!(r.passed(), "{:#?}", r.failures);
 }
+
+/// Open finding of the `sim_scenario` fuzz target (10-minute run at the end of this stop, not
+/// yet analysed): with few operations, heavy loss and reordering, a star pairing graph and a
+/// removal, the removed device stays a member on every device and logs stay unpruned (2 of 100
+/// seeds from this one in this world; it fails on the engine before the stop's changes too).
+/// Fails today; run with `--ignored`.
+#[test]
+#[ignore = "open fuzz finding: a removal that does not take hold under heavy loss"]
+fn a_removal_takes_hold_under_heavy_loss_in_a_star() {
+    let mut cfg = SimConfig::all_faults(3, 16);
+    cfg.loss = 0.3;
+    cfg.dup = 0.0;
+    cfg.reorder = 0.29;
+    cfg.future_clock = false;
+    cfg.lost_device = false;
+    cfg.power_loss = false;
+    cfg.topology = hybridsync_sim::Topology::Star;
+    cfg.large_writes = false;
+    cfg.rolling_upgrade = false;
+    for seed in [9_114_861_779_647_613_890, 9_114_861_779_647_613_906] {
+        let r = run_seed(&cfg, seed);
+        assert!(r.passed(), "seed {seed}: {:#?}", r.failures);
+    }
+}
