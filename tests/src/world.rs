@@ -1019,12 +1019,7 @@ impl World {
         let mut committing = false;
         for (x, y) in [(a, b), (b, a)] {
             let other = self.devs[y].id;
-            let durable = self.devs[x]
-                .store
-                .restored()
-                .members
-                .iter()
-                .any(|r| r.uuid == other.0 && hybridsync_core::is_member_record(r));
+            let durable = self.durably_member(x, other);
             let knows = self.devs[x].replica.as_ref().map(|r| r.is_member(other));
             match (durable, knows) {
                 (true, _) => {}
@@ -1038,6 +1033,17 @@ impl World {
         } else if committing {
             self.at(SECOND, Ev::PairCheck { a, b });
         }
+    }
+
+    /// Whether device `d`'s durable store holds `member` as a member (what a restart of `d`
+    /// would know).
+    fn durably_member(&self, d: usize, member: DeviceId) -> bool {
+        self.devs[d]
+            .store
+            .restored()
+            .members
+            .iter()
+            .any(|r| r.uuid == member.0 && hybridsync_core::is_member_record(r))
     }
 
     fn join_check(&mut self, sponsor: usize) {
@@ -1056,13 +1062,7 @@ impl World {
         }
         // A sponsor that crashes before the change is durable loses it: then the device is
         // not a member and must not start as one. Retry.
-        let durable = self.devs[sponsor]
-            .store
-            .restored()
-            .members
-            .iter()
-            .any(|r| r.uuid == id.0 && hybridsync_core::is_member_record(r));
-        if !durable {
+        if !self.durably_member(sponsor, id) {
             self.count("joins_lost_to_crash");
             self.at(SECOND, Ev::Join);
             return;
